@@ -1,0 +1,76 @@
+"""Distributed checkpoints (torch.distributed.checkpoint), written atomically.
+
+Layout: <run.dir>/checkpoints/step_<N>/ holds the DCP shards plus `trainer_state.json`, which is
+written last. A save goes to a hidden temporary directory that is renamed into place only when
+complete, so an interrupted save never replaces (or masquerades as) the last good checkpoint.
+DCP stores tensors by their global names and shapes, so a run saved at one (dp, tp) loads at another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from .parallel.mesh import ParallelDims
+
+STATE_FILE = "trainer_state.json"
+KEEP = 2  # completed checkpoints kept on disk
+
+
+def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+    out = []
+    if ckpt_root.is_dir():
+        for p in ckpt_root.iterdir():
+            if p.name.startswith("step_") and (p / STATE_FILE).is_file():
+                try:
+                    out.append((int(p.name[5:]), p))
+                except ValueError:
+                    pass
+    return sorted(out)
+
+
+def latest(ckpt_root: Path) -> Path | None:
+    dirs = _step_dirs(ckpt_root)
+    return dirs[-1][1] if dirs else None
+
+
+def save(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+         trainer_state: dict, pd: ParallelDims) -> Path:
+    final = ckpt_root / f"step_{step:08d}"
+    tmp = ckpt_root / f".tmp_step_{step:08d}"
+    if pd.is_main:
+        ckpt_root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    pd.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    pd.barrier()
+    if pd.is_main:
+        with open(tmp / STATE_FILE, "w") as f:
+            json.dump(trainer_state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if final.exists():  # same step saved before (a resumed run): replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for _, old in _step_dirs(ckpt_root)[:-KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+    pd.barrier()
+    return final
+
+
+def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Load model and optimizer state in place; return the trainer state."""
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd}
+    dcp.load(state, checkpoint_id=str(path))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    with open(path / STATE_FILE) as f:
+        return json.load(f)

@@ -1,0 +1,272 @@
+"""The config schema: nested dataclasses with defaults. The one place config keys are defined.
+
+Resolution order: schema defaults <- YAML file (`--config`) <- `key=value` overrides.
+`load_config` merges and validates; every problem is raised as `ConfigError` with one line that
+names the key and what is allowed, before any process starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for presets)
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """Bad user input (config, data, environment). The CLI prints it as one line and exits 2."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "fc"  # fc | cnn | resnet
+    width: int = 512  # m: hidden units (fc, resnet) or channels (cnn)
+    depth: int = 2  # L: number of hidden m x m layers W_1..W_L
+    param: str = "paper"  # paper | ntk | standard | mup
+    bias: bool = False  # biases on every layer (paper: the theory has none)
+    train_outer: Optional[bool] = None  # train A and B too; None = false for paper, true otherwise
+    tau: float = 0.1  # resnet branch scale: h_l = relu(h_{l-1} + tau * W_l h_{l-1})
+    kernel_size: int = 3  # cnn
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"  # synthetic | digits | mnist | cifar10
+    n: int = 64  # training samples (subsampled from real data sets)
+    dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
+    classes: int = 2  # output units C
+    target: str = "labels"  # labels | regression | teacher
+    label_noise: float = 0.0  # fraction of labels replaced by random ones, in [0, 1]
+    root: str = "data"  # where mnist / cifar10 live
+    download: bool = False  # allow torchvision to download mnist / cifar10 into data.root
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300  # maximum optimizer steps
+    lr: float = 1.0  # base rate; the parameterization scales it per layer (paper: lr / width)
+    batch_size: int = 0  # 0 = full batch (gradient descent)
+    loss: str = "mse"  # mse (0.5 * mean squared error summed over outputs) | ce
+    target_loss: float = 0.0  # stop once the train loss is below this (0 = off)
+    stop_at_fit: bool = True  # stop at 100% train accuracy (label targets)
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "float32"  # float32 | float64
+
+
+@dataclass
+class MetricsConfig:
+    every: int = 10  # log metrics every N steps (0 = only at start and end)
+    ntk_probe: int = 64  # probe samples for NTK / activation metrics
+    ntk: bool = True  # track the empirical NTK on the probe set
+    window: int = 50  # trailing window (steps) for conv/rate
+
+
+@dataclass
+class ParallelConfig:
+    dp: int = 1  # data-parallel replicas
+    tp: int = 1  # tensor-parallel shards of each wide layer
+    backend: str = "auto"  # auto (gloo on CPU, nccl on CUDA) | gloo | nccl
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # steps between checkpoints (0 = only at the end)
+    resume: bool = True  # resume from the latest checkpoint in run.dir
+
+
+@dataclass
+class RunConfig:
+    dir: str = ""  # output directory; "" = runs/<run.name>
+    name: str = ""  # "" = derived from the config (arch, width, depth, seed)
+    quiet: bool = False  # no progress bar
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline | online | disabled
+    project: str = "overparam-dist"
+    entity: str = ""
+    group: str = ""  # sweep name; set by the sweep launcher
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+CHOICES = {
+    "model.arch": ("fc", "cnn", "resnet"),
+    "model.param": ("paper", "ntk", "standard", "mup"),
+    "data.name": ("synthetic", "digits", "mnist", "cifar10"),
+    "data.target": ("labels", "regression", "teacher"),
+    "train.loss": ("mse", "ce"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "train.dtype": ("float32", "float64"),
+    "parallel.backend": ("auto", "gloo", "nccl"),
+    "wandb.mode": ("offline", "online", "disabled"),
+}
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = getattr(exc, "msg", None) or _first_line(exc)
+    msg = msg.strip().splitlines()[0]
+    if key:
+        return f"config key '{key}': {msg}"
+    return f"config: {msg}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Merge defaults <- YAML <- overrides, validate, and return a typed Config object."""
+    schema = OmegaConf.structured(Config)
+    layers = [schema]
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file '{path}' does not exist")
+        try:
+            layers.append(OmegaConf.load(path))
+        except Exception as exc:  # yaml errors
+            raise ConfigError(f"config file '{path}' is not valid YAML: {_first_line(exc)}") from None
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key = item.split("=", 1)[0]
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+    try:
+        if overrides:
+            layers.append(OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(*layers)
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe_omegaconf_error(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def get_key(cfg: Config, dotted: str) -> Any:
+    obj: Any = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError naming the first bad key. Checks values, not just types."""
+
+    def bad(key: str, allowed: str) -> None:
+        raise ConfigError(f"config key '{key}' = {get_key(cfg, key)!r}: {allowed}")
+
+    for key, allowed in CHOICES.items():
+        if get_key(cfg, key) not in allowed:
+            bad(key, "allowed values are " + ", ".join(allowed))
+
+    m, d, t = cfg.model, cfg.data, cfg.train
+    if m.width < 1:
+        bad("model.width", "must be a positive integer")
+    if m.depth < 1:
+        bad("model.depth", "must be >= 1 (number of hidden layers)")
+    if not (m.tau > 0 and math.isfinite(m.tau)):
+        bad("model.tau", "must be a positive finite number")
+    if m.kernel_size < 1 or m.kernel_size % 2 == 0:
+        bad("model.kernel_size", "must be a positive odd integer")
+    if d.n < 1:
+        bad("data.n", "must be a positive integer")
+    if d.dim < 2:
+        bad("data.dim", "must be >= 2")
+    if d.classes < 1:
+        bad("data.classes", "must be >= 1")
+    if d.target == "labels" and d.classes < 2:
+        bad("data.classes", "must be >= 2 for label targets")
+    if t.loss == "ce" and d.target != "labels":
+        bad("train.loss", "ce needs data.target=labels")
+    if not 0.0 <= d.label_noise <= 1.0:
+        bad("data.label_noise", "must be in [0, 1]")
+    if m.arch == "cnn" and d.name == "synthetic" and math.isqrt(d.dim) ** 2 != d.dim:
+        bad("data.dim", "must be a perfect square for model.arch=cnn (inputs are viewed as sqrt(d) x sqrt(d) images)")
+    if t.steps < 0:
+        bad("train.steps", "must be >= 0")
+    if not (t.lr > 0 and math.isfinite(t.lr)):
+        bad("train.lr", "must be a positive finite number")
+    if t.batch_size < 0:
+        bad("train.batch_size", "must be >= 0 (0 = full batch)")
+    if t.batch_size > d.n:
+        bad("train.batch_size", f"must be <= data.n ({d.n})")
+    if t.target_loss < 0:
+        bad("train.target_loss", "must be >= 0 (0 = off)")
+    if cfg.metrics.every < 0:
+        bad("metrics.every", "must be >= 0 (0 = only at start and end)")
+    if cfg.metrics.ntk_probe < 1:
+        bad("metrics.ntk_probe", "must be >= 1")
+    if cfg.metrics.window < 2:
+        bad("metrics.window", "must be >= 2")
+    if cfg.checkpoint.every < 0:
+        bad("checkpoint.every", "must be >= 0 (0 = only at the end)")
+    p = cfg.parallel
+    if p.dp < 1:
+        bad("parallel.dp", "must be >= 1")
+    if p.tp < 1:
+        bad("parallel.tp", "must be >= 1")
+    batch = t.batch_size or d.n
+    if batch % p.dp != 0:
+        key = "train.batch_size" if t.batch_size else "data.n"
+        raise ConfigError(
+            f"config key 'parallel.dp' = {p.dp}: must divide the global batch ({key} = {batch}) "
+            "so every replica gets an equal share"
+        )
+    if m.width % p.tp != 0:
+        bad("parallel.tp", f"must divide model.width ({m.width})")
+    if any(c in cfg.run.name for c in "/\\\n\r\0"):
+        bad("run.name", "must not contain '/', '\\' or control characters")
+
+
+def effective_train_outer(cfg: Config) -> bool:
+    if cfg.model.train_outer is not None:
+        return cfg.model.train_outer
+    return cfg.model.param != "paper"
+
+
+def default_run_name(cfg: Config) -> str:
+    m = cfg.model
+    return f"{m.arch}-{m.param}-w{m.width}-d{m.depth}-n{cfg.data.n}-s{cfg.seed}"
+
+
+def run_dir(cfg: Config) -> Path:
+    if cfg.run.dir:
+        return Path(cfg.run.dir)
+    return Path("runs") / (cfg.run.name or default_run_name(cfg))

@@ -1,0 +1,47 @@
+"""Convergence: fitted rate of log-loss over a trailing window, and the first step that fits."""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+
+def log_loss_slope(steps: list[int], losses: list[float]) -> float | None:
+    """Least-squares slope of log(loss) against step (negative while converging linearly)."""
+    pts = [(s, math.log(v)) for s, v in zip(steps, losses) if v > 0 and math.isfinite(v)]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    ms = sum(s for s, _ in pts) / n
+    ml = sum(v for _, v in pts) / n
+    var = sum((s - ms) ** 2 for s, _ in pts)
+    if var == 0:
+        return None
+    return sum((s - ms) * (v - ml) for s, v in pts) / var
+
+
+class ConvergenceTracker:
+    """Keeps the trailing loss window (every step) and the first fitting step."""
+
+    def __init__(self, window: int):
+        self.window: deque[tuple[int, float]] = deque(maxlen=window)
+        self.steps_to_fit: int | None = None
+
+    def update(self, step: int, loss: float, fitted: bool) -> None:
+        self.window.append((step, loss))
+        if fitted and self.steps_to_fit is None:
+            self.steps_to_fit = step
+
+    def rate(self) -> float | None:
+        if not self.window:
+            return None
+        steps, losses = zip(*self.window)
+        return log_loss_slope(list(steps), list(losses))
+
+    def state(self) -> dict:
+        return {"window": list(self.window), "steps_to_fit": self.steps_to_fit}
+
+    def load(self, state: dict) -> None:
+        self.window.clear()
+        self.window.extend((int(s), float(v)) for s, v in state["window"])
+        self.steps_to_fit = state["steps_to_fit"]

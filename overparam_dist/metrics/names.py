@@ -1,0 +1,36 @@
+"""Metric keys: the one place they are spelled. The same keys go to metrics.jsonl, W&B and results.csv."""
+
+TRAIN_LOSS = "train/loss"
+TRAIN_ACC = "train/acc"
+TRAIN_GRAD_NORM = "train/grad_norm"
+TRAIN_LR = "train/lr"  # effective step size of the hidden layers (paper: train.lr / width)
+
+TIME_STEP = "time/step_s"
+TIME_SAMPLES = "time/samples_per_s"
+TIME_METRICS = "time/metrics_s"
+
+DRIFT_WEIGHT_REL = "drift/weight_rel"  # ||theta_t - theta_0||_F / ||theta_0||_F over trained params
+DRIFT_ACT_FLIP = "drift/act_flip"
+
+
+def drift_weight_rel(layer: str) -> str:
+    return f"{DRIFT_WEIGHT_REL}/{layer}"
+
+
+def drift_weight_spec(layer: str) -> str:
+    return f"drift/weight_spec/{layer}"
+
+
+def drift_act_flip(layer: str) -> str:
+    return f"{DRIFT_ACT_FLIP}/{layer}"
+
+
+NTK_REL_DRIFT = "ntk/rel_drift"
+NTK_LAMBDA_MIN = "ntk/lambda_min"
+NTK_LAMBDA_MAX = "ntk/lambda_max"
+NTK_TRACE = "ntk/trace"
+NTK_LABEL_COMPLEXITY = "ntk/label_complexity"
+NTK_INIT_GAP = "ntk/init_gap"
+
+CONV_RATE = "conv/rate"
+CONV_STEPS_TO_FIT = "conv/steps_to_fit"

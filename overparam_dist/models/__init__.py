@@ -1,0 +1,38 @@
+"""Model construction: architecture (fc.py, cnn.py, resnet.py) + parameterization (init.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..config import Config, effective_train_outer
+from .cnn import CNN
+from .fc import FC
+from .init import Rule, apply_parameterization, parameter_rules
+from .resnet import ResNet
+
+
+def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+                ) -> tuple[nn.Module, dict[str, Rule]]:
+    """The initialised (unsharded, unwrapped) model and its per-parameter rules."""
+    m = cfg.model
+    in_dim = math.prod(input_shape)
+    with torch.device("meta"):
+        if m.arch == "fc":
+            model = FC(in_dim, m.width, m.depth, out_dim, m.bias)
+        elif m.arch == "resnet":
+            model = ResNet(in_dim, m.width, m.depth, out_dim, m.tau, m.bias)
+        else:
+            if len(input_shape) != 3:
+                raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
+            model = CNN(tuple(input_shape), m.width, m.depth, out_dim, m.kernel_size, m.bias)
+    model = model.to_empty(device=device).to(dtype)
+    rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg))
+    apply_parameterization(model, rules, cfg.seed)
+    return model, rules
+
+
+__all__ = ["build_model", "FC", "CNN", "ResNet", "Rule"]

@@ -1,0 +1,297 @@
+"""One trial: `run_trial(cfg) -> summary`. The same function runs in one process, under torch's local
+launcher, torchrun, srun or a Ray Train worker; launchers only set up processes and call it.
+
+Step semantics: row `step = s` of metrics.jsonl describes the parameters after s updates (s = 0 is
+the initialisation). The loss of theta_s comes from the forward pass of update s+1, so full-batch
+gradient descent pays no extra forward pass for its metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import yaml
+
+from . import checkpoint
+from .config import Config, ConfigError, default_run_name, run_dir, to_dict
+from .data import Dataset, build_dataset
+from .metrics import names
+from .metrics.convergence import ConvergenceTracker
+from .metrics.drift import WeightDrift
+from .models import build_model
+from .parallel import mesh
+from .parallel.wrap import parallelize
+from .sinks import Sinks
+
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+FINISHED = ("completed", "diverged")
+# Keys whose change makes an existing run directory a different experiment.
+IDENTITY_SECTIONS = ("seed", "model", "data", "train")
+IDENTITY_EXEMPT = {"train.steps", "train.device", "train.stop_at_fit", "train.target_loss"}
+
+
+def _identity(cfg_dict: dict) -> dict:
+    from .config import flatten
+
+    flat = flatten({k: cfg_dict[k] for k in IDENTITY_SECTIONS if k in cfg_dict})
+    return {k: v for k, v in flat.items() if k not in IDENTITY_EXEMPT}
+
+
+def check_run_dir(cfg: Config) -> None:
+    """Refuse to reuse a run directory that holds a different experiment (nothing is overwritten)."""
+    out = run_dir(cfg)
+    cfg_file = out / CONFIG_FILE
+    if not cfg_file.is_file():
+        if out.exists() and any(out.iterdir()):
+            raise ConfigError(f"run directory '{out}' exists and is not a run of ours; choose another run.dir")
+        return
+    with open(cfg_file) as f:
+        old = yaml.safe_load(f) or {}
+    old.pop("derived", None)
+    a, b = _identity(old), _identity(to_dict(cfg))
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            raise ConfigError(
+                f"run directory '{out}' holds a different run ({key}: {a.get(key)!r} there, {b.get(key)!r} now); "
+                "choose another run.name or run.dir"
+            )
+
+
+def _targets(ds: Dataset, cfg: Config) -> torch.Tensor:
+    if ds.is_classification and cfg.train.loss == "mse":
+        return F.one_hot(ds.y, ds.num_outputs).float()
+    return ds.y
+
+
+def _loss_fn(cfg: Config):
+    if cfg.train.loss == "ce":
+        return lambda out, t: F.cross_entropy(out, t)
+    return lambda out, t: 0.5 * (out - t).pow(2).sum(dim=1).mean()
+
+
+def _batch_indices(cfg: Config, n: int, step: int) -> torch.Tensor:
+    """Global indices of the mini-batch of `step`: a function of (seed, step) only, so resume is exact."""
+    b = cfg.train.batch_size
+    per_epoch = n // b
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+    return torch.randperm(n, generator=g)[k * b:(k + 1) * b]
+
+
+def _global_grad_norm(params: list[torch.nn.Parameter], pd) -> float:
+    from .parallel.wrap import sq_norm
+
+    sq = sum((sq_norm(p.grad, pd) for p in params if p.grad is not None), 0.0)
+    return math.sqrt(sq)
+
+
+def run_trial(cfg: Config) -> dict:
+    pd = mesh.setup(cfg)
+    try:
+        return _train(cfg, pd)
+    finally:
+        pd.close()
+
+
+def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
+    out = run_dir(cfg)
+    name = cfg.run.name or default_run_name(cfg)
+    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    device = pd.device
+
+    # Inputs first: a bad data set or a foreign run directory fails before anything is written.
+    ds = build_dataset(cfg)
+    check_run_dir(cfg)
+    summary_path = out / SUMMARY_FILE
+    if summary_path.is_file() and (out / CONFIG_FILE).is_file():
+        done = json.loads(summary_path.read_text())
+        if done.get("status") in FINISHED and done.get("requested_steps") == cfg.train.steps:
+            return done  # this exact trial already finished: a rerun is a no-op
+    pd.barrier()
+
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, device=device, dtype=dtype)
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not trained:
+        raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
+    effective_lr = {n: cfg.train.lr * rules[n].lr_scale for n in trained}
+    hidden_lr = next((lr for n, lr in effective_lr.items() if n.startswith("hidden.")),
+                     next(iter(effective_lr.values())))
+
+    net = parallelize(model, pd)
+    # Build the optimizer right after wrapping (FSDP2/replicate: later creation never updates weights).
+    groups: dict[float, list] = {}
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(effective_lr[n], []).append(p)
+    optimizer = torch.optim.SGD([{"params": ps, "lr": lr} for lr, ps in groups.items()], lr=cfg.train.lr)
+    trained_params = [p for p in model.parameters() if p.requires_grad]
+
+    drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed)
+    conv = ConvergenceTracker(cfg.metrics.window)
+
+    # Resume from the latest complete checkpoint.
+    start_step, resume_from = 0, None
+    ckpt_root = out / "checkpoints"
+    if cfg.checkpoint.resume and (last := checkpoint.latest(ckpt_root)) is not None:
+        state = checkpoint.load(last, net, optimizer)
+        start_step, resume_from = state["step"], state
+        conv.load(state["conv"])
+
+    # Data: every rank holds the whole (small) training set; each dp rank computes on its share.
+    x_all = ds.x.to(device, dtype)
+    t_all = _targets(ds, cfg).to(device)
+    if t_all.is_floating_point():
+        t_all = t_all.to(dtype)
+    labels = ds.y.to(device) if ds.is_classification else None
+    n = len(ds)
+    share = n // pd.dp
+    lo, hi = pd.dp_rank * share, (pd.dp_rank + 1) * share
+    full_batch = cfg.train.batch_size == 0
+    x_local, t_local = x_all[lo:hi], t_all[lo:hi]
+    labels_local = labels[lo:hi] if labels is not None else None
+    loss_fn = _loss_fn(cfg)
+
+    if pd.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        derived = {
+            "train_outer": all(p.requires_grad for n_, p in model.named_parameters()
+                               if n_.startswith(("input.", "output."))),
+            "effective_lr": effective_lr,
+            "data": ds.info,
+            "world": {"dp": pd.dp, "tp": pd.tp, "device": str(device)},
+        }
+        with open(out / CONFIG_FILE, "w") as f:
+            yaml.safe_dump({**to_dict(cfg), "derived": derived}, f, sort_keys=False)
+        sinks = Sinks(cfg, out, name, start_step if resume_from else None)
+    else:
+        sinks = None
+
+    every = cfg.metrics.every
+    bar = None
+    if pd.is_main and not cfg.run.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.train.steps, initial=start_step, desc=name, unit="step", leave=False)
+
+    stats = torch.zeros(2, dtype=torch.float64, device=device)
+    status, step = "completed", start_step
+    final_metrics: dict[str, float] = {}
+    t_start = time.perf_counter()
+    t_mark, steps_since = time.perf_counter(), 0
+
+    def evaluate() -> tuple[float, float | None]:
+        """Loss and accuracy of the current parameters on the whole training set."""
+        with torch.no_grad():
+            o = net(x_local)
+            stats[0] = loss_fn(o, t_local).double()
+            stats[1] = (o.argmax(1) == labels_local).sum() if labels_local is not None else 0
+        pd.all_reduce_sum(stats, "dp" if pd.world > 1 else None)
+        return float(stats[0]) / pd.dp, (float(stats[1]) / n if labels_local is not None else None)
+
+    while True:
+        log_now = step == start_step or step >= cfg.train.steps or (every > 0 and step % every == 0)
+        # Forward on the batch of this update; with full batch its loss is the train loss of theta_step.
+        if full_batch:
+            xb, tb, lb = x_local, t_local, labels_local
+        else:
+            idx = _batch_indices(cfg, n, step)
+            b = idx.numel() // pd.dp
+            idx = idx[pd.dp_rank * b:(pd.dp_rank + 1) * b].to(device)
+            xb, tb = x_all[idx], t_all[idx]
+            lb = labels[idx] if labels is not None else None
+        output = net(xb)
+        loss = loss_fn(output, tb)
+
+        if full_batch:
+            stats[0] = loss.detach().double()
+            stats[1] = (output.detach().argmax(1) == lb).sum() if lb is not None else 0
+            pd.all_reduce_sum(stats, "dp" if pd.world > 1 else None)
+            train_loss = float(stats[0]) / pd.dp
+            train_acc = float(stats[1]) / n if lb is not None else None
+        elif log_now:
+            train_loss, train_acc = evaluate()
+        else:
+            train_loss, train_acc = float(loss.detach()), None  # batch loss: divergence check only
+
+        diverged = not math.isfinite(train_loss)
+        fitted = (train_acc is not None and train_acc >= 1.0) or (
+            cfg.train.target_loss > 0 and math.isfinite(train_loss) and train_loss < cfg.train.target_loss)
+        if full_batch or log_now:
+            conv.update(step, train_loss, fitted)
+        stop = diverged or step >= cfg.train.steps or (fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0))
+        if stop:
+            log_now = True
+
+        need_grad = not stop
+        if need_grad:
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+
+        if log_now:
+            elapsed = time.perf_counter() - t_mark
+            row: dict[str, float] = {names.TRAIN_LOSS: train_loss, names.TRAIN_LR: hidden_lr}
+            if train_acc is not None:
+                row[names.TRAIN_ACC] = train_acc
+            if need_grad:
+                row[names.TRAIN_GRAD_NORM] = _global_grad_norm(trained_params, pd)
+            if steps_since > 0:
+                row[names.TIME_STEP] = elapsed / steps_since
+                row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
+            t_metrics = time.perf_counter()
+            row.update(drift.compute())
+            row[names.TIME_METRICS] = time.perf_counter() - t_metrics
+            if pd.is_main:
+                sinks.log(step, row)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{train_loss:.3g}", refresh=False)
+            final_metrics = row
+            t_mark, steps_since = time.perf_counter(), 0
+
+        if stop:
+            status = "diverged" if diverged else "completed"
+            break
+
+        optimizer.step()
+        step += 1
+        steps_since += 1
+        if bar is not None:
+            bar.update(1)
+        if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
+            checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state()}, pd)
+
+    if bar is not None:
+        bar.close()
+    if status == "completed":
+        checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state()}, pd)
+
+    summary = {
+        "status": status,
+        "name": name,
+        "seed": cfg.seed,
+        "steps": step,
+        "requested_steps": cfg.train.steps,
+        **{k: v for k, v in final_metrics.items() if not k.startswith("time/")},
+        names.CONV_RATE: conv.rate(),
+        names.CONV_STEPS_TO_FIT: conv.steps_to_fit,
+        "wall_s": time.perf_counter() - t_start,
+        "delta": ds.info["delta"],
+        "trained_params": sum(p.numel() for p in trained.values()) if pd.tp == 1 else None,
+        "dp": pd.dp,
+        "tp": pd.tp,
+    }
+    summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+    if pd.is_main:
+        tmp = summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, summary_path)
+        sinks.finish(summary)
+    pd.barrier()
+    return summary
+
