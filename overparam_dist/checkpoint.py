@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -21,6 +23,14 @@ from .parallel.mesh import ParallelDims
 
 STATE_FILE = "trainer_state.json"
 KEEP = 2  # completed checkpoints kept on disk
+
+
+@contextmanager
+def _quiet_single_process():
+    # DCP warns that it "assumes single process" whenever no process group exists: that is intended.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
 
 
 def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
@@ -50,7 +60,8 @@ def save(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.op
         tmp.mkdir()
     pd.barrier()
     model_sd, optim_sd = get_state_dict(model, optimizer)
-    dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+    with _quiet_single_process():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
     pd.barrier()
     if pd.is_main:
         with open(tmp / STATE_FILE, "w") as f:
@@ -70,7 +81,8 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -
     """Load model and optimizer state in place; return the trainer state."""
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
-    dcp.load(state, checkpoint_id=str(path))
+    with _quiet_single_process():
+        dcp.load(state, checkpoint_id=str(path))
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     with open(path / STATE_FILE) as f:
         return json.load(f)

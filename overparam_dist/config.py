@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf  # noqa: F401  (MISSING re-exported for presets)
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -47,7 +47,8 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     steps: int = 300  # maximum optimizer steps
-    lr: float = 1.0  # base rate; the parameterization scales it per layer (paper: lr / width)
+    lr: Optional[float] = None  # base rate, scaled per layer by the parameterization (paper: lr / width);
+    # None = the parameterization's default (DEFAULT_LR), which trains the default net at every width
     batch_size: int = 0  # 0 = full batch (gradient descent)
     loss: str = "mse"  # mse (0.5 * mean squared error summed over outputs) | ce
     target_loss: float = 0.0  # stop once the train loss is below this (0 = off)
@@ -105,6 +106,9 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+# Base learning rates that train the defaults stably (measured on widths 64..8192, see README).
+DEFAULT_LR = {"paper": 8.0, "ntk": 4.0, "standard": 0.5, "mup": 0.5}
+
 CHOICES = {
     "model.arch": ("fc", "cnn", "resnet"),
     "model.param": ("paper", "ntk", "standard", "mup"),
@@ -140,9 +144,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise ConfigError(f"config file '{path}' does not exist")
         try:
-            layers.append(OmegaConf.load(path))
+            loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors
             raise ConfigError(f"config file '{path}' is not valid YAML: {_first_line(exc)}") from None
+        if isinstance(loaded, DictConfig) and "derived" in loaded:
+            # A run's config.yaml carries derived facts (effective lrs, data info): not inputs.
+            loaded.pop("derived")
+        layers.append(loaded)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -221,8 +229,8 @@ def validate(cfg: Config) -> None:
         bad("data.dim", "must be a perfect square for model.arch=cnn (inputs are viewed as sqrt(d) x sqrt(d) images)")
     if t.steps < 0:
         bad("train.steps", "must be >= 0")
-    if not (t.lr > 0 and math.isfinite(t.lr)):
-        bad("train.lr", "must be a positive finite number")
+    if t.lr is not None and not (t.lr > 0 and math.isfinite(t.lr)):
+        bad("train.lr", "must be a positive finite number (or null for the parameterization's default)")
     if t.batch_size < 0:
         bad("train.batch_size", "must be >= 0 (0 = full batch)")
     if t.batch_size > d.n:
@@ -253,6 +261,10 @@ def validate(cfg: Config) -> None:
         bad("parallel.tp", f"must divide model.width ({m.width})")
     if any(c in cfg.run.name for c in "/\\\n\r\0"):
         bad("run.name", "must not contain '/', '\\' or control characters")
+
+
+def base_lr(cfg: Config) -> float:
+    return cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[cfg.model.param]
 
 
 def effective_train_outer(cfg: Config) -> bool:

@@ -66,7 +66,7 @@ def _read_idx(path: Path) -> torch.Tensor:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rb") as f:
         data = f.read()
-    _, _, dtype_code, ndim = struct.unpack(">HBBB", data[:4])
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if dtype_code != 0x08:
         raise ConfigError(f"data file '{path}' is not an unsigned-byte IDX file")
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])

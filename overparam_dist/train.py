@@ -12,14 +12,13 @@ import json
 import math
 import os
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 
 from . import checkpoint
-from .config import Config, ConfigError, default_run_name, run_dir, to_dict
+from .config import Config, ConfigError, base_lr, default_run_name, run_dir, to_dict
 from .data import Dataset, build_dataset
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
@@ -120,7 +119,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not trained:
         raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
-    effective_lr = {n: cfg.train.lr * rules[n].lr_scale for n in trained}
+    effective_lr = {n: base_lr(cfg) * rules[n].lr_scale for n in trained}
     hidden_lr = next((lr for n, lr in effective_lr.items() if n.startswith("hidden.")),
                      next(iter(effective_lr.values())))
 
@@ -130,7 +129,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     for n, p in model.named_parameters():
         if p.requires_grad:
             groups.setdefault(effective_lr[n], []).append(p)
-    optimizer = torch.optim.SGD([{"params": ps, "lr": lr} for lr, ps in groups.items()], lr=cfg.train.lr)
+    optimizer = torch.optim.SGD([{"params": ps, "lr": lr} for lr, ps in groups.items()])
     trained_params = [p for p in model.parameters() if p.requires_grad]
 
     drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed)

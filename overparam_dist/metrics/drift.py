@@ -21,20 +21,17 @@ def layer_name(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0]
 
 
-def init_block_view(p: torch.Tensor, rule: Rule, seed: int, name: str, row0: int, row1: int) -> torch.Tensor:
-    rows, cols = shape2d(p.shape)
-    return generate_block(rule, seed, name, (rows, cols), (row0, row1), (0, cols)).to(p.device, p.dtype)
-
-
 @torch.no_grad()
 def diff_sq_norm(p: torch.Tensor, rule: Rule, seed: int, name: str) -> float:
-    """||p - p_0||_F^2 in float64, regenerating p_0 in row blocks."""
+    """||p - p_0||_F^2, regenerating p_0 one tile at a time (block sums added in float64)."""
     w = p.detach().reshape(shape2d(p.shape))
     total = 0.0
     for r0 in range(0, w.shape[0], TILE):
         r1 = min(r0 + TILE, w.shape[0])
-        w0 = init_block_view(p, rule, seed, name, r0, r1)
-        total += float((w[r0:r1].double() - w0.double()).pow(2).sum())
+        for c0 in range(0, w.shape[1], TILE):
+            c1 = min(c0 + TILE, w.shape[1])
+            w0 = generate_block(rule, seed, name, tuple(w.shape), (r0, r1), (c0, c1)).to(p.device, p.dtype)
+            total += float((w[r0:r1, c0:c1] - w0).square_().sum(dtype=torch.float64))
     return total
 
 

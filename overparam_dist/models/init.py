@@ -82,27 +82,37 @@ def _tile_seed(seed: int, name: str, ti: int, tj: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
+def _tile(rule: Rule, seed: int, name: str, ti: int, tj: int, rows: int, cols: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(_tile_seed(seed, name, ti, tj))
+    tile = torch.empty(rows, cols, dtype=torch.float32)
+    if rule.dist == "normal":
+        return tile.normal_(0.0, rule.scale, generator=g)
+    return tile.uniform_(-rule.scale, rule.scale, generator=g)
+
+
 def generate_block(rule: Rule, seed: int, name: str, shape2d: tuple[int, int],
                    rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
     """Rows [r0, r1) x cols [c0, c1) of the initial value of parameter `name` (2-D view), float32, CPU."""
     (r0, r1), (c0, c1) = rows, cols
-    out = torch.empty(r1 - r0, c1 - c0, dtype=torch.float32)
     if rule.dist == "zeros":
-        return out.zero_()
+        return torch.zeros(r1 - r0, c1 - c0, dtype=torch.float32)
     n_rows, n_cols = shape2d
-    for ti in range(r0 // TILE, (r1 - 1) // TILE + 1):
+    tiles_r = range(r0 // TILE, (r1 - 1) // TILE + 1)
+    tiles_c = range(c0 // TILE, (c1 - 1) // TILE + 1)
+    out = None
+    for ti in tiles_r:
         tr0, tr1 = ti * TILE, min((ti + 1) * TILE, n_rows)
-        for tj in range(c0 // TILE, (c1 - 1) // TILE + 1):
+        for tj in tiles_c:
             tc0, tc1 = tj * TILE, min((tj + 1) * TILE, n_cols)
-            g = torch.Generator().manual_seed(_tile_seed(seed, name, ti, tj))
-            if rule.dist == "normal":
-                tile = torch.randn(tr1 - tr0, tc1 - tc0, generator=g)
-            else:
-                tile = torch.rand(tr1 - tr0, tc1 - tc0, generator=g).mul_(2).sub_(1)
+            tile = _tile(rule, seed, name, ti, tj, tr1 - tr0, tc1 - tc0)
+            if (tr0, tr1, tc0, tc1) == (r0, r1, c0, c1):
+                return tile  # the block is exactly one tile: no copy
+            if out is None:
+                out = torch.empty(r1 - r0, c1 - c0, dtype=torch.float32)
             a0, a1 = max(r0, tr0), min(r1, tr1)
             b0, b1 = max(c0, tc0), min(c1, tc1)
             out[a0 - r0:a1 - r0, b0 - c0:b1 - c0] = tile[a0 - tr0:a1 - tr0, b0 - tc0:b1 - tc0]
-    return out.mul_(rule.scale)
+    return out
 
 
 def shape2d(shape: torch.Size) -> tuple[int, int]:

@@ -1,0 +1,495 @@
+"""Exact empirical NTK, computed layer by layer, without any per-sample Jacobian.
+
+    K[i, j]               = sum_c <df_c(x_i)/dtheta, df_c(x_j)/dtheta>      outputs="trace"  (n, n)
+    K[i*C + c, j*C + c']  =       <df_c(x_i)/dtheta, df_c'(x_j)/dtheta>     outputs="full"   (nC, nC)
+
+over the model's trainable parameters (requires_grad=True).
+
+Why it is cheap. A layer y = m * (W a) + b applied at positions p (the rows of a Linear's (n, ..., in)
+input, the output pixels of a conv, every call of a shared module) has the per-sample gradients
+    dW_i = m * sum_p delta_ip a_ip^T,    db_i = sum_p delta_ip,     delta = df_c / dy,
+so their inner products need only the layer's inputs a (n, P, in) and backprop signals delta (C, n, P, out):
+    <dW_i, dW_j> = m^2 * sum_{p,q} (delta_ip . delta_jq)(a_ip . a_jq).
+For a Linear (P = 1) that is m^2 (Delta Delta^T) * (A A^T): O(n (in + C out)) memory per layer instead of
+the O(n C in out) of a per-sample Jacobian. For convs P is large and the (nP x nP) Gram can cost more than
+forming the (small) per-sample weight gradients, so each layer takes the cheaper of the two exact routes.
+
+Assumption: samples do not interact (the model is in a mode where f(x_i) depends on x_i only: no
+train-mode BatchNorm, no active dropout). It lets one backward of sum_i f_c(x_i) give every sample's
+delta for output c at once (C backwards in all). Checked: train-mode BatchNorm / dropout raise, and the
+first sample's output in the batch must equal its output computed alone.
+
+Exactness guards (never a wrong answer, never a silent skip):
+* a module is routed layer-wise only if its forward is one whose semantics we know (nn.Linear, nn.Conv2d,
+  our ScaledLinear / ScaledConv2d) and it owns its parameter alone (tied weights go to the fallback);
+* during the capture forward a TorchFunctionMode watches every op: a routed parameter used outside its own
+  module's forward (e.g. `F.linear(h, self.lin.weight)` elsewhere) sends that layer to the fallback;
+* every other trainable parameter (LayerNorm, Embedding, bare nn.Parameter, ...) goes through an exact
+  per-sample-gradient fallback (one forward per sample, C backwards), and we assert each trainable parameter
+  is covered by exactly one route.
+
+Side effects: none. Gradients come from torch.autograd.grad (never .backward), so .grad stays as it was;
+our hooks are removed on exit; parameters are only read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.dropout import _DropoutNd
+from torch.overrides import TorchFunctionMode
+
+from ..models.layers import ScaledConv2d, ScaledLinear
+
+DEFAULT_BLOCK = 512  # samples per block when block_size is None: captures then stay O(512 * width) per layer
+CHUNK_BYTES = 256 * 2**20  # bound on the temporaries of one per-layer Gram step
+
+
+# --------------------------------------------------------------------------------------------------
+# Planning: which parameter goes through which route.
+
+@dataclass
+class _Layer:
+    module: nn.Module
+    kind: str  # "linear" | "conv"
+    mult: float  # forward multiplier on W a (the bias is added after it, unscaled)
+    weight: nn.Parameter | None  # trainable weight routed here, None if frozen
+    bias: nn.Parameter | None  # trainable bias routed here, None if frozen / absent
+    conv: tuple | None = None  # (kernel, stride, dilation, groups, pad4, pad_mode) for convs
+    route: str | None = None  # weight route, "gram" | "psg" (per-sample gradients); chosen on first capture
+
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in (self.weight, self.bias) if p is not None]
+
+
+def _conv_padding(module: nn.Conv2d, padding) -> tuple[int, int, int, int]:
+    """F.pad order (left, right, top, bottom) of what F.conv2d does with `padding`."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        # 'same': total d (k - 1), the odd one extra on the right/bottom (as F.conv2d and nn.Conv2d do).
+        (dh, dw), (kh, kw) = module.dilation, module.kernel_size
+        th, tw = dh * (kh - 1), dw * (kw - 1)
+        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    return (pw, pw, ph, ph)
+
+
+def _layer_spec(module: nn.Module) -> tuple[str, float, tuple | None] | None:
+    """(kind, multiplier, conv geometry) if the module's forward is one we know exactly, else None.
+
+    Keyed on the forward *function*, not the class: a subclass that overrides forward may compute anything.
+    """
+    fwd = getattr(type(module), "forward", None)
+    if isinstance(module, nn.Linear):
+        if fwd is nn.Linear.forward:
+            return "linear", 1.0, None
+        if fwd is ScaledLinear.forward:
+            return "linear", float(module.weight_multiplier), None
+        return None
+    if isinstance(module, nn.Conv2d):
+        if fwd is ScaledConv2d.forward:  # F.conv2d(x, w, None, stride, padding): dilation 1, groups 1
+            geom = (module.kernel_size, module.stride, (1, 1), 1,
+                    _conv_padding(module, module.padding), "zeros")
+            return "conv", float(module.weight_multiplier), geom
+        if fwd is nn.Conv2d.forward and type(module)._conv_forward is nn.Conv2d._conv_forward:
+            if module.padding_mode != "zeros":  # nn.Conv2d pads by F.pad first, then convolves unpadded
+                r = module._reversed_padding_repeated_twice
+                pad4, mode = (r[0], r[1], r[2], r[3]), module.padding_mode
+            else:
+                pad4, mode = _conv_padding(module, module.padding), "zeros"
+            geom = (module.kernel_size, module.stride, module.dilation, module.groups, pad4, mode)
+            return "conv", 1.0, geom
+    return None
+
+
+class _Plan:
+    def __init__(self, model: nn.Module):
+        self.trainable = [p for p in model.parameters() if p.requires_grad]  # deduplicated
+        owners: dict[int, int] = {}
+        for mod in model.modules():
+            for p in mod._parameters.values():
+                if p is not None:
+                    owners[id(p)] = owners.get(id(p), 0) + 1
+        self.layers: list[_Layer] = []
+        for mod in model.modules():
+            spec = _layer_spec(mod)
+            if spec is None:
+                continue
+            # Only a parameter the module owns alone: a tied weight's gradient has cross-module terms.
+            w, b = (mod._parameters.get(k) for k in ("weight", "bias"))
+            w = w if w is not None and w.requires_grad and owners[id(w)] == 1 else None
+            b = b if b is not None and b.requires_grad and owners[id(b)] == 1 else None
+            if w is not None or b is not None:
+                self.layers.append(_Layer(mod, spec[0], spec[1], w, b, spec[2]))
+        self.clone_inputs = False
+        self._refresh()
+
+    def _refresh(self) -> None:
+        routed = {id(p) for layer in self.layers for p in layer.params()}
+        self.fallback = [p for p in self.trainable if id(p) not in routed]
+        # Every trainable parameter is accounted for by exactly one route.
+        covered = [id(p) for layer in self.layers for p in layer.params()] + [id(p) for p in self.fallback]
+        assert sorted(covered) == sorted(id(p) for p in self.trainable), "NTK routes do not partition params"
+
+    def demote(self, layer_ids: set[int]) -> None:
+        """Send these layers' parameters to the per-sample fallback."""
+        self.layers = [layer for i, layer in enumerate(self.layers) if i not in layer_ids]
+        self._refresh()
+
+
+class _Reroute(Exception):
+    """A capture found layers it cannot handle exactly (or inputs mutated in place): replan and retry."""
+
+    def __init__(self, layer_ids: set[int]):
+        self.layer_ids = layer_ids
+
+
+def _check_no_batch_coupling(model: nn.Module) -> None:
+    for name, mod in model.named_modules():
+        # BatchNorm uses batch statistics in train mode, and in eval mode too when it has no running stats.
+        if isinstance(mod, _BatchNorm) and (mod.training or mod.running_mean is None):
+            raise ValueError(f"empirical_ntk: {name or 'model'} is a BatchNorm using batch statistics, which "
+                             "couples the samples of a batch; call model.eval() (with running stats) first")
+        if mod.training and isinstance(mod, _DropoutNd) and mod.p > 0:
+            raise ValueError(f"empirical_ntk: {name or 'model'} is an active dropout; call model.eval()")
+
+
+# --------------------------------------------------------------------------------------------------
+# Capture: one forward + C backwards on a block of samples gives every routed layer's A and Delta.
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for o in obj:
+            yield from _tensors(o)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            yield from _tensors(o)
+
+
+class _ParamUseGuard(TorchFunctionMode):
+    """Flags routed parameters that feed a differentiable op outside their own module's forward.
+
+    Such a use adds gradient paths our hooks never see; a use without a gradient path (.shape, under no_grad,
+    .detach()) is harmless and not flagged.
+    """
+
+    def __init__(self, tracked: dict[int, int], active: set[int], misused: set[int]):
+        super().__init__()
+        self.tracked, self.active, self.misused = tracked, active, misused
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        hits = [self.tracked[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.tracked]
+        hits = [li for li in hits if li not in self.active]
+        if hits and any(t.requires_grad for t in _tensors(out)):
+            self.misused.update(hits)
+        return out
+
+
+@dataclass
+class _Capture:
+    n: int
+    C: int
+    a: list  # per layer: (n, g, P, din) inputs / unfolded patches, or None (weight frozen or never called)
+    d: list  # per layer: (n, g, P, C, dout) backprop signals, or None (never called)
+    fb: torch.Tensor | None  # (n, C, F) per-sample gradients of the fallback parameters
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    # Per-layer products in the model's dtype when it is float32/64 (float64 would halve CPU matmul speed);
+    # a bf16/fp16 model would lose the kernel in rounding, so those go to float32. Every per-layer, per-chunk
+    # result is cast to float64 before it is summed (_pair_gram, _gram_route).
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _work(t: torch.Tensor) -> torch.Tensor:
+    return t.to(_work_dtype(t.dtype))
+
+
+def _patches(layer: _Layer, a: torch.Tensor) -> torch.Tensor:
+    """(n, g, P, din): what the weight multiplies at each position, in the weight's (group, in) layout."""
+    if layer.kind == "linear":
+        return a.reshape(a.shape[0], 1, -1, a.shape[-1])
+    kernel, stride, dilation, groups, pad4, mode = layer.conv
+    a = F.pad(a, pad4, mode="constant" if mode == "zeros" else mode) if any(pad4) else a
+    u = F.unfold(a, kernel, dilation=dilation, padding=0, stride=stride)  # (n, Cin*kh*kw, P), channel-major
+    return u.view(u.shape[0], groups, -1, u.shape[-1]).transpose(2, 3)
+
+
+def _signal_view(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
+    """(n, groups, P, dout) view of the gradient w.r.t. one call's module output."""
+    if layer.kind == "linear":  # (n, ..., out)
+        return g.reshape(g.shape[0], 1, -1, g.shape[-1])
+    groups = layer.conv[3]  # (n, Cout, Ho, Wo), output channels group-major
+    return g.reshape(g.shape[0], groups, g.shape[1] // groups, -1).transpose(2, 3)
+
+
+def _capture(model: nn.Module, plan: _Plan, x: torch.Tensor, check_independence: bool) -> _Capture:
+    n, layers = x.shape[0], plan.layers
+    index = {id(layer.module): li for li, layer in enumerate(layers)}
+    tracked = {id(p): li for li, layer in enumerate(layers) for p in layer.params()}
+    active: set[int] = set()
+    misused: set[int] = set()
+    failed: set[int] = set()
+    inputs: list[list] = [[] for _ in layers]  # (detached input, its version) per call
+    zs: list[list] = [[] for _ in layers]  # one zero leaf per call, added to the output: grad(z) = delta
+
+    def pre_hook(mod, args):
+        active.add(index[id(mod)])
+
+    def post_hook(mod, args, kwargs, out):
+        li = index[id(mod)]
+        active.discard(li)
+        layer = layers[li]
+        a = args[0] if args else kwargs.get("input")
+        ok = (isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor)
+              and a.dim() >= 2 and a.shape[0] == n)
+        if ok and layer.kind == "linear":
+            ok = a.shape[:-1] == out.shape[:-1]
+        elif ok:  # conv: batched 4-D input whose unfolded positions match the output pixels
+            ok = a.dim() == 4 and out.dim() == 4
+        if not ok:
+            failed.add(li)
+            return None
+        if layer.weight is not None:
+            a = a.detach()
+            inputs[li].append((a.clone() if plan.clone_inputs else a, a._version))
+        # y + z with z = 0 a leaf: d f / d z is exactly d f / d y, and stays so even if y is later
+        # modified in place (which would re-point a tensor hook on y to another value).
+        z = torch.zeros_like(out, requires_grad=True)
+        zs[li].append(z)
+        return out + z
+
+    handles = []
+    try:
+        for layer in layers:
+            # Input captured after any user pre-hooks (what forward sees); z added before user forward
+            # hooks (the raw output); user hooks run outside "active", so parameter uses there are caught.
+            handles.append(layer.module.register_forward_pre_hook(pre_hook))
+            handles.append(layer.module.register_forward_hook(post_hook, with_kwargs=True, prepend=True))
+        with _ParamUseGuard(tracked, active, misused):
+            f = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    f = f.reshape(n, -1)
+    C = f.shape[1]
+    if misused or failed:
+        raise _Reroute(misused | failed)
+    if not plan.clone_inputs and any(a._version != v for calls in inputs for a, v in calls):
+        plan.clone_inputs = True  # an input was modified in place after the layer read it: keep copies
+        raise _Reroute(set())
+
+    if check_independence and n > 1:
+        with torch.no_grad():
+            f0 = model(x[:1]).reshape(1, -1)
+        tol = torch.finfo(f.dtype).eps ** 0.5 * (1.0 + f.detach().abs().max().item())
+        if not torch.allclose(f0, f[:1].detach(), rtol=0.0, atol=tol):
+            raise ValueError("empirical_ntk: a sample's output depends on the other samples in its batch "
+                             "(batch statistics or randomness in forward); the layer-wise NTK assumes "
+                             "independent samples - put the model in eval mode")
+
+    # C backwards of sum_i f_c(x_i): samples are independent, so row i of grad(z) is d f_c(x_i) / d y_i.
+    # Written straight into the (n, g, P, C, dout) layout the Grams read, so the common trace case is a view.
+    owner = [li for li, calls in enumerate(zs) for _ in calls]
+    flat = [z for calls in zs for z in calls]
+    grads = []
+    for li, z in zip(owner, flat):
+        n_, g_, P_, dout_ = _signal_view(layers[li], z).shape
+        grads.append(torch.zeros(n_, g_, P_, C, dout_, dtype=_work_dtype(z.dtype), device=z.device))
+    if flat and f.requires_grad:
+        for c in range(C):
+            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=c < C - 1, allow_unused=True)
+            for li, buf, g in zip(owner, grads, gs):
+                if g is not None:
+                    buf[:, :, :, c] = _signal_view(layers[li], g)
+            del gs
+    del f, flat
+
+    a_out, d_out = [], []
+    for li, layer in enumerate(layers):
+        ds = [grads.pop(0) for _ in zs[li]]
+        us = [_patches(layer, _work(t)) for t, _ in inputs[li]]
+        if any(u.shape[2] != s.shape[2] for u, s in zip(us, ds)):  # conv geometry not reproduced: don't guess
+            raise _Reroute({li})
+        # Several calls of one module (weight sharing) are just more positions: concatenate along P.
+        a_out.append(None if not us else us[0] if len(us) == 1 else torch.cat(us, dim=2))
+        d_out.append(None if not ds else ds[0] if len(ds) == 1 else torch.cat(ds, dim=2))
+        del ds, us
+    fb = _fallback_grads(model, plan.fallback, x, C) if plan.fallback else None
+    return _Capture(n, C, a_out, d_out, fb)
+
+
+def _fallback_grads(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, C: int) -> torch.Tensor:
+    """(n, C, F) exact per-sample gradients of `params`, one forward per sample and C backwards."""
+    numel = sum(p.numel() for p in params)
+    out = torch.zeros(x.shape[0], C, numel, dtype=_work_dtype(params[0].dtype), device=x.device)
+    for i in range(x.shape[0]):
+        f = model(x[i:i + 1]).reshape(-1)
+        if not f.requires_grad:
+            continue
+        for c in range(C):
+            gs = torch.autograd.grad(f[c], params, retain_graph=c < C - 1, allow_unused=True)
+            flat = [g.reshape(-1) if g is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
+                    for g, p in zip(gs, params)]
+            out[i, c] = torch.cat(flat)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Grams between the captures of two sample blocks I and J.
+
+def _pair_gram(vI: torch.Tensor, vJ: torch.Tensor, full: bool) -> torch.Tensor:
+    """Gram of per-sample vectors (n, C, F): trace sums over c; full keeps (i c, j c') sample-major."""
+    if full:
+        return (vI.reshape(-1, vI.shape[-1]) @ vJ.reshape(-1, vJ.shape[-1]).T).double()
+    return (vI.reshape(vI.shape[0], -1) @ vJ.reshape(vJ.shape[0], -1).T).double()
+
+
+def _gram_route(aI, dI, aJ, dJ, full: bool) -> torch.Tensor:
+    """sum_{p,q} (delta_ip . delta_jq)(a_ip . a_jq): never forms a per-sample weight gradient."""
+    nI, g, P, C, dout = dI.shape
+    nJ = dJ.shape[0]
+    uJ = aJ.transpose(0, 1).reshape(g, nJ * P, -1)  # rows (j, q)
+    if full:  # rows (j, q, c): one matmul gives every output pair (c, c')
+        eJ = dJ.transpose(0, 1).reshape(g, nJ * P * C, dout)
+    else:  # trace: sum_c delta^c . delta^c is one dot product over the (c, out) axis (a view for g = 1)
+        eJ = dJ.transpose(0, 1).reshape(g, nJ * P, C * dout)
+    per_row = 3 * g * P * nJ * P * (C * C if full else 1) * dI.element_size()
+    rows = max(1, CHUNK_BYTES // per_row)
+    out = []
+    for s in range(0, nI, rows):
+        r = min(rows, nI - s)
+        uI = aI[s:s + r].transpose(0, 1).reshape(g, r * P, -1)
+        M = torch.bmm(uI, uJ.transpose(1, 2))  # (g, rP, nJ P) patch overlaps
+        if full:
+            eI = dI[s:s + r].transpose(0, 1).reshape(g, r * P * C, dout)
+            D = torch.bmm(eI, eJ.transpose(1, 2)).view(g, r, P, C, nJ, P, C)
+            k = (D * M.view(g, r, P, 1, nJ, P, 1)).sum((0, 2, 5)).reshape(r * C, nJ * C)  # (i c, j c')
+        else:
+            eI = dI[s:s + r].transpose(0, 1).reshape(g, r * P, C * dout)
+            k = (torch.bmm(eI, eJ.transpose(1, 2)) * M).view(g, r, P, nJ, P).sum((0, 2, 4))
+        out.append(k.double())
+    return torch.cat(out)
+
+
+def _psg_route(aI, dI, aJ, dJ, full: bool, same: bool) -> torch.Tensor:
+    """Per-sample weight gradients G_i = sum_p delta_ip a_ip^T (chunked over output units), and their Gram."""
+    nI, g, _, C, dout = dI.shape
+    nJ, din = dJ.shape[0], aI.shape[-1]
+    per_unit = (nI + nJ) * C * g * din * dI.element_size()
+    step = max(1, CHUNK_BYTES // per_unit)
+    K = 0
+    for o in range(0, dout, step):
+        GI = torch.einsum("igpco,igpd->icgod", dI[..., o:o + step], aI).reshape(nI, C, -1)
+        GJ = GI if same else torch.einsum("igpco,igpd->icgod", dJ[..., o:o + step], aJ).reshape(nJ, C, -1)
+        K = K + _pair_gram(GI, GJ, full)
+    return K
+
+
+def _route_costs(n: int, C: int, g: int, P: int, din: int, dout: int, full: bool) -> tuple[float, float]:
+    """Flop estimates (gram, per-sample gradients) of one layer's weight Gram on blocks of n samples."""
+    k = C * C if full else C
+    gram = g * (n * P) ** 2 * (din + k * dout + k)
+    psg = g * dout * din * (2 * n * C * P + n * n * k)
+    return float(gram), float(psg)
+
+
+def _block_gram(plan: _Plan, capI: _Capture, capJ: _Capture, full: bool, same: bool, device):
+    """(layer-route Gram, fallback Gram) of blocks I x J, float64. All layer Grams are summed here."""
+    k = capI.C if full else 1
+    K = torch.zeros(capI.n * k, capJ.n * k, dtype=torch.float64, device=device)
+    for li, layer in enumerate(plan.layers):
+        dI, dJ = capI.d[li], capJ.d[li]
+        if dI is None or dJ is None:  # module not called on this block: its parameters get no gradient
+            continue
+        if layer.weight is not None:
+            aI, aJ = capI.a[li], capJ.a[li]
+            if layer.route == "gram":
+                Kw = _gram_route(aI, dI, aJ, dJ, full)
+            else:
+                Kw = _psg_route(aI, dI, aJ, dJ, full, same)
+            K += layer.mult ** 2 * Kw
+        if layer.bias is not None:
+            K += _pair_gram(dI.sum(2).transpose(1, 2).reshape(capI.n, capI.C, -1),  # db_i = sum_p delta_ip
+                            dJ.sum(2).transpose(1, 2).reshape(capJ.n, capJ.C, -1), full)
+    Kfb = _pair_gram(capI.fb, capJ.fb, full) if capI.fb is not None else None
+    return K, Kfb
+
+
+# --------------------------------------------------------------------------------------------------
+
+def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", block_size: int | None = None,
+                  reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Exact empirical NTK of `model` at inputs `x` over its trainable parameters, float64.
+
+    outputs: "trace" -> (n, n), summed over the C outputs; "full" -> (nC, nC), index i*C + c.
+    block_size: samples per block (default: all n up to DEFAULT_BLOCK). Blocks I x J are computed from
+        per-block captures, so memory is bounded by the block, not by n; the result is the same.
+    reduce_fn: applied once to the summed Gram of the layer-wise routes (all layers, all blocks) before the
+        fallback Gram is added, e.g. an all-reduce over tensor-parallel shards that each hold part of every
+        wide layer. Fallback parameters are computed in full on every caller and are not reduced.
+    The model must treat samples independently (eval-mode BatchNorm, no active dropout); see module doc.
+    """
+    if outputs not in ("trace", "full"):
+        raise ValueError(f"outputs must be 'trace' or 'full', not {outputs!r}")
+    full = outputs == "full"
+    _check_no_batch_coupling(model)
+    x = x.detach()
+    n = x.shape[0]
+    b = block_size or min(n, DEFAULT_BLOCK)
+    blocks = [(s, min(s + b, n)) for s in range(0, n, b)]
+    plan = _Plan(model)
+    with torch.enable_grad():
+        while True:
+            try:
+                return _assemble(model, plan, x, blocks, full, reduce_fn)
+            except _Reroute as e:
+                plan.demote(e.layer_ids)
+
+
+def _assemble(model, plan: _Plan, x, blocks, full: bool, reduce_fn) -> torch.Tensor:
+    n = x.shape[0]
+    K = Kfb = None
+    for bi, (s0, e0) in enumerate(blocks):
+        capI = _capture(model, plan, x[s0:e0], check_independence=bi == 0)
+        if K is None:
+            k = capI.C if full else 1
+            K = torch.zeros(n * k, n * k, dtype=torch.float64, device=x.device)
+            Kfb = torch.zeros_like(K) if plan.fallback else None
+            _choose_routes(plan, capI, full)
+        for s1, e1 in blocks[bi:]:
+            capJ = capI if s1 == s0 else _capture(model, plan, x[s1:e1], check_independence=False)
+            kl, kf = _block_gram(plan, capI, capJ, full, s1 == s0, x.device)
+            K[s0 * k:e0 * k, s1 * k:e1 * k] = kl
+            K[s1 * k:e1 * k, s0 * k:e0 * k] = kl.T
+            if kf is not None:
+                Kfb[s0 * k:e0 * k, s1 * k:e1 * k] = kf
+                Kfb[s1 * k:e1 * k, s0 * k:e0 * k] = kf.T
+            del capJ
+    if reduce_fn is not None:
+        K = reduce_fn(K)
+    return K if Kfb is None else K + Kfb
+
+
+def _choose_routes(plan: _Plan, cap: _Capture, full: bool) -> None:
+    for li, layer in enumerate(plan.layers):
+        if layer.route is not None or cap.a[li] is None:
+            continue
+        n, g, P, C, dout = cap.d[li].shape
+        gram, psg = _route_costs(n, C, g, P, cap.a[li].shape[-1], dout, full)
+        layer.route = "gram" if gram <= psg else "psg"
+    for layer in plan.layers:  # never-called layers on this block: gram handles any later shapes
+        layer.route = layer.route or "gram"
+
+
+__all__ = ["empirical_ntk"]

@@ -1,0 +1,62 @@
+import re
+from pathlib import Path
+
+import pytest
+
+from overparam_dist.config import Config, ConfigError, flatten, load_config, to_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_yaml_and_overrides_merge_in_order(tmp_path):
+    y = tmp_path / "e.yaml"
+    y.write_text("model:\n  width: 128\n  depth: 3\ntrain:\n  lr: 2.0\n")
+    cfg = load_config(y, ["model.width=256", "seed=7"])
+    assert (cfg.model.width, cfg.model.depth, cfg.train.lr, cfg.seed) == (256, 3, 2.0, 7)
+    assert cfg.data.name == "synthetic"  # untouched default
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.widht=5", "model.widht"),
+    ("model.width=abc", "model.width"),
+    ("model.width=0", "model.width"),
+    ("model.param=foo", "model.param"),
+    ("data.label_noise=1.5", "data.label_noise"),
+    ("train.batch_size=1000", "train.batch_size"),
+    ("parallel.tp=3", "parallel.tp"),  # does not divide the default width
+])
+def test_bad_values_name_the_key(override, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    msg = str(err.value)
+    assert f"'{key}'" in msg and "\n" not in msg
+
+
+def test_dp_must_divide_batch():
+    with pytest.raises(ConfigError, match="parallel.dp"):
+        load_config(None, ["parallel.dp=3", "data.n=2"])
+
+
+def test_missing_and_invalid_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_presets_load():
+    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+        load_config(path)
+    assert (ROOT / "configs" / "experiment" / "paper_fc.yaml").is_file()
+
+
+def test_readme_config_reference_lists_every_key_with_its_default():
+    readme = (ROOT / "README.md").read_text()
+    for key, default in flatten(to_dict(Config())).items():
+        row = re.search(rf"^\| `{re.escape(key)}` \| `([^`]*)` \|", readme, re.M)
+        assert row, f"README config reference lacks {key}"
+        shown = row.group(1)
+        expected = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
+        assert shown == expected, f"README shows {key} = {shown!r}, schema default is {expected!r}"

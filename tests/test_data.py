@@ -1,0 +1,86 @@
+import gzip
+import math
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from overparam_dist.config import ConfigError, load_config
+from overparam_dist.data import build_dataset, check_available
+
+
+def test_synthetic_satisfies_the_theory_assumptions():
+    ds = build_dataset(load_config(None, ["data.n=200", "data.dim=10"]))
+    x = ds.x.double()
+    assert torch.allclose(x.norm(dim=1), torch.ones(200, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(x[:, -1], torch.full((200,), 1 / math.sqrt(2), dtype=torch.float64), atol=1e-7)
+    brute = min((x[i] - x[j]).norm().item() for i in range(200) for j in range(i))
+    assert ds.info["delta"] == pytest.approx(brute, rel=1e-9)
+    assert ds.info["delta"] > 0
+    assert ds.y.shape == (200,) and set(ds.y.tolist()) <= {0, 1}
+
+
+def test_same_seed_same_data_and_targets():
+    for target in ("labels", "regression", "teacher"):
+        a = build_dataset(load_config(None, [f"data.target={target}", "seed=1"]))
+        b = build_dataset(load_config(None, [f"data.target={target}", "seed=1"]))
+        c = build_dataset(load_config(None, [f"data.target={target}", "seed=2"]))
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert not torch.equal(a.x, c.x)
+    teacher = build_dataset(load_config(None, ["data.target=teacher", "data.classes=3"]))
+    assert teacher.y.shape == (64, 3) and teacher.y.pow(2).sum(1).mean().item() == pytest.approx(1, rel=1e-5)
+
+
+def test_label_noise_replaces_that_fraction():
+    clean = build_dataset(load_config(None, ["data.n=4000", "data.classes=10"]))
+    noisy = build_dataset(load_config(None, ["data.n=4000", "data.classes=10", "data.label_noise=0.5"]))
+    assert torch.equal(clean.x, noisy.x)
+    assert noisy.info["label_noise_replaced"] / 4000 == pytest.approx(0.5, abs=0.03)
+    changed = (clean.y != noisy.y).float().mean().item()
+    assert changed == pytest.approx(0.5 * 0.9, abs=0.03)  # a random label keeps the old one 1 time in 10
+    assert noisy.info["label_noise_changed"] == int((clean.y != noisy.y).sum())
+
+
+def test_digits_subsample_and_normalise():
+    ds = build_dataset(load_config(None, ["data.name=digits", "data.n=100"]))
+    assert ds.x.shape == (100, 64) and ds.num_outputs == 10
+    assert torch.allclose(ds.x.norm(dim=1), torch.ones(100), atol=1e-5)
+    img = build_dataset(load_config(None, ["data.name=digits", "data.n=100", "model.arch=cnn"]))
+    assert img.x.shape == (100, 1, 8, 8)
+
+
+def _write_idx(path, arr):
+    arr = np.asarray(arr, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(">" + "I" * arr.ndim, *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.tobytes())
+
+
+def test_mnist_and_cifar_files_are_read_from_root(tmp_path):
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    images = rng.integers(0, 255, (50, 28, 28))
+    labels = rng.integers(0, 10, 50)
+    _write_idx(raw / "train-images-idx3-ubyte.gz", images)
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", labels)
+    ds = build_dataset(load_config(None, ["data.name=mnist", f"data.root={tmp_path}", "data.n=50"]))
+    order = torch.argsort(ds.y, stable=True)
+    assert ds.x.shape == (50, 784) and sorted(ds.y.tolist()) == sorted(labels.tolist())
+    assert order.numel() == 50
+    cif = tmp_path / "cifar-10-batches-py"
+    cif.mkdir()
+    with open(cif / "data_batch_1", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}, f)
+    ds = build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.n=20", "model.arch=cnn"]))
+    assert ds.x.shape == (20, 3, 32, 32)
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    for name in ("mnist", "cifar10"):
+        with pytest.raises(ConfigError, match=f"data.name={name}.*data.download=true"):
+            check_available(load_config(None, [f"data.name={name}", f"data.root={tmp_path}"]))
+    with pytest.raises(ConfigError, match="data.n"):
+        build_dataset(load_config(None, ["data.name=digits", "data.n=5000"]))

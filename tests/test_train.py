@@ -1,0 +1,180 @@
+"""End-to-end trials: real processes, real gloo groups, real checkpoints."""
+
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT, read_rows, read_summary, run_cli
+
+from overparam_dist.config import load_config
+from overparam_dist.train import run_trial
+
+QUICK = ["wandb.mode=disabled", "--quiet"]
+
+
+def _args(run_dir: Path, *extra: str) -> list[str]:
+    return ["train", "--quiet", f"run.dir={run_dir}", *extra]
+
+
+def test_defaults_reach_full_train_accuracy(tmp_path):
+    res = run_cli("train", "--quiet", cwd=tmp_path)  # no arguments at all
+    assert res.returncode == 0, res.stderr
+    (run,) = list((tmp_path / "runs").iterdir())
+    summary = read_summary(run)
+    cfg = load_config()
+    assert summary["status"] == "completed" and summary["train/acc"] == 1.0
+    assert summary["conv/steps_to_fit"] is not None and summary["steps"] <= cfg.train.steps
+    assert summary["seed"] == 0 and summary["delta"] > 0
+    rows = read_rows(run)
+    assert rows[0]["step"] == 0 and rows[-1]["step"] == summary["steps"]
+    assert rows[-1]["train/acc"] == 1.0
+    assert str(run) in res.stdout or run.name in res.stdout
+
+
+@pytest.mark.slow
+def test_paper_default_lr_is_stable_at_every_width(tmp_path):
+    for width, steps in [(64, 30), (256, 30), (1024, 20), (4096, 5), (8192, 3)]:
+        cfg = load_config(None, [f"model.width={width}", f"train.steps={steps}", "train.stop_at_fit=false",
+                                 "metrics.every=1", "checkpoint.every=0", f"run.dir={tmp_path / str(width)}",
+                                 "wandb.mode=disabled", "run.quiet=true"])
+        summary = run_trial(cfg)
+        losses = [r["train/loss"] for r in read_rows(tmp_path / str(width))]
+        assert summary["status"] == "completed", width
+        assert losses[-1] < 0.9 * losses[0], (width, losses)
+        assert all(b <= a * 1.05 for a, b in zip(losses, losses[1:])), (width, losses)  # no blow-up on the way
+
+
+def test_divergence_is_a_result_not_a_crash(tmp_path):
+    res = run_cli(*_args(tmp_path / "d", "train.lr=1e7", "data.target=regression", "train.steps=50"))
+    assert res.returncode == 0, res.stderr
+    s = read_summary(tmp_path / "d")
+    assert s["status"] == "diverged" and s["steps"] < 50 and s["train/loss"] is None
+
+
+@pytest.mark.parametrize("args", [
+    ["model.widht=5"], ["model.width=abc"], ["model.width=0"], ["parallel.dp=3", "data.n=2"],
+    ["data.name=mnist", "data.root=/nonexistent-data-root"], ["--config", "/nonexistent.yaml"],
+])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(tmp_path, args):
+    run_dir = tmp_path / "run"
+    res = run_cli("train", f"run.dir={run_dir}", *args) if args[0] != "--config" else \
+        run_cli("train", *args, f"run.dir={run_dir}")
+    assert res.returncode == 2
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("overparam: error:")
+    key = args[0].split("=")[0]
+    if key.startswith(("model.", "parallel.")):
+        assert key.split(".")[0] in lines[0]
+    assert not run_dir.exists()
+
+
+def test_foreign_run_directory_is_never_overwritten(tmp_path):
+    run_dir = tmp_path / "r"
+    assert run_cli(*_args(run_dir, "train.steps=3")).returncode == 0
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    res = run_cli(*_args(run_dir, "train.steps=3", "model.width=64"))
+    assert res.returncode == 2 and "model.width" in res.stderr
+    assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [r["train/loss"] for r in read_rows(run_dir)]
+
+
+@pytest.mark.slow
+def test_ddp_matches_single_process(tmp_path):
+    common = ["data.target=regression", "train.steps=20", "metrics.every=1", "model.width=256"]
+    assert run_cli(*_args(tmp_path / "dp1", *common)).returncode == 0
+    res = run_cli(*_args(tmp_path / "dp2", *common, "parallel.dp=2"))
+    assert res.returncode == 0, res.stderr
+    a, b = _losses(tmp_path / "dp1"), _losses(tmp_path / "dp2")
+    assert len(a) == len(b) == 21
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-5
+    assert read_summary(tmp_path / "dp2")["dp"] == 2
+
+
+def _init_hash_worker() -> str:
+    from overparam_dist.models import build_model
+    from overparam_dist.parallel import mesh
+
+    cfg = load_config(None, ["parallel.dp=2", "model.width=300", "seed=11"])
+    pd = mesh.setup(cfg)
+    model, _ = build_model(cfg, (16,), 2)
+    h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+    pd.close()
+    return h
+
+
+def test_initial_weights_bit_identical_across_process_counts():
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    from overparam_dist.models import build_model
+
+    model, _ = build_model(load_config(None, ["model.width=300", "seed=11"]), (16,), 2)
+    single = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
+    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="inithash", rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn", monitor_interval=0.1)
+    hashes = elastic_launch(launch, _init_hash_worker)()
+    assert hashes[0] == hashes[1] == single
+
+
+@pytest.mark.slow
+def test_torchrun_joins_the_process_group(tmp_path):
+    common = ["data.target=regression", "train.steps=10", "metrics.every=1", "model.width=128"]
+    assert run_cli(*_args(tmp_path / "one", *common)).returncode == 0
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "launcher", *_args(tmp_path / "tr", *common, "parallel.dp=2")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    a, b = _losses(tmp_path / "one"), _losses(tmp_path / "tr")
+    assert max(abs(x - y) / abs(x) for x, y in zip(a, b)) < 1e-5 and len(a) == len(b)
+
+
+def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    from overparam_dist import checkpoint
+    from overparam_dist.models import build_model
+
+    cfg = load_config(run_dir / "config.yaml")
+    model, _ = build_model(cfg, (cfg.data.dim,), cfg.data.classes)
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
+    state = checkpoint.load(checkpoint.latest(run_dir / "checkpoints"), model, opt)
+    assert state["step"] == cfg.train.steps
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("batch", [0, 16])
+def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, batch):
+    common = ["data.target=regression", "train.steps=100", "metrics.every=5", "checkpoint.every=20",
+              "model.width=512", "model.depth=3", f"train.batch_size={batch}", "wandb.mode=disabled"]
+    ref = tmp_path / "ref"
+    assert run_cli(*_args(ref, *common)).returncode == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *_args(run, *common)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "step_00000040").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "trial ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    res = run_cli(*_args(run, *common))
+    assert res.returncode == 0, res.stderr
+    steps = [r["step"] for r in read_rows(run)]
+    assert steps == list(range(0, 101, 5))  # each logged step exactly once
+    assert _losses(run) == pytest.approx(_losses(ref), rel=1e-6)
+    a, b = _final_weights(ref), _final_weights(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert read_summary(run)["train/loss"] == read_summary(ref)["train/loss"]
+    # A rerun of a finished trial is a no-op that returns the same summary.
+    before = (run / "metrics.jsonl").read_bytes()
+    assert run_cli(*_args(run, *common)).returncode == 0
+    assert (run / "metrics.jsonl").read_bytes() == before
