@@ -1,6 +1,7 @@
-"""Where metrics go, on rank 0: metrics.jsonl always (the source of truth, written first), then W&B.
+"""Where metrics go, on rank 0: metrics.jsonl always (the source of truth, written first), then W&B,
+then Ray (only when the trial runs inside a Ray Tune trial or a Ray Train worker group).
 
-W&B is best effort: any W&B error logs one warning and training continues with JSONL only.
+W&B and Ray are best effort: any error there logs one warning and training continues with JSONL only.
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ import hashlib
 import json
 import math
 import os
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .config import Config, to_dict
 
@@ -126,16 +128,60 @@ class WandbSink:
         self._guard(lambda: self.run.finish())
 
 
+# A reporter installed by the launcher in a Ray Train worker (launcher/sweep.py): Train V2's
+# `ray.train.report` is a barrier over all workers, but only rank 0 has sinks, so rank 0 forwards its
+# rows to the Tune trial through this instead. None: use `ray.tune.report` when inside a Tune trial.
+_ray_reporter: Callable[[dict], None] | None = None
+
+
+def set_ray_reporter(fn: Callable[[dict], None] | None) -> None:
+    global _ray_reporter
+    _ray_reporter = fn
+
+
+def _tune_reporter() -> Callable[[dict], None] | None:
+    if "ray" not in sys.modules:  # never import ray for a plain run
+        return None
+    try:
+        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
+
+        if _in_tune_session():
+            from ray import tune
+
+            return lambda row: tune.report(row)
+    except Exception:
+        pass
+    return None
+
+
+class RaySink:
+    """Each logged row, as a Ray Tune result (Tune's trial table, the dashboard, Tune callbacks)."""
+
+    def __init__(self):
+        self.report = _ray_reporter or _tune_reporter()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if self.report is None:
+            return
+        try:
+            self.report({"step": step, **{k: _clean(v) for k, v in metrics.items()}})
+        except Exception as exc:
+            warnings.warn(f"Ray reporting failed, continuing without it: {type(exc).__name__}: {exc}", stacklevel=2)
+            self.report = None
+
+
 class Sinks:
     """All sinks of one trial. Only rank 0 creates one."""
 
     def __init__(self, cfg: Config, run_dir: Path, name: str, resume_step: int | None):
         self.jsonl = JsonlSink(run_dir, resume_step)
         self.wandb = WandbSink(cfg, run_dir, name)
+        self.ray = RaySink()
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.jsonl.log(step, metrics)  # first: JSONL is the record even if W&B misbehaves
         self.wandb.log(step, metrics)
+        self.ray.log(step, metrics)
 
     def finish(self, summary: dict) -> None:
         self.jsonl.close()

@@ -18,11 +18,11 @@ import torch.nn.functional as F
 import yaml
 
 from . import checkpoint
-from .config import Config, ConfigError, base_lr, default_run_name, run_dir, to_dict
+from .config import Config, ConfigError, base_lr, default_run_name, effective_train_outer, run_dir, to_dict
 from .data import Dataset, build_dataset
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
-from .metrics.drift import WeightDrift
+from .metrics.tracker import TheoryMetrics, label_complexity_targets
 from .models import build_model
 from .parallel import mesh
 from .parallel.wrap import parallelize
@@ -132,8 +132,16 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     optimizer = torch.optim.SGD([{"params": ps, "lr": lr} for lr, ps in groups.items()])
     trained_params = [p for p in model.parameters() if p.requires_grad]
 
-    drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed)
     conv = ConvergenceTracker(cfg.metrics.window)
+    # Theory metrics record the init state (K_0, ReLU patterns, ||theta_0||) now, before any checkpoint loads.
+    probe_n = min(cfg.metrics.ntk_probe, len(ds))
+    probe_x = ds.x[:probe_n].to(device, dtype)
+    theory = TheoryMetrics(
+        model, rules, cfg.seed, probe_x,
+        label_complexity_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
+        param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
+        bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
+        track_ntk=cfg.metrics.ntk)
 
     # Resume from the latest complete checkpoint.
     start_step, resume_from = 0, None
@@ -142,6 +150,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         state = checkpoint.load(last, net, optimizer)
         start_step, resume_from = state["step"], state
         conv.load(state["conv"])
+        theory.load(state.get("theory", {}))
 
     # Data: every rank holds the whole (small) training set; each dp rank computes on its share.
     x_all = ds.x.to(device, dtype)
@@ -244,7 +253,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
                 row[names.TIME_STEP] = elapsed / steps_since
                 row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
             t_metrics = time.perf_counter()
-            row.update(drift.compute())
+            row.update(theory.compute(first=step == 0))
             row[names.TIME_METRICS] = time.perf_counter() - t_metrics
             if pd.is_main:
                 sinks.log(step, row)
@@ -263,12 +272,12 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         if bar is not None:
             bar.update(1)
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
-            checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state()}, pd)
+            checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state(), "theory": theory.state()}, pd)
 
     if bar is not None:
         bar.close()
     if status == "completed":
-        checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state()}, pd)
+        checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state(), "theory": theory.state()}, pd)
 
     summary = {
         "status": status,
@@ -277,6 +286,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         "steps": step,
         "requested_steps": cfg.train.steps,
         **{k: v for k, v in final_metrics.items() if not k.startswith("time/")},
+        names.NTK_INIT_GAP: theory.init_gap,
         names.CONV_RATE: conv.rate(),
         names.CONV_STEPS_TO_FIT: conv.steps_to_fit,
         "wall_s": time.perf_counter() - t_start,

@@ -1,19 +1,30 @@
-"""Weight drift from initialisation.
+"""Weight drift from initialisation: relative Frobenius norms and spectral norms of W_t - W_0.
 
-W_0 is never stored: every weight was generated tile by tile from the seed (models/init.py), so the
-metrics regenerate W_0 one row block at a time and compare it with W_t. That is exact (bit-identical
-W_0), costs one block of extra memory instead of a second copy of the model, and works unchanged on
-tensor-parallel shards (each rank regenerates only its own block).
+W_0 is never stored. Every weight was generated tile by tile from the seed (models/init.py), so W_0 is
+regenerated one row block at a time and compared with W_t. We chose this over a low-precision copy:
+the drift being measured is small (O(1/sqrt(m)) relative), while a bf16 copy of W_0 carries a relative
+error up to 2^-9 per entry - about the size of the drift itself at m = 2^14. Regeneration is exact
+(bit-identical W_0), needs one block of extra memory instead of a second model, and works unchanged
+on tensor-parallel shards (each rank regenerates only its own block).
+
+Spectral norm: subspace (block power) iteration with Rayleigh-Ritz on D^T D (D = W_t - W_0), with
+K_SUBSPACE vectors. One pass over row blocks computes D^T (D V) = sum_blocks D_b^T (D_b V) and the Gram
+(D V)^T (D V), so each iteration regenerates W_0 once; the first pass also gives ||D||_F. The estimate
+is a lower bound converging like (sigma_{k+1} / sigma_1)^(2 iterations), and V is warm-started across
+calls, so a few iterations per call track the top singular vector as training moves it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from ..models.init import TILE, Rule, generate_block, shape2d
 from . import names
+
+K_SUBSPACE = 4  # vectors in the subspace iteration for spectral norms
 
 
 def layer_name(param_name: str) -> str:
@@ -21,33 +32,146 @@ def layer_name(param_name: str) -> str:
     return param_name.rsplit(".", 1)[0]
 
 
-@torch.no_grad()
-def diff_sq_norm(p: torch.Tensor, rule: Rule, seed: int, name: str) -> float:
-    """||p - p_0||_F^2, regenerating p_0 one tile at a time (block sums added in float64)."""
-    w = p.detach().reshape(shape2d(p.shape))
-    total = 0.0
-    for r0 in range(0, w.shape[0], TILE):
-        r1 = min(r0 + TILE, w.shape[0])
-        for c0 in range(0, w.shape[1], TILE):
-            c1 = min(c0 + TILE, w.shape[1])
-            w0 = generate_block(rule, seed, name, tuple(w.shape), (r0, r1), (c0, c1)).to(p.device, p.dtype)
-            total += float((w[r0:r1, c0:c1] - w0).square_().sum(dtype=torch.float64))
-    return total
+class ShardView:
+    """Where a (possibly tensor-parallel sharded) parameter's local block sits in its global 2-D view."""
+
+    def __init__(self, local2d: torch.Tensor, global_shape2d: tuple[int, int], row0: int, col0: int):
+        self.local, self.global_shape, self.row0, self.col0 = local2d, global_shape2d, row0, col0
+
+
+def plain_view(p: torch.Tensor) -> ShardView:
+    shape = shape2d(p.shape)
+    return ShardView(p.detach().reshape(shape), shape, 0, 0)
+
+
+def _blocks(view: ShardView, rule: Rule, seed: int, name: str, by_rows: bool):
+    """Yield (slice, D block) over row blocks (all local columns) or column blocks (all local rows)."""
+    w = view.local
+    extent = w.shape[0] if by_rows else w.shape[1]
+    for s0 in range(0, extent, TILE):
+        s1 = min(s0 + TILE, extent)
+        if by_rows:
+            rows, cols = (view.row0 + s0, view.row0 + s1), (view.col0, view.col0 + w.shape[1])
+            local = w[s0:s1]
+        else:
+            rows, cols = (view.row0, view.row0 + w.shape[0]), (view.col0 + s0, view.col0 + s1)
+            local = w[:, s0:s1]
+        w0 = generate_block(rule, seed, name, view.global_shape, rows, cols)
+        yield slice(s0, s1), local - w0.to(w.device, w.dtype)
+
+
+class _Pass:
+    """One regeneration pass over the local block of D = W_t - W_0, giving additive (over ranks) parts of
+    ||D||_F^2 and, with an orthonormal basis X (length x k), of one subspace-iteration step.
+
+    side="right": X spans the columns; computes D^T D X and the Gram (D X)^T (D X) over row blocks.
+        Correct when every rank holds whole rows (unsharded or row-sharded): D X is complete per block.
+    side="left": X spans the rows; computes D D^T X and (D^T X)^T (D^T X) over column blocks (column shards).
+    """
+
+    def __init__(self, view: ShardView, rule: Rule, seed: int, name: str, x: torch.Tensor | None, side: str):
+        by_rows = side == "right"
+        w = view.local
+        self.fro_sq = 0.0
+        self.step = self.gram = None
+        if x is not None:
+            self.step = torch.zeros(w.shape[1] if by_rows else w.shape[0], x.shape[1], dtype=torch.float64,
+                                    device=w.device)
+            self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=w.device)
+        for sl, d in _blocks(view, rule, seed, name, by_rows):
+            self.fro_sq += float(d.square().sum(dtype=torch.float64))
+            if x is None:
+                continue
+            d64 = d.double()
+            if by_rows:  # x: local columns
+                y = d64 @ x
+                self.step += d64.T @ y
+            else:  # x: local rows
+                y = d64.T @ x
+                self.step += d64 @ y
+            self.gram += y.T @ y
 
 
 class WeightDrift:
-    """drift/weight_rel (all trained parameters) and drift/weight_rel/<layer>."""
+    """drift/weight_abs and drift/weight_rel (all trained parameters), drift/weight_rel/<layer>,
+    drift/weight_spec/<layer>.
 
-    def __init__(self, named_params: dict[str, torch.Tensor], rules: dict[str, Rule], seed: int):
-        self.params = named_params  # trained parameters only, by name
-        self.rules, self.seed = rules, seed
-        # ||theta_0||^2, from the live tensors right after init (they are theta_0 then).
-        self.init_sq = {n: float(p.detach().double().pow(2).sum()) for n, p in named_params.items()}
+    `view_of(p)` gives the local ShardView of a parameter; `reduce(t, axis)` sums a float64 tensor over
+    the ranks that hold parts of it (identity in one process). Both come from parallel/ when sharded.
+    """
+
+    def __init__(self, named_params: dict[str, torch.Tensor], rules: dict[str, Rule], seed: int,
+                 view_of: Callable[[torch.Tensor], ShardView] = plain_view,
+                 reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                 spectral: bool = True, max_iters: int = 8, tol: float = 1e-6):
+        self.params, self.rules, self.seed = named_params, rules, seed
+        self.view_of = view_of
+        self.reduce = reduce or (lambda t, p: t)
+        self.spectral, self.max_iters, self.tol = spectral, max_iters, tol
+        sq = {n: self._sum(torch.tensor([float(view_of(p).local.double().square().sum())], dtype=torch.float64), p)
+              for n, p in named_params.items()}
+        self.init_sq = {n: float(v[0]) for n, v in sq.items()}  # ||theta_0||^2 (the tensors are theta_0 now)
+        self.vectors: dict[str, torch.Tensor] = {}  # warm-started subspace bases, per weight
+
+    def _sum(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        return self.reduce(t, p)  # sums parts held by the ranks that shard p (identity when unsharded)
+
+    def _spectral_params(self) -> list[str]:
+        return [n for n, p in self.params.items() if n.endswith("weight") and p.dim() >= 2] if self.spectral else []
+
+    def _start_basis(self, name: str, length: int, device) -> torch.Tensor:
+        k = min(K_SUBSPACE, length)
+        v = self.vectors.get(name)
+        if v is None or v.shape != (length, k):
+            v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+        return torch.linalg.qr(v.to(device))[0]
+
+    def _power(self, name: str, p: torch.Tensor) -> tuple[float, float]:
+        """(||D||_F^2, ||D||_2) for one weight, by warm-started subspace iteration."""
+        view = self.view_of(p)
+        rows, cols = view.global_shape
+        col_shard = view.local.shape[1] < cols
+        side = "left" if col_shard else "right"
+        length, offset, extent = (rows, view.row0, view.local.shape[0]) if col_shard else \
+            (cols, view.col0, view.local.shape[1])
+        v = self._start_basis(name, length, view.local.device)
+        k = v.shape[1]
+        fro_sq, sigma_prev, sigma = None, -1.0, 0.0
+        for _ in range(self.max_iters):
+            ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side)
+            step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
+            step[offset:offset + extent] = ps.step
+            head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])
+            packed = self._sum(torch.cat([head, step.flatten()]), p)  # one all-reduce per iteration
+            if fro_sq is None:
+                fro_sq = float(packed[0])
+            gram = packed[1:1 + k * k].reshape(k, k)
+            # Rayleigh-Ritz: the top eigenvalue of V^T D^T D V (V orthonormal) is a lower bound on sigma_1^2.
+            sigma = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+            nxt = packed[1 + k * k:].reshape(length, k)
+            if float(nxt.norm()) == 0.0:  # D = 0: no drift yet
+                sigma = 0.0
+                break
+            v = torch.linalg.qr(nxt)[0]
+            if abs(sigma - sigma_prev) <= self.tol * sigma:
+                break
+            sigma_prev = sigma
+        self.vectors[name] = v
+        return fro_sq, sigma
 
     def compute(self) -> dict[str, float]:
-        diff = {n: diff_sq_norm(p, self.rules[n], self.seed, n) for n, p in self.params.items()}
+        diff: dict[str, float] = {}
         out: dict[str, float] = {}
+        spectral = set(self._spectral_params())
+        for n, p in self.params.items():
+            if n in spectral:
+                diff[n], sigma = self._power(n, p)
+                out[names.drift_weight_spec(layer_name(n))] = sigma
+            else:
+                ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right")
+                diff[n] = float(self._sum(torch.tensor([ps.fro_sq], dtype=torch.float64), p)[0])
         total_init = sum(self.init_sq.values())
+        out[names.DRIFT_WEIGHT_ABS] = math.sqrt(sum(diff.values()))
         out[names.DRIFT_WEIGHT_REL] = math.sqrt(sum(diff.values()) / total_init) if total_init > 0 else float("nan")
         by_layer: dict[str, list[float]] = {}
         for n in self.params:
@@ -57,3 +181,9 @@ class WeightDrift:
         for layer, (d, i) in by_layer.items():
             out[names.drift_weight_rel(layer)] = math.sqrt(d / i) if i > 0 else float("nan")
         return out
+
+    def state(self) -> dict:
+        return {n: v.cpu().tolist() for n, v in self.vectors.items()}
+
+    def load(self, state: dict) -> None:
+        self.vectors = {n: torch.tensor(v, dtype=torch.float64) for n, v in state.items()}

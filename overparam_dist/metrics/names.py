@@ -10,6 +10,9 @@ TIME_SAMPLES = "time/samples_per_s"
 TIME_METRICS = "time/metrics_s"
 
 DRIFT_WEIGHT_REL = "drift/weight_rel"  # ||theta_t - theta_0||_F / ||theta_0||_F over trained params
+# ||theta_t - theta_0||_F itself: the quantity the theory bounds by O(1/sqrt(m)). With paper init
+# ||theta_0||_F grows like sqrt(m), so the relative drift falls like 1/m where this falls like 1/sqrt(m).
+DRIFT_WEIGHT_ABS = "drift/weight_abs"
 DRIFT_ACT_FLIP = "drift/act_flip"
 
 

@@ -1,0 +1,162 @@
+"""The theory metrics of one trial, computed on a fixed probe set every `metrics.every` steps.
+
+- weight drift: drift/weight_rel, per layer relative Frobenius and spectral norms of W_t - W_0 (drift.py)
+- activation drift: drift/act_flip[/<layer>], the fraction of (probe sample, unit) ReLU signs that
+  differ from init; the init pattern is stored as packed bits (8 per byte)
+- NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace, ntk/label_complexity on the exact
+  empirical NTK of the probe set (ntk.py), and ntk/init_gap against the infinite-width kernel once.
+
+NTK scale: for param=paper the empirical kernel grows like m (the theory's step is lr/m), so every
+ntk/* value is computed on K / m there (analytic.empirical_scale), which is what gradient descent with
+step lr/m sees and what converges to the infinite-width kernel. Other parameterizations use K as is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import names
+from .analytic import PARAMS as ANALYTIC_PARAMS
+from .analytic import empirical_scale, infinite_width_ntk
+from .drift import WeightDrift, plain_view
+from .ntk import empirical_ntk
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Bool tensor -> uint8 tensor of ceil(numel / 8) bytes."""
+    flat = mask.flatten().to(torch.uint8)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    bits = (packed[:, None] >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1
+    return bits.flatten()[:numel].bool()
+
+
+def act_layer_name(act_index: int) -> str:
+    """The ReLU after `input` is acts.0, after hidden.l it is acts.(l+1): name it by that layer."""
+    return "input" if act_index == 0 else f"hidden.{act_index - 1}"
+
+
+class ActivationPattern:
+    """Signs of every ReLU's input on the probe set, captured by forward hooks on the nn.ReLU modules."""
+
+    def __init__(self, model: nn.Module):
+        self.relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
+
+    @torch.no_grad()
+    def capture(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        signs: dict[str, torch.Tensor] = {}
+        handles = []
+        for i, (_, relu) in enumerate(self.relus):
+            def hook(mod, args, i=i):
+                pre = args[0]
+                pre = pre.full_tensor() if hasattr(pre, "full_tensor") else pre
+                signs[act_layer_name(i)] = pre > 0
+            handles.append(relu.register_forward_pre_hook(hook))
+        try:
+            model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        return signs
+
+
+class TheoryMetrics:
+    """Everything measured against initialisation. Construct it while the model is at its init."""
+
+    def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
+                 probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
+                 bias: bool, train_outer: bool, classes: int, track_ntk: bool,
+                 init_model: nn.Module | None = None,
+                 view_of=plain_view, reduce: Callable | None = None,
+                 ntk_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Must be built before any update (and before a checkpoint is loaded): it records the init state."""
+        self.model, self.probe_x = model, probe_x
+        trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        self.drift = WeightDrift(trained, rules, seed, view_of=view_of, reduce=reduce)
+        self.acts = ActivationPattern(model)
+        init_signs = self.acts.capture(model, probe_x)
+        self.init_bits = {k: (pack_bits(v), v.numel()) for k, v in init_signs.items()}
+
+        self.track_ntk = track_ntk
+        self.ntk_reduce = ntk_reduce
+        self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
+        self.init_gap = None
+        self.y = None
+        if probe_targets is not None:
+            self.y = probe_targets.double().reshape(probe_x.shape[0], -1)
+        if track_ntk:
+            self.k0 = self._ntk(model)
+            if arch == "fc" and param in ANALYTIC_PARAMS and not (bias and param == "paper"):
+                k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
+                                           bias=bias, classes=classes).to(self.k0.device)
+                self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
+
+    def _ntk(self, model: nn.Module) -> torch.Tensor:
+        return empirical_ntk(model, self.probe_x, reduce_fn=self.ntk_reduce) * self.scale
+
+    def compute(self, first: bool) -> dict[str, float]:
+        out = self.drift.compute()
+        out.update(self._act_flips())
+        if self.track_ntk:
+            out.update(self._ntk_metrics())
+            if first and self.init_gap is not None:
+                out[names.NTK_INIT_GAP] = self.init_gap
+        return out
+
+    def _act_flips(self) -> dict[str, float]:
+        now = self.acts.capture(self.model, self.probe_x)
+        out: dict[str, float] = {}
+        flipped_total, units_total = 0, 0
+        for layer, signs in now.items():
+            bits, numel = self.init_bits[layer]
+            flipped = int((unpack_bits(bits, numel) != signs.flatten()).sum())
+            out[names.drift_act_flip(layer)] = flipped / numel
+            flipped_total += flipped
+            units_total += numel
+        if units_total:
+            out[names.DRIFT_ACT_FLIP] = flipped_total / units_total
+        return out
+
+    def _ntk_metrics(self) -> dict[str, float]:
+        k = self._ntk(self.model)
+        evals, evecs = torch.linalg.eigh(k)
+        out = {
+            names.NTK_REL_DRIFT: float((k - self.k0).norm() / self.k0.norm()),
+            names.NTK_LAMBDA_MIN: float(evals[0]),
+            names.NTK_LAMBDA_MAX: float(evals[-1]),
+            names.NTK_TRACE: float(evals.sum()),
+        }
+        if self.y is not None:
+            # sqrt(2 y^T K^-1 y / n), summed over output columns, via the eigendecomposition.
+            if float(evals[0]) > 0:
+                proj = evecs.T @ self.y
+                quad = float((proj.pow(2) / evals[:, None]).sum())
+                out[names.NTK_LABEL_COMPLEXITY] = math.sqrt(2 * quad / k.shape[0])
+            else:
+                out[names.NTK_LABEL_COMPLEXITY] = float("inf")
+        return out
+
+    def state(self) -> dict:
+        return {"spectral": self.drift.state()}
+
+    def load(self, state: dict) -> None:
+        self.drift.load(state.get("spectral", {}))
+
+
+def label_complexity_targets(y: torch.Tensor, is_classification: bool, classes: int) -> torch.Tensor | None:
+    """Targets for ntk/label_complexity: regression targets, or +-1 for binary labels; None otherwise."""
+    if not is_classification:
+        return y.double()
+    if classes == 2:
+        return y.double() * 2 - 1
+    return None

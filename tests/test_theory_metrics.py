@@ -1,0 +1,177 @@
+"""Theory metrics against independent computations (float64, torch.linalg, torch.func, closed forms)."""
+
+import math
+
+import pytest
+import torch
+
+from conftest import read_rows
+from overparam_dist.config import load_config
+from overparam_dist.metrics import names
+from overparam_dist.metrics.analytic import infinite_width_ntk
+from overparam_dist.metrics.convergence import ConvergenceTracker, log_loss_slope
+from overparam_dist.metrics.drift import WeightDrift
+from overparam_dist.metrics.tracker import TheoryMetrics, pack_bits, unpack_bits
+from overparam_dist.models import build_model
+from overparam_dist.models.init import generate_full
+from overparam_dist.train import run_trial
+
+
+def _model(*overrides, dtype=torch.float64):
+    cfg = load_config(None, ["data.dim=8", "data.classes=3", *overrides])
+    model, rules = build_model(cfg, (8,), 3, dtype=dtype)
+    return cfg, model, rules
+
+
+def _init_values(model, rules, seed):
+    return {n: generate_full(rules[n], seed, n, p.shape).to(p.dtype) for n, p in model.named_parameters()}
+
+
+def _perturb(model, scale=1e-2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                u = torch.randn(p.shape[0], 3, generator=g, dtype=p.dtype)
+                v = torch.randn(3, p[0].numel(), generator=g, dtype=p.dtype)
+                p.add_(scale * (u @ v).reshape(p.shape) + scale * 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+
+
+@pytest.mark.parametrize("width", [50, 1500])  # 1500 crosses the 1024 tile boundary
+def test_weight_drift_frobenius_and_spectral_match_linalg(width):
+    cfg, model, rules = _model(f"model.width={width}", "model.param=paper", "model.train_outer=true", "seed=5")
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    drift = WeightDrift(trained, rules, cfg.seed)
+    _perturb(model)
+    first = drift.compute()
+    got = drift.compute()  # warm-started second call
+    init = _init_values(model, rules, cfg.seed)
+    num = sum(float((p.detach() - init[n]).pow(2).sum()) for n, p in trained.items())
+    den = sum(float(init[n].pow(2).sum()) for n in trained)
+    assert got[names.DRIFT_WEIGHT_REL] == pytest.approx(math.sqrt(num / den), rel=1e-10)
+    for n, p in trained.items():
+        layer = n.rsplit(".", 1)[0]
+        d = (p - init[n]).reshape(p.shape[0], -1)
+        assert got[names.drift_weight_rel(layer)] == pytest.approx(float(d.norm() / init[n].norm()), rel=1e-10)
+        sigma = float(torch.linalg.matrix_norm(d, ord=2))
+        assert got[names.drift_weight_spec(layer)] == pytest.approx(sigma, rel=1e-4), layer
+        assert first[names.drift_weight_spec(layer)] <= sigma * (1 + 1e-9)  # power iteration never overshoots
+
+
+def test_float32_model_drift_is_exact_in_regenerated_w0():
+    cfg, model, rules = _model("model.width=300", dtype=torch.float32)
+    drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed)
+    assert drift.compute()[names.DRIFT_WEIGHT_REL] == 0.0  # W_0 regenerates bit-identically
+
+
+def test_bits_roundtrip():
+    mask = torch.rand(7, 13) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(91 / 8)
+    assert torch.equal(unpack_bits(packed, 91), mask.flatten())
+
+
+def _jac_ntk(model, x):
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+
+    def f(ps, xi):
+        return torch.func.functional_call(model, {**ps, **frozen}, (xi[None],))[0]
+
+    jac = torch.func.vmap(torch.func.jacrev(f), (None, 0))(params, x)
+    return sum(torch.einsum("iap,jap->ij", j.flatten(2), j.flatten(2)) for j in jac.values())
+
+
+@pytest.mark.parametrize("param", ["paper", "ntk", "standard"])
+def test_tracker_metrics_equal_independent_computation(param):
+    cfg, model, rules = _model(f"model.param={param}", "model.width=40", "model.depth=2", "seed=2")
+    x = torch.nn.functional.normalize(torch.randn(10, 8, dtype=torch.float64), dim=1)
+    y = torch.randn(10, 3, dtype=torch.float64)
+    tm = TheoryMetrics(model, rules, cfg.seed, x, y, param=param, width=40, depth=2, arch="fc", bias=False,
+                       train_outer=param != "paper", classes=3, track_ntk=True)
+    scale = 1 / 40 if param == "paper" else 1.0
+    k0 = _jac_ntk(model, x) * scale
+    pre0 = _preacts(model, x)
+    _perturb(model, 0.05)
+    got = tm.compute(first=True)
+    k = _jac_ntk(model, x) * scale
+    ev = torch.linalg.eigvalsh(k)
+    assert got[names.NTK_REL_DRIFT] == pytest.approx(float((k - k0).norm() / k0.norm()), rel=1e-8)
+    assert got[names.NTK_LAMBDA_MIN] == pytest.approx(float(ev[0]), rel=1e-8)
+    assert got[names.NTK_LAMBDA_MAX] == pytest.approx(float(ev[-1]), rel=1e-8)
+    assert got[names.NTK_TRACE] == pytest.approx(float(k.trace()), rel=1e-8)
+    lc = math.sqrt(2 * float((y * torch.linalg.solve(k, y)).sum()) / 10)
+    assert got[names.NTK_LABEL_COMPLEXITY] == pytest.approx(lc, rel=1e-6)
+    if param in ("paper", "ntk"):
+        k_inf = infinite_width_ntk(x, 2, param, classes=3)
+        assert got[names.NTK_INIT_GAP] == pytest.approx(float((k0 - k_inf).norm() / k_inf.norm()), rel=1e-8)
+    else:
+        assert names.NTK_INIT_GAP not in got
+    pre = _preacts(model, x)
+    flips = [(a > 0) != (b > 0) for a, b in zip(pre0, pre)]
+    for layer, f in zip(["input", "hidden.0", "hidden.1"], flips):
+        assert got[names.drift_act_flip(layer)] == pytest.approx(float(f.double().mean()), abs=0)
+    assert got[names.DRIFT_ACT_FLIP] == pytest.approx(float(torch.cat([f.flatten() for f in flips]).double().mean()))
+
+
+def _preacts(model, x):
+    out, h = [], x
+    for layer in [model.input, *model.hidden]:
+        z = layer(h)
+        out.append(z.detach().clone())
+        h = torch.relu(z)
+    return out
+
+
+def test_convergence_rate_and_steps_to_fit_closed_form():
+    steps = list(range(100))
+    assert log_loss_slope(steps, [3.0 * math.exp(-0.07 * s) for s in steps]) == pytest.approx(-0.07, rel=1e-9)
+    tracker = ConvergenceTracker(window=20)
+    for s in steps:
+        tracker.update(s, 2.0 * math.exp(-0.05 * s) if s < 80 else 2.0 * math.exp(-4 - 0.2 * (s - 80)), s >= 37)
+    assert tracker.rate() == pytest.approx(-0.2, rel=1e-9)  # only the trailing window counts
+    assert tracker.steps_to_fit == 37
+
+
+def _loglog_slope(xs, ys):
+    lx, ly = [math.log(v) for v in xs], [math.log(v) for v in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+@pytest.mark.slow
+def test_drift_shrinks_with_width_like_the_theory(tmp_path):
+    """Synthetic n=32, depth 2, 50 GD steps, param=paper, widths 64..2048, mean over 5 seeds.
+
+    Theory (Allen-Zhu et al.; Jacot et al.): ||W_t - W_0||_F and ||W_t - W_0||_2 are O(1/sqrt(m)) and so is
+    the relative NTK change. ||W_0||_F grows like sqrt(m) (entries N(0, 2/m), m^2 of them), so the
+    *relative* Frobenius drift falls like 1/m: slope -1, not -1/2.
+    """
+    widths = [64, 128, 256, 512, 1024, 2048]
+    seeds = [0, 1, 2, 3, 4]
+    keys = (names.DRIFT_WEIGHT_ABS, names.DRIFT_WEIGHT_REL, names.drift_weight_spec("hidden.0"),
+            names.drift_weight_spec("hidden.1"), names.NTK_REL_DRIFT)
+    finals = {}
+    for w in widths:
+        rows = []
+        for seed in seeds:
+            run = tmp_path / f"w{w}s{seed}"
+            cfg = load_config(None, [f"model.width={w}", "model.depth=2", "data.n=32", "train.steps=50",
+                                     "train.stop_at_fit=false", "metrics.every=50", "checkpoint.every=0",
+                                     f"seed={seed}", f"run.dir={run}", "wandb.mode=disabled", "run.quiet=true"])
+            summary = run_trial(cfg)
+            assert summary["status"] == "completed" and summary["steps"] == 50
+            rows.append(read_rows(run)[-1])
+        finals[w] = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+    slopes = {k: _loglog_slope(widths, [finals[w][k] for w in widths]) for k in keys}
+    print(f"\nfitted log-log slopes against width {widths} (mean of {len(seeds)} seeds):")
+    for k in keys:
+        print(f"  {k:28s} {slopes[k]:+.3f}   " + " ".join(f"{finals[w][k]:.4g}" for w in widths))
+    for k in keys[:4]:
+        vals = [finals[w][k] for w in widths]
+        assert all(b < a for a, b in zip(vals, vals[1:])), (k, vals)
+    assert finals[widths[-1]][names.NTK_REL_DRIFT] < finals[widths[0]][names.NTK_REL_DRIFT] / 3
+    assert -0.65 <= slopes[names.DRIFT_WEIGHT_ABS] <= -0.35
+    assert -0.65 <= slopes[names.drift_weight_spec("hidden.0")] <= -0.35
+    assert -0.65 <= slopes[names.NTK_REL_DRIFT] <= -0.35
+    assert -1.15 <= slopes[names.DRIFT_WEIGHT_REL] <= -0.85
