@@ -3,7 +3,10 @@
 Layout: <run.dir>/checkpoints/step_<N>/ holds the DCP shards plus `trainer_state.json`, which is
 written last. A save goes to a hidden temporary directory that is renamed into place only when
 complete, so an interrupted save never replaces (or masquerades as) the last good checkpoint.
-DCP stores tensors by their global names and shapes, so a run saved at one (dp, tp) loads at another.
+DCP stores tensors by their global names and shapes (tensor-parallel shards are wrapped as DTensors,
+see parallel/tensor_parallel.py), so a run saved at one (dp, tp) loads at another.
+
+Only the model is saved: the optimizer is plain SGD without momentum, which has no state.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from .parallel.mesh import ParallelDims
 
@@ -50,8 +52,8 @@ def latest(ckpt_root: Path) -> Path | None:
     return dirs[-1][1] if dirs else None
 
 
-def save(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-         trainer_state: dict, pd: ParallelDims) -> Path:
+def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], trainer_state: dict,
+         pd: ParallelDims) -> Path:
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
     if pd.is_main:
@@ -59,9 +61,8 @@ def save(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.op
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     pd.barrier()
-    model_sd, optim_sd = get_state_dict(model, optimizer)
     with _quiet_single_process():
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        dcp.save({"model": model_state}, checkpoint_id=str(tmp))
     pd.barrier()
     if pd.is_main:
         with open(tmp / STATE_FILE, "w") as f:
@@ -77,12 +78,9 @@ def save(ckpt_root: Path, step: int, model: torch.nn.Module, optimizer: torch.op
     return final
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Load model and optimizer state in place; return the trainer state."""
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
+def load(path: Path, model_state: dict[str, torch.Tensor]) -> dict:
+    """Load the model state in place (into the tensors of `model_state`); return the trainer state."""
     with _quiet_single_process():
-        dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        dcp.load({"model": model_state}, checkpoint_id=str(path))
     with open(path / STATE_FILE) as f:
         return json.load(f)

@@ -25,7 +25,7 @@ from .metrics.convergence import ConvergenceTracker
 from .metrics.tracker import TheoryMetrics, label_complexity_targets
 from .models import build_model
 from .parallel import mesh
-from .parallel.wrap import parallelize
+from .parallel.wrap import Parallelism
 from .sinks import Sinks
 
 SUMMARY_FILE = "summary.json"
@@ -84,11 +84,8 @@ def _batch_indices(cfg: Config, n: int, step: int) -> torch.Tensor:
     return torch.randperm(n, generator=g)[k * b:(k + 1) * b]
 
 
-def _global_grad_norm(params: list[torch.nn.Parameter], pd) -> float:
-    from .parallel.wrap import sq_norm
-
-    sq = sum((sq_norm(p.grad, pd) for p in params if p.grad is not None), 0.0)
-    return math.sqrt(sq)
+def _global_grad_norm(params: list[torch.nn.Parameter], par: Parallelism) -> float:
+    return math.sqrt(sum((par.sq_norm(p.grad, p) for p in params if p.grad is not None), 0.0))
 
 
 def run_trial(cfg: Config) -> dict:
@@ -115,7 +112,8 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
             return done  # this exact trial already finished: a rerun is a no-op
     pd.barrier()
 
-    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, device=device, dtype=dtype)
+    par = Parallelism(pd, cfg.model.arch, cfg.model.depth)
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, device=device, dtype=dtype, shard=par.shard)
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not trained:
         raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
@@ -123,8 +121,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     hidden_lr = next((lr for n, lr in effective_lr.items() if n.startswith("hidden.")),
                      next(iter(effective_lr.values())))
 
-    net = parallelize(model, pd)
-    # Build the optimizer right after wrapping (FSDP2/replicate: later creation never updates weights).
+    net = par.wrap(model)
     groups: dict[float, list] = {}
     for n, p in model.named_parameters():
         if p.requires_grad:
@@ -141,13 +138,13 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         label_complexity_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
         param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
         bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
-        track_ntk=cfg.metrics.ntk)
+        track_ntk=cfg.metrics.ntk, parallel=par)
 
     # Resume from the latest complete checkpoint.
     start_step, resume_from = 0, None
     ckpt_root = out / "checkpoints"
     if cfg.checkpoint.resume and (last := checkpoint.latest(ckpt_root)) is not None:
-        state = checkpoint.load(last, net, optimizer)
+        state = checkpoint.load(last, par.state_dict(model))
         start_step, resume_from = state["step"], state
         conv.load(state["conv"])
         theory.load(state.get("theory", {}))
@@ -193,6 +190,10 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     final_metrics: dict[str, float] = {}
     t_start = time.perf_counter()
     t_mark, steps_since = time.perf_counter(), 0
+
+    def save_checkpoint() -> None:
+        state = {"step": step, "conv": conv.state(), "theory": theory.state()}
+        checkpoint.save(ckpt_root, step, par.state_dict(model), state, pd)
 
     def evaluate() -> tuple[float, float | None]:
         """Loss and accuracy of the current parameters on the whole training set."""
@@ -248,7 +249,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
             if train_acc is not None:
                 row[names.TRAIN_ACC] = train_acc
             if need_grad:
-                row[names.TRAIN_GRAD_NORM] = _global_grad_norm(trained_params, pd)
+                row[names.TRAIN_GRAD_NORM] = _global_grad_norm(trained_params, par)
             if steps_since > 0:
                 row[names.TIME_STEP] = elapsed / steps_since
                 row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
@@ -272,12 +273,12 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         if bar is not None:
             bar.update(1)
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
-            checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state(), "theory": theory.state()}, pd)
+            save_checkpoint()
 
     if bar is not None:
         bar.close()
     if status == "completed":
-        checkpoint.save(ckpt_root, step, net, optimizer, {"step": step, "conv": conv.state(), "theory": theory.state()}, pd)
+        save_checkpoint()
 
     summary = {
         "status": status,
@@ -291,7 +292,8 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         names.CONV_STEPS_TO_FIT: conv.steps_to_fit,
         "wall_s": time.perf_counter() - t_start,
         "delta": ds.info["delta"],
-        "trained_params": sum(p.numel() for p in trained.values()) if pd.tp == 1 else None,
+        "trained_params": sum(math.prod(par.shards[n].global_shape) if n in par.shards else p.numel()
+                              for n, p in trained.items()),
         "dp": pd.dp,
         "tp": pd.tp,
     }

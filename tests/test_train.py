@@ -142,8 +142,7 @@ def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
     cfg = load_config(run_dir / "config.yaml")
     model, _ = build_model(cfg, (cfg.data.dim,), cfg.data.classes)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)
-    state = checkpoint.load(checkpoint.latest(run_dir / "checkpoints"), model, opt)
+    state = checkpoint.load(checkpoint.latest(run_dir / "checkpoints"), dict(model.named_parameters()))
     assert state["step"] == cfg.train.steps
     return {k: v.clone() for k, v in model.state_dict().items()}
 

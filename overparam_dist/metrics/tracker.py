@@ -14,8 +14,6 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
@@ -58,9 +56,7 @@ class ActivationPattern:
         handles = []
         for i, (_, relu) in enumerate(self.relus):
             def hook(mod, args, i=i):
-                pre = args[0]
-                pre = pre.full_tensor() if hasattr(pre, "full_tensor") else pre
-                signs[act_layer_name(i)] = pre > 0
+                signs[act_layer_name(i)] = args[0] > 0
             handles.append(relu.register_forward_pre_hook(hook))
         try:
             model(x)
@@ -75,20 +71,23 @@ class TheoryMetrics:
 
     def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
                  probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
-                 bias: bool, train_outer: bool, classes: int, track_ntk: bool,
-                 init_model: nn.Module | None = None,
-                 view_of=plain_view, reduce: Callable | None = None,
-                 ntk_reduce: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        """Must be built before any update (and before a checkpoint is loaded): it records the init state."""
-        self.model, self.probe_x = model, probe_x
+                 bias: bool, train_outer: bool, classes: int, track_ntk: bool, parallel=None):
+        """Must be built before any update (and before a checkpoint is loaded): it records the init state.
+
+        `parallel`: the trial's Parallelism (parallel/wrap.py) when layers are tensor-parallel shards;
+        every metric is then computed from local parts completed by one all-reduce over tp.
+        """
+        self.model, self.probe_x, self.parallel = model, probe_x, parallel
+        sharded = parallel is not None and parallel.pd.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
-        self.drift = WeightDrift(trained, rules, seed, view_of=view_of, reduce=reduce)
+        self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
+                                 reduce=parallel.reduce if sharded else None)
+        self.sharded_acts = parallel.sharded_activations() if sharded else set()
         self.acts = ActivationPattern(model)
         init_signs = self.acts.capture(model, probe_x)
         self.init_bits = {k: (pack_bits(v), v.numel()) for k, v in init_signs.items()}
 
         self.track_ntk = track_ntk
-        self.ntk_reduce = ntk_reduce
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
         self.y = None
@@ -102,7 +101,28 @@ class TheoryMetrics:
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
-        return empirical_ntk(model, self.probe_x, reduce_fn=self.ntk_reduce) * self.scale
+        par = self.parallel
+        if par is None or par.pd.tp == 1:
+            return empirical_ntk(model, self.probe_x) * self.scale
+        # Shards give partial Grams (one all-reduce over tp completes them); replicated trainable
+        # parameters give the whole Gram on every rank and must not be summed: two passes.
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        sharded = [p for p in trainable if par.is_sharded(p)]
+        replicated = [p for p in trainable if not par.is_sharded(p)]
+        try:
+            for p in replicated:
+                p.requires_grad_(False)
+            k = empirical_ntk(model, self.probe_x, reduce_fn=par.reduce_tp)
+            if replicated:
+                for p in sharded:
+                    p.requires_grad_(False)
+                for p in replicated:
+                    p.requires_grad_(True)
+                k = k + empirical_ntk(model, self.probe_x)
+        finally:
+            for p in trainable:
+                p.requires_grad_(True)
+        return k * self.scale
 
     def compute(self, first: bool) -> dict[str, float]:
         out = self.drift.compute()
@@ -119,10 +139,14 @@ class TheoryMetrics:
         flipped_total, units_total = 0, 0
         for layer, signs in now.items():
             bits, numel = self.init_bits[layer]
-            flipped = int((unpack_bits(bits, numel) != signs.flatten()).sum())
-            out[names.drift_act_flip(layer)] = flipped / numel
+            counts = torch.tensor([float((unpack_bits(bits, numel) != signs.flatten()).sum()), float(numel)],
+                                  dtype=torch.float64, device=signs.device)
+            if layer in self.sharded_acts:  # a local shard of the layer's units: sum over tp
+                self.parallel.reduce_tp(counts)
+            flipped, units = float(counts[0]), float(counts[1])
+            out[names.drift_act_flip(layer)] = flipped / units
             flipped_total += flipped
-            units_total += numel
+            units_total += units
         if units_total:
             out[names.DRIFT_ACT_FLIP] = flipped_total / units_total
         return out

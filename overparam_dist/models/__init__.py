@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -15,9 +16,13 @@ from .resnet import ResNet
 
 
 def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
-                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-                ) -> tuple[nn.Module, dict[str, Rule]]:
-    """The initialised (unsharded, unwrapped) model and its per-parameter rules."""
+                device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                shard: Callable[[nn.Module], dict] | None = None) -> tuple[nn.Module, dict[str, Rule]]:
+    """The initialised model and its per-parameter rules.
+
+    `shard(model)`, when given, is called on the meta-device model to replace wide parameters by their
+    local tensor-parallel shards (it returns name -> Shard); each rank then initialises only its shards.
+    """
     m = cfg.model
     in_dim = math.prod(input_shape)
     with torch.device("meta"):
@@ -29,9 +34,10 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
             if len(input_shape) != 3:
                 raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
             model = CNN(tuple(input_shape), m.width, m.depth, out_dim, m.kernel_size, m.bias)
+    rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg))  # from the global shapes
+    shards = shard(model) if shard is not None else None
     model = model.to_empty(device=device).to(dtype)
-    rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg))
-    apply_parameterization(model, rules, cfg.seed)
+    apply_parameterization(model, rules, cfg.seed, shards)
     return model, rules
 
 

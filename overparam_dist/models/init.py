@@ -142,8 +142,13 @@ def parameter_rules(model: nn.Module, param: str, width: int, train_outer: bool)
 
 
 @torch.no_grad()
-def apply_parameterization(model: nn.Module, rules: dict[str, Rule], seed: int) -> None:
-    """Set multipliers, trainability and initial values (in place, on the model's device/dtype)."""
+def apply_parameterization(model: nn.Module, rules: dict[str, Rule], seed: int, shards: dict | None = None) -> None:
+    """Set multipliers, trainability and initial values (in place, on the model's device/dtype).
+
+    `shards`: parameter name -> tensor-parallel Shard (parallel/tensor_parallel.py). A sharded parameter
+    generates only its own block of the global weight, so no rank ever materialises a full wide layer,
+    and the values are bit-identical to the unsharded ones.
+    """
     modules = dict(model.named_modules())
     for name, p in model.named_parameters():
         rule = rules[name]
@@ -151,4 +156,11 @@ def apply_parameterization(model: nn.Module, rules: dict[str, Rule], seed: int) 
         if kind == "weight":
             modules[mod_name].weight_multiplier = rule.multiplier
         p.requires_grad_(rule.trainable)
-        p.copy_(generate_full(rule, seed, name, p.shape).to(p.dtype))
+        shard = (shards or {}).get(name)
+        if shard is None:
+            value = generate_full(rule, seed, name, p.shape)
+        else:
+            _, g2, row0, col0 = shard.view(p)
+            local2d = shape2d(p.shape)
+            value = generate_block(rule, seed, name, g2, (row0, row0 + local2d[0]), (col0, col0 + local2d[1]))
+        p.copy_(value.reshape(p.shape).to(p.dtype))
