@@ -157,9 +157,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key = item.split("=", 1)[0]
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
+        try:  # one at a time, so a value YAML cannot parse is named
+            layers.append(OmegaConf.from_dotlist([item]))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe_omegaconf_error(exc)) from None
+        except Exception as exc:
+            raise ConfigError(f"config key '{key}': cannot parse the value ({_first_line(exc)})") from None
     try:
-        if overrides:
-            layers.append(OmegaConf.from_dotlist(list(overrides)))
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:

@@ -6,6 +6,9 @@
 #   slurm/local-cluster.sh stop     cancel this cluster's jobs, stop its three daemons (by their pid files only)
 #   slurm/local-cluster.sh status   print daemons and node state; exit 0 when the node is up, 1 otherwise
 #
+# Exit codes: 0 done, 1 the cluster failed to start/stop, 2 usage, 3 Slurm cannot be installed here (not root,
+# no apt-get, or apt-get failed, e.g. without network): tests skip on 3 and fail on 1.
+#
 # Needs root (slurmd must run as root) and no systemd. Debian/Ubuntu packages: slurmctld, slurmd,
 # slurm-client, munge. Everything the cluster writes lives in one directory:
 #   $OVERPARAM_SLURM_DIR (default /tmp/overparam-slurm): slurm.conf, state/, spool/, log/, munge/, *.pid
@@ -35,14 +38,21 @@ export SLURM_CONF=$CONF   # our own client calls always talk to our cluster
 
 say() { echo "local-cluster: $*"; }
 die() { echo "local-cluster: error: $*" >&2; exit 1; }
+cannot_install() { echo "local-cluster: cannot install: $*" >&2; exit 3; }
 
 # --- processes, by pid file only ------------------------------------------------------------------------------
 # pid_alive FILE NAME: the pid in FILE is a live process whose command name is NAME (guards against reused pids)
 pid_alive() {
     local pid
     [[ -s $1 ]] || return 1
-    pid=$(tr -dc '0-9' <"$1")
-    [[ -n $pid ]] && [[ -r /proc/$pid/comm ]] && [[ $(cat "/proc/$pid/comm" 2>/dev/null) == "$2"* ]]
+    pid=$(tr -dc '0-9' <"$1" 2>/dev/null) || return 1
+    [[ -n $pid ]] && proc_is "$pid" "$2"
+}
+
+# proc_is PID NAME: PID is a live (not zombie) process whose command name is NAME
+proc_is() {
+    [[ $(cat "/proc/$1/comm" 2>/dev/null) == "$2"* ]] || return 1
+    ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null
 }
 
 stop_daemon() {  # stop_daemon PIDFILE NAME
@@ -51,16 +61,21 @@ stop_daemon() {  # stop_daemon PIDFILE NAME
         rm -f "$file"
         return 0
     fi
-    pid=$(tr -dc '0-9' <"$file")
+    pid=$(tr -dc '0-9' <"$file" 2>/dev/null || true)
+    [[ -n $pid ]] || return 0
     kill -TERM "$pid" 2>/dev/null || true
+    # Wait for the process itself: the daemons delete their pid files before they have finished exiting.
     for ((i = 0; i < 100; i++)); do
-        pid_alive "$file" "$name" || break
+        proc_is "$pid" "$name" || break
         sleep 0.2
     done
-    if pid_alive "$file" "$name"; then
+    if proc_is "$pid" "$name"; then
         say "$name ($pid) ignored SIGTERM for 20 s: SIGKILL"
         kill -KILL "$pid" 2>/dev/null || true
-        sleep 0.5
+        for ((i = 0; i < 25; i++)); do
+            proc_is "$pid" "$name" || break
+            sleep 0.2
+        done
     fi
     rm -f "$file"
     say "stopped $name ($pid)"
@@ -92,7 +107,7 @@ ensure_packages() {
         command -v "${pair#*:}" >/dev/null 2>&1 || missing+=("${pair%%:*}")
     done
     ((${#missing[@]})) || return 0
-    command -v apt-get >/dev/null 2>&1 || die "Slurm is not installed (${missing[*]} missing) and there is no apt-get here"
+    command -v apt-get >/dev/null 2>&1 || cannot_install "Slurm is not installed (${missing[*]} missing) and there is no apt-get here"
     say "installing ${missing[*]} with apt-get (takes a minute)"
     # No init system here: keep the packages' postinst scripts from starting daemons of their own.
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
@@ -103,11 +118,11 @@ ensure_packages() {
     local apt=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends
         -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold "${missing[@]}")
     local rc=0
-    "${apt[@]}" >"/tmp/overparam-slurm-apt.log" 2>&1 ||
-        { apt-get update -q >>"/tmp/overparam-slurm-apt.log" 2>&1 && "${apt[@]}" >>"/tmp/overparam-slurm-apt.log" 2>&1; } ||
+    "${apt[@]}" >"$DIR/log/apt.log" 2>&1 ||
+        { apt-get update -q >>"$DIR/log/apt.log" 2>&1 && "${apt[@]}" >>"$DIR/log/apt.log" 2>&1; } ||
         rc=$?
     ((created_policy)) && rm -f /usr/sbin/policy-rc.d
-    ((rc == 0)) || die "apt-get install ${missing[*]} failed (exit $rc); see /tmp/overparam-slurm-apt.log"
+    ((rc == 0)) || cannot_install "apt-get install ${missing[*]} failed (exit $rc); see $DIR/log/apt.log"
 }
 
 # --- configuration ----------------------------------------------------------------------------------------------
@@ -237,7 +252,7 @@ wait_until_usable() {
 }
 
 cmd_start() {
-    [[ $(id -u) == 0 ]] || die "must run as root (slurmd runs jobs as their users)"
+    [[ $(id -u) == 0 ]] || cannot_install "must run as root (slurmd runs jobs as their users; packages come from apt-get)"
     if running_munged && running_ctld && running_slurmd; then
         if node_usable; then
             say "already running (node $(node_name): $(node_state)); nothing to do"
@@ -249,9 +264,9 @@ cmd_start() {
         say "node $(node_name) is $(node_state)"
         return 0
     fi
-    ensure_packages
     mkdir -p "$DIR" "$DIR/state" "$DIR/spool" "$DIR/log"
     chmod 0755 "$DIR"
+    ensure_packages
     write_config
     install_system_conf
     start_munged
