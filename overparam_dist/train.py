@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 
 import torch
@@ -86,6 +87,35 @@ def _batch_indices(cfg: Config, n: int, step: int) -> torch.Tensor:
 
 def _global_grad_norm(params: list[torch.nn.Parameter], par: Parallelism) -> float:
     return math.sqrt(sum((par.sq_norm(p.grad, p) for p in params if p.grad is not None), 0.0))
+
+
+class Preemption:
+    """SIGUSR1 (Slurm's `--signal=B:USR1@...`, forwarded by our sbatch templates) asks the trial to
+    checkpoint at once and stop with status `preempted`; rerunning resumes it. All ranks agree on the
+    step to stop at (one tiny all-reduce per step, only when a process group exists)."""
+
+    def __init__(self):
+        self.flag = False
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGUSR1, self._handle)
+            self.installed = True
+        except ValueError:  # not the main thread (e.g. inside a Ray Tune function trainable)
+            self.installed = False
+
+    def _handle(self, signum, frame) -> None:
+        self.flag = True
+
+    def requested(self, pd: mesh.ParallelDims) -> bool:
+        if pd.world == 1:
+            return self.flag
+        t = torch.tensor([1.0 if self.flag else 0.0], device=pd.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def restore(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGUSR1, self.previous or signal.SIG_DFL)
 
 
 def run_trial(cfg: Config) -> dict:
@@ -186,14 +216,17 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         bar = tqdm(total=cfg.train.steps, initial=start_step, desc=name, unit="step", leave=False)
 
     stats = torch.zeros(2, dtype=torch.float64, device=device)
-    status, step = "completed", start_step
+    status, step, saved_at = "completed", start_step, start_step
+    preemption = Preemption()
     final_metrics: dict[str, float] = {}
     t_start = time.perf_counter()
     t_mark, steps_since = time.perf_counter(), 0
 
     def save_checkpoint() -> None:
+        nonlocal saved_at
         state = {"step": step, "conv": conv.state(), "theory": theory.state()}
         checkpoint.save(ckpt_root, step, par.state_dict(model), state, pd)
+        saved_at = step
 
     def evaluate() -> tuple[float, float | None]:
         """Loss and accuracy of the current parameters on the whole training set."""
@@ -274,10 +307,16 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
             bar.update(1)
         if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
             save_checkpoint()
+        if preemption.requested(pd):
+            if saved_at != step:
+                save_checkpoint()
+            status = "preempted"
+            break
 
+    preemption.restore()
     if bar is not None:
         bar.close()
-    if status == "completed":
+    if status == "completed" and saved_at != step:
         save_checkpoint()
 
     summary = {

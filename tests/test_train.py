@@ -182,3 +182,28 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, batch):
     before = (run / "metrics.jsonl").read_bytes()
     assert run_cli(*_args(run, *common)).returncode == 0
     assert (run / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_sigusr1_checkpoints_at_once_and_resumes_exactly(tmp_path):
+    common = ["data.target=regression", "train.steps=150", "metrics.every=5", "checkpoint.every=1000",
+              "model.width=512", "model.depth=3", "metrics.ntk=false"]
+    ref, run = tmp_path / "ref", tmp_path / "pre"
+    assert run_cli(*_args(ref, *common)).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", *_args(run, *common)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.jsonl").is_file() or len(read_rows(run)) < 4:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGUSR1)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    summary = read_summary(run)
+    assert summary["status"] == "preempted" and 15 <= summary["steps"] < 150 and "preempted" in out
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert saved == [f"step_{summary['steps']:08d}"]  # checkpointed at once, not at checkpoint.every
+    assert run_cli(*_args(run, *common)).returncode == 0
+    assert [r["step"] for r in read_rows(run)] == list(range(0, 151, 5))
+    assert _losses(run) == pytest.approx(_losses(ref), rel=1e-6)
+    assert read_summary(run)["status"] == "completed"
