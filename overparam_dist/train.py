@@ -153,11 +153,9 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
 
     net = par.wrap(model)
     groups: dict[float, list] = {}
-    for n, p in model.named_parameters():
-        if p.requires_grad:
-            groups.setdefault(effective_lr[n], []).append(p)
+    for n, p in trained.items():
+        groups.setdefault(effective_lr[n], []).append(p)
     optimizer = torch.optim.SGD([{"params": ps, "lr": lr} for lr, ps in groups.items()])
-    trained_params = [p for p in model.parameters() if p.requires_grad]
 
     conv = ConvergenceTracker(cfg.metrics.window)
     # Theory metrics record the init state (K_0, ReLU patterns, ||theta_0||) now, before any checkpoint loads.
@@ -171,11 +169,11 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         track_ntk=cfg.metrics.ntk, parallel=par)
 
     # Resume from the latest complete checkpoint.
-    start_step, resume_from = 0, None
+    start_step, resumed = 0, False
     ckpt_root = out / "checkpoints"
     if cfg.checkpoint.resume and (last := checkpoint.latest(ckpt_root)) is not None:
         state = checkpoint.load(last, par.state_dict(model))
-        start_step, resume_from = state["step"], state
+        start_step, resumed = state["step"], True
         conv.load(state["conv"])
         theory.load(state.get("theory", {}))
 
@@ -196,15 +194,14 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
     if pd.is_main:
         out.mkdir(parents=True, exist_ok=True)
         derived = {
-            "train_outer": all(p.requires_grad for n_, p in model.named_parameters()
-                               if n_.startswith(("input.", "output."))),
+            "train_outer": effective_train_outer(cfg),
             "effective_lr": effective_lr,
             "data": ds.info,
             "world": {"dp": pd.dp, "tp": pd.tp, "device": str(device)},
         }
         with open(out / CONFIG_FILE, "w") as f:
             yaml.safe_dump({**to_dict(cfg), "derived": derived}, f, sort_keys=False)
-        sinks = Sinks(cfg, out, name, start_step if resume_from else None)
+        sinks = Sinks(cfg, out, name, start_step if resumed else None)
     else:
         sinks = None
 
@@ -282,7 +279,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
             if train_acc is not None:
                 row[names.TRAIN_ACC] = train_acc
             if need_grad:
-                row[names.TRAIN_GRAD_NORM] = _global_grad_norm(trained_params, par)
+                row[names.TRAIN_GRAD_NORM] = _global_grad_norm(list(trained.values()), par)
             if steps_since > 0:
                 row[names.TIME_STEP] = elapsed / steps_since
                 row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
