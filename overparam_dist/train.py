@@ -284,7 +284,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
                 row[names.TIME_STEP] = elapsed / steps_since
                 row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
             t_metrics = time.perf_counter()
-            row.update(theory.compute(first=step == 0))
+            row.update(theory.compute(first=step == 0, final=stop))
             row[names.TIME_METRICS] = time.perf_counter() - t_metrics
             if pd.is_main:
                 sinks.log(step, row)

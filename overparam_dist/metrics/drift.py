@@ -78,17 +78,18 @@ class _Pass:
             self.step = torch.zeros(w.shape[1] if by_rows else w.shape[0], x.shape[1], dtype=torch.float64,
                                     device=w.device)
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=w.device)
+        xw = x.to(w.dtype) if x is not None else None  # matmuls in the weights' dtype, sums in float64
         for sl, d in _blocks(view, rule, seed, name, by_rows):
             self.fro_sq += float(d.square().sum(dtype=torch.float64))
             if x is None:
                 continue
-            d64 = d.double()
             if by_rows:  # x: local columns
-                y = d64 @ x
-                self.step += d64.T @ y
+                y = d @ xw
+                self.step += (d.T @ y).double()
             else:  # x: local rows
-                y = d64.T @ x
-                self.step += d64 @ y
+                y = d.T @ xw
+                self.step += (d @ y).double()
+            y = y.double()
             self.gram += y.T @ y
 
 
@@ -103,7 +104,7 @@ class WeightDrift:
     def __init__(self, named_params: dict[str, torch.Tensor], rules: dict[str, Rule], seed: int,
                  view_of: Callable[[torch.Tensor], ShardView] = plain_view,
                  reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 spectral: bool = True, max_iters: int = 8, tol: float = 1e-6):
+                 spectral: bool = True, max_iters: int = 4, tol: float = 1e-4):
         self.params, self.rules, self.seed = named_params, rules, seed
         self.view_of = view_of
         self.reduce = reduce or (lambda t, p: t)
@@ -126,8 +127,13 @@ class WeightDrift:
             v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
         return torch.linalg.qr(v.to(device))[0]
 
-    def _power(self, name: str, p: torch.Tensor) -> tuple[float, float]:
-        """(||D||_F^2, ||D||_2) for one weight, by warm-started subspace iteration."""
+    def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float]:
+        """(||D||_F^2, ||D||_2) for one weight, by warm-started subspace iteration.
+
+        Each iteration costs a regeneration pass, so a routine call stops once sigma moves by less than
+        `tol` (relative; usually 1-2 iterations when warm); `precise` (the final row) goes to 1e-6.
+        """
+        max_iters, tol = (12, 1e-6) if precise else (self.max_iters, self.tol)
         view = self.view_of(p)
         rows, cols = view.global_shape
         col_shard = view.local.shape[1] < cols
@@ -137,7 +143,7 @@ class WeightDrift:
         v = self._start_basis(name, length, view.local.device)
         k = v.shape[1]
         fro_sq, sigma_prev, sigma = None, -1.0, 0.0
-        for _ in range(self.max_iters):
+        for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side)
             step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
             step[offset:offset + extent] = ps.step
@@ -153,19 +159,19 @@ class WeightDrift:
                 sigma = 0.0
                 break
             v = torch.linalg.qr(nxt)[0]
-            if abs(sigma - sigma_prev) <= self.tol * sigma:
+            if abs(sigma - sigma_prev) <= tol * sigma:
                 break
             sigma_prev = sigma
         self.vectors[name] = v
         return fro_sq, sigma
 
-    def compute(self) -> dict[str, float]:
+    def compute(self, precise: bool = False) -> dict[str, float]:
         diff: dict[str, float] = {}
         out: dict[str, float] = {}
         spectral = set(self._spectral_params())
         for n, p in self.params.items():
             if n in spectral:
-                diff[n], sigma = self._power(n, p)
+                diff[n], sigma = self._power(n, p, precise)
                 out[names.drift_weight_spec(layer_name(n))] = sigma
             else:
                 ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right")

@@ -124,8 +124,8 @@ class TheoryMetrics:
                 p.requires_grad_(True)
         return k * self.scale
 
-    def compute(self, first: bool) -> dict[str, float]:
-        out = self.drift.compute()
+    def compute(self, first: bool, final: bool = False) -> dict[str, float]:
+        out = self.drift.compute(precise=final)
         out.update(self._act_flips())
         if self.track_ntk:
             out.update(self._ntk_metrics())
