@@ -57,7 +57,7 @@ def ours(cfg) -> tuple[float, float]:
 
 print(f"FC width {args.width}, depth 3, n=64 full batch, {args.steps} steps, {torch.get_num_threads()} threads; "
       f"best of {args.repeats}")
-for label, extra in [("metrics off (metrics.every=0)", ["metrics.every=0", "metrics.ntk=false"]),
+for label, extra in [("metrics off", ["metrics.every=0", "metrics.ntk=false", "metrics.spectral=false"]),
                      ("metrics.every=10", ["metrics.every=10"])]:
     # Interleave the two so that machine noise hits both alike; keep the best of each.
     bare_times, runs = [], []

@@ -62,6 +62,7 @@ class MetricsConfig:
     every: int = 10  # log metrics every N steps (0 = only at start and end)
     ntk_probe: int = 64  # probe samples for NTK / activation metrics
     ntk: bool = True  # track the empirical NTK on the probe set
+    spectral: bool = True  # spectral norms of W_t - W_0 (each iteration regenerates W_0 once)
     window: int = 50  # trailing window (steps) for conv/rate
 
 

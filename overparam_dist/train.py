@@ -166,7 +166,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         label_complexity_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
         param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
         bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
-        track_ntk=cfg.metrics.ntk, parallel=par)
+        track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=par)
 
     # Resume from the latest complete checkpoint.
     start_step, resumed = 0, False

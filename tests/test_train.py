@@ -40,7 +40,8 @@ def test_defaults_reach_full_train_accuracy(tmp_path):
 def test_paper_default_lr_is_stable_at_every_width(tmp_path):
     for width, steps in [(64, 30), (256, 30), (1024, 20), (4096, 5), (8192, 3)]:
         cfg = load_config(None, [f"model.width={width}", f"train.steps={steps}", "train.stop_at_fit=false",
-                                 "metrics.every=1", "checkpoint.every=0", f"run.dir={tmp_path / str(width)}",
+                                 "metrics.every=1", "metrics.ntk=false", "metrics.spectral=false",
+                                 "checkpoint.every=0", f"run.dir={tmp_path / str(width)}",
                                  "wandb.mode=disabled", "run.quiet=true"])
         summary = run_trial(cfg)
         losses = [r["train/loss"] for r in read_rows(tmp_path / str(width))]

@@ -71,7 +71,8 @@ class TheoryMetrics:
 
     def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
                  probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
-                 bias: bool, train_outer: bool, classes: int, track_ntk: bool, parallel=None):
+                 bias: bool, train_outer: bool, classes: int, track_ntk: bool, spectral: bool = True,
+                 parallel=None):
         """Must be built before any update (and before a checkpoint is loaded): it records the init state.
 
         `parallel`: the trial's Parallelism (parallel/wrap.py) when layers are tensor-parallel shards;
@@ -81,7 +82,7 @@ class TheoryMetrics:
         sharded = parallel is not None and parallel.pd.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
-                                 reduce=parallel.reduce if sharded else None)
+                                 reduce=parallel.reduce if sharded else None, spectral=spectral)
         self.sharded_acts = parallel.sharded_activations() if sharded else set()
         self.acts = ActivationPattern(model)
         init_signs = self.acts.capture(model, probe_x)

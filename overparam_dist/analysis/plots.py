@@ -1,0 +1,519 @@
+"""The report's figures. Each function draws one PNG with matplotlib (Agg canvas, no pyplot state) and returns a
+`FigureData`: the series it drew (x/y points per depth), the theory reference lines and the fitted slopes, so
+tests and the HTML page check data rather than pixels.
+
+Slopes of a metric against width are fitted in log-log space: for each seed, least squares of log(value) on
+log(width) over the widths (final value of each trial); the reported slope is the mean over seeds with a
+95% Student-t interval over seeds (mean ± t_{0.975, S-1} · sd / sqrt(S)). With one seed the interval is the
+least-squares standard error of that seed's fit (t with W - 2 degrees of freedom, W widths); with one seed and
+two widths there is no interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ..metrics import names
+from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
+
+DPI = 110
+DEPTH_COLORS = colormaps["tab10"]
+WIDTH_CMAP = colormaps["viridis"]
+
+
+@dataclass
+class Series:
+    label: str
+    x: list[float]
+    y: list[float]
+    key: tuple = ()
+    lo: list[float] | None = None  # spread over seeds (min), same length as x
+    hi: list[float] | None = None  # (max)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SlopeFit:
+    metric: str
+    series: str
+    key: tuple
+    slope: float | None
+    ci95: tuple[float, float] | None
+    intercept: float | None  # of the mean fit, log(value) = intercept + slope * log(width)
+    method: str
+    per_seed: dict[int, float]
+    widths: list[int]
+    reference: float | None
+
+    def text(self) -> str:
+        if self.slope is None:
+            return "slope: n/a"
+        ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
+        return f"slope {self.slope:.2f}{ci}"
+
+
+@dataclass
+class Panel:
+    title: str
+    xlabel: str
+    ylabel: str
+    series: list[Series] = field(default_factory=list)  # the data: one per depth in the plots against width
+    references: list[Series] = field(default_factory=list)  # theory lines
+    extra: list[Series] = field(default_factory=list)  # secondary data (lambda_min at init, ...)
+    xlog: bool = False
+    ylog: bool = False
+    heatmap: dict[str, Any] | None = None  # {"x": [...], "y": [...], "z": [[...]], "text": [[...]]}
+
+
+@dataclass
+class FigureData:
+    name: str  # file stem: <name>.png
+    title: str
+    caption: str
+    panels: list[Panel]
+    fits: list[SlopeFit] = field(default_factory=list)
+    path: Path | None = None
+    subtitle: str = ""  # a second, smaller title line (what the reference line means)
+
+    @property
+    def file(self) -> str:
+        return f"{self.name}.png"
+
+    def to_json(self) -> dict:
+        def ser(s: Series) -> dict:
+            return {"label": s.label, "key": list(s.key), "x": s.x, "y": s.y, "lo": s.lo, "hi": s.hi}
+
+        return {
+            "name": self.name, "file": self.file, "title": self.title, "subtitle": self.subtitle,
+            "caption": self.caption,
+            "panels": [{"title": p.title, "xlabel": p.xlabel, "ylabel": p.ylabel, "xlog": p.xlog, "ylog": p.ylog,
+                        "series": [ser(s) for s in p.series], "references": [ser(s) for s in p.references],
+                        "extra": [ser(s) for s in p.extra], "heatmap": _json_safe(p.heatmap)} for p in self.panels],
+            "fits": [{"metric": f.metric, "series": f.series, "slope": f.slope,
+                      "ci95": list(f.ci95) if f.ci95 else None, "method": f.method,
+                      "per_seed": {str(k): v for k, v in f.per_seed.items()}, "widths": f.widths,
+                      "reference": f.reference} for f in self.fits],
+        }
+
+
+def _json_safe(v: Any) -> Any:
+    """NaN/inf -> None (strict JSON)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+# ----------------------------------------------------------------------------------------------- fits
+
+
+def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float | None]:
+    """slope, intercept, standard error of the slope (None without residual degrees of freedom)."""
+    xm = x.mean()
+    sxx = float(((x - xm) ** 2).sum())
+    slope = float(((x - xm) * (y - y.mean())).sum() / sxx)
+    intercept = float(y.mean() - slope * xm)
+    dof = len(x) - 2
+    if dof <= 0:
+        return slope, intercept, None
+    resid = y - (intercept + slope * x)
+    return slope, intercept, math.sqrt(float(resid @ resid) / dof / sxx)
+
+
+def _t975(dof: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(0.975, dof))
+
+
+def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: str = "", series: str = "",
+               key: tuple = (), reference: float | None = None) -> SlopeFit:
+    """Slope of log(y) against log(x): per seed, then mean ± 95% t-interval over seeds (see the module doc)."""
+    per_seed: dict[int, float] = {}
+    intercepts: dict[int, float] = {}
+    ses: dict[int, float | None] = {}
+    widths: set[int] = set()
+    for seed, pts in sorted(points_by_seed.items()):
+        pts = [(x, y) for x, y in pts if x > 0 and y is not None and y > 0]
+        if len({x for x, _ in pts}) < 2:
+            continue
+        x = np.log([p[0] for p in pts])
+        y = np.log([p[1] for p in pts])
+        per_seed[seed], intercepts[seed], ses[seed] = _ols(x, y)
+        widths.update(int(p[0]) for p in pts)
+    s = len(per_seed)
+    if s == 0:
+        return SlopeFit(metric, series, key, None, None, None, "fewer than 2 widths with positive values", {},
+                        sorted(widths), reference)
+    slopes = np.array(list(per_seed.values()))
+    mean = float(slopes.mean())
+    intercept = float(np.mean(list(intercepts.values())))
+    if s >= 2:
+        half = _t975(s - 1) * float(slopes.std(ddof=1)) / math.sqrt(s)
+        ci, method = (mean - half, mean + half), f"per-seed least squares, mean ± 95% t-interval over {s} seeds"
+    else:
+        (se,) = ses.values()
+        if se is None:
+            ci, method = None, "one seed, two widths: no interval"
+        else:
+            dof = len(widths) - 2
+            ci = (mean - _t975(dof) * se, mean + _t975(dof) * se)
+            method = f"one seed: least squares ± 95% t standard error ({dof} dof)"
+    return SlopeFit(metric, series, key, mean, ci, intercept, method, per_seed, sorted(widths), reference)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def _values_by_width(trials: list[Trial], key: str, *, initial: bool = False) -> dict[int, dict[int, float]]:
+    """width -> {seed: value} (final summary value, or the step-0 value)."""
+    out: dict[int, dict[int, float]] = {}
+    for t in trials:
+        if t.width is None:
+            continue
+        v = t.initial(key) if initial else t.final(key)
+        if v is not None:
+            out.setdefault(int(t.width), {})[t.seed] = v
+    return dict(sorted(out.items()))
+
+
+def _mean_series(res: SweepResults, skey: tuple, trials: list[Trial], key: str, positive: bool,
+                 initial: bool = False) -> Series:
+    by_w = _values_by_width(trials, key, initial=initial)
+    xs, ys, lo, hi, per_seed = [], [], [], [], {}
+    for w, vals in by_w.items():
+        v = [x for x in vals.values() if (x > 0 or not positive)]
+        if not v:
+            continue
+        xs.append(w)
+        ys.append(float(np.mean(v)))
+        lo.append(float(min(v)))
+        hi.append(float(max(v)))
+        for seed, x in vals.items():
+            if x > 0 or not positive:
+                per_seed.setdefault(seed, []).append((w, x))
+    return Series(res.series_label(skey), xs, ys, skey, lo, hi, {"per_seed": per_seed})
+
+
+def against_width(res: SweepResults, key: str, *, name: str, title: str, caption: str, subtitle: str = "",
+                  ylabel: str | None = None,
+                  reference: float | None = None, reference_label: str = "", fit: bool = True,
+                  init_too: bool = False) -> FigureData:
+    """`key` (final value per trial) against width, one series per depth (and other non-seed axes), log-log,
+    mean over seeds with min-max bars, per-series fitted slope (95% CI over seeds), optional theory line."""
+    groups = res.by_series()
+    all_vals = [t.final(key) for ts in groups.values() for t in ts]
+    positive = all(v is None or v > 0 for v in all_vals) and any(v is not None for v in all_vals)
+    panel = Panel(title=title, xlabel="width m", ylabel=ylabel or key, xlog=True, ylog=positive)
+    fits = []
+    for skey, trials in groups.items():
+        s = _mean_series(res, skey, trials, key, positive)
+        if fit and positive:
+            f = fit_loglog(s.meta["per_seed"], metric=key, series=s.label, key=skey, reference=reference)
+            s.meta["fit"] = f
+            fits.append(f)
+        panel.series.append(s)
+        if init_too:
+            s0 = _mean_series(res, skey, trials, key, positive, initial=True)
+            s0.label = f"{s.label} (init)"
+            panel.extra.append(s0)
+    if reference is not None and positive:
+        pts = [(x, y) for s in panel.series for x, y in zip(s.x, s.y)]
+        if pts:
+            lx = np.log([p[0] for p in pts])
+            ly = np.log([p[1] for p in pts])
+            c = float(ly.mean() - reference * lx.mean())
+            xr = [float(min(p[0] for p in pts)), float(max(p[0] for p in pts))]
+            panel.references.append(Series(reference_label or f"theory: m^{reference:g}", xr,
+                                           [math.exp(c + reference * math.log(x)) for x in xr],
+                                           meta={"slope": reference}))
+    return FigureData(name=name, title=title, caption=caption, panels=[panel], fits=fits, subtitle=subtitle)
+
+
+def loss_curves(res: SweepResults, key: str = names.TRAIN_LOSS) -> FigureData:
+    """Training loss against step: one panel per depth (and other non-seed axes), one line per trial, coloured by
+    width (seeds share their width's colour)."""
+    widths = res.widths
+    panels = []
+    for skey, trials in res.by_series().items():
+        p = Panel(title=res.series_label(skey), xlabel="step", ylabel=key)
+        ys_all = []
+        for t in sorted(trials, key=lambda t: (t.width or 0, t.seed)):
+            xs, ys = t.curve(key)
+            if not xs:
+                continue
+            ys_all.extend(ys)
+            p.series.append(Series(f"{label(WIDTH, t.width)}, seed {t.seed}", xs, ys, skey,
+                                   meta={"width": t.width, "seed": t.seed, "trial": t.name,
+                                         "color": _width_color(t.width, widths)}))
+        p.ylog = bool(ys_all) and min(ys_all) > 0
+        panels.append(p)
+    return FigureData(
+        name="loss_curves", title=f"{key} during training, coloured by width",
+        caption=f"{key} at every logged step of every trial; one panel per depth, colour = width "
+                "(darker = narrower), one line per seed.", panels=panels)
+
+
+def _width_color(width: int | None, widths: list[int]):
+    if width is None or len(widths) <= 1:
+        return WIDTH_CMAP(0.5)
+    i = widths.index(width) if width in widths else 0
+    return WIDTH_CMAP(0.05 + 0.85 * i / (len(widths) - 1))
+
+
+def steps_to_fit(res: SweepResults, key: str = names.CONV_STEPS_TO_FIT) -> FigureData:
+    """Steps to fit against width (one series per depth) and a width x depth table of it (heatmap)."""
+    groups = res.by_series()
+    widths = res.widths
+    line = Panel(title="steps to fit against width", xlabel="width m", ylabel="steps to fit (mean over seeds "
+                 "that fit)", xlog=True)
+    zs, texts, rows = [], [], []
+    for skey, trials in groups.items():
+        by_w: dict[int, list[Trial]] = {}
+        for t in trials:
+            if t.width is not None:
+                by_w.setdefault(int(t.width), []).append(t)
+        xs, ys, lo, hi, frac = [], [], [], [], {}
+        zrow, trow = [], []
+        for w in widths:
+            ts = by_w.get(w, [])
+            vals = [v for t in ts if (v := number(t.row.get(key))) is not None]
+            frac[w] = (len(vals), len(ts))
+            if vals:
+                xs.append(w)
+                ys.append(float(np.mean(vals)))
+                lo.append(float(min(vals)))
+                hi.append(float(max(vals)))
+            zrow.append(float(np.mean(vals)) if vals else float("nan"))
+            trow.append(f"{np.mean(vals):.0f}\n{len(vals)}/{len(ts)}" if vals else
+                        (f"—\n0/{len(ts)}" if ts else ""))
+        line.series.append(Series(res.series_label(skey), xs, ys, skey, lo, hi,
+                                  meta={"fitted": {w: f"{a}/{b}" for w, (a, b) in frac.items()}}))
+        zs.append(zrow)
+        texts.append(trow)
+        rows.append(res.series_label(skey))
+    heat = Panel(title="steps to fit: width × depth (mean; fitted seeds / seeds)", xlabel="width m", ylabel="",
+                 heatmap={"x": widths, "y": rows, "z": zs, "text": texts})
+    return FigureData(
+        name="steps_to_fit", title="Steps to fit (100% train accuracy or loss below train.target_loss)",
+        caption=f"{key}: the first step at which the trial fits its training set. Left: against width, per depth "
+                "(mean over the seeds that fit, bars min–max). Right: the same per (depth, width); — = no seed fit "
+                "within train.steps.", panels=[line, heat])
+
+
+def critical_width(res: SweepResults) -> FigureData | None:
+    """Phase diagram of a critical-width search: probed widths that fit (●) or did not (×) per cell, and m*."""
+    rows = res.critical_width
+    if not rows:
+        return None
+    first = list(rows[0])
+    cell_axes = first[:first.index("m_star")] if "m_star" in first else []
+    varying = [a for a in cell_axes if len({json.dumps(r.get(a), default=str) for r in rows}) > 1]
+    xaxis = next((a for a in ("data.n", DEPTH) if a in varying), varying[0] if varying else None)
+    others = [a for a in varying if a != xaxis]
+    panel = Panel(title="critical width m*", xlabel=xaxis or "cell", ylabel="width m", ylog=True,
+                  xlog=xaxis == "data.n")
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r.get(a) for a in others), []).append(r)
+    for gkey, rs in groups.items():
+        rs = sorted(rs, key=lambda r: (r.get(xaxis) if xaxis else 0) or 0)
+        xs, ys, ok_pts, bad_pts = [], [], [], []
+        for i, r in enumerate(rs):
+            x = r.get(xaxis) if xaxis else i
+            probed = r.get("probed_widths") or {}
+            if isinstance(probed, str):
+                try:
+                    probed = json.loads(probed)
+                except json.JSONDecodeError:
+                    probed = {}
+            for w, ok in probed.items():
+                (ok_pts if ok else bad_pts).append((x, int(w)))
+            if number(r.get("m_star")) is not None:
+                xs.append(x)
+                ys.append(int(r["m_star"]))
+        lab = ", ".join(label(a, v) for a, v in zip(others, gkey)) or "m*"
+        panel.series.append(Series(lab, xs, ys, gkey, meta={"fit_ok": ok_pts, "fit_failed": bad_pts}))
+    fit = res.critical_width_fit or {}
+    caption = ("Each cell's probed widths: ● reached the fit target within train.steps, × did not; the line is "
+               "m*, the smallest width that reached it.")
+    if fit.get("axes"):
+        parts = []
+        for sym, key in fit["axes"].items():
+            ci = fit.get(f"{sym}_ci95")
+            parts.append(f"{key}^{fit[sym]:.2f}" + (f" (95% CI [{ci[0]:.2f}, {ci[1]:.2f}])" if ci else ""))
+        caption += " Power-law fit: m* ∝ " + " · ".join(parts) + "."
+    return FigureData(name="critical_width", title="Critical width phase diagram", caption=caption, panels=[panel])
+
+
+# ----------------------------------------------------------------------------------------------- drawing
+
+
+def draw(fig_data: FigureData, out_dir: Path) -> Path:
+    """Render a FigureData to out_dir/<name>.png and return the path."""
+    n = len(fig_data.panels)
+    fig = Figure(figsize=(5.2 * n, 4.2), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, p in zip(axes, fig_data.panels):
+        if p.heatmap is not None:
+            _draw_heatmap(fig, ax, p)
+        else:
+            _draw_panel(ax, p, fig_data)
+    head = fig_data.title + (f"\n{fig_data.subtitle}" if fig_data.subtitle else "")
+    if n == 1:
+        axes[0].set_title(textwrap.fill(fig_data.title, 70) + (
+            "\n" + textwrap.fill(fig_data.subtitle, 68) if fig_data.subtitle else ""), fontsize=8.5)
+    else:
+        fig.suptitle(head, fontsize=10)
+    path = out_dir / fig_data.file
+    fig.savefig(path)
+    fig_data.path = path
+    return path
+
+
+def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
+    by_width = fd.name == "loss_curves"
+    seen_widths = set()
+    for i, s in enumerate(p.series):
+        if not s.x:
+            continue
+        if by_width:
+            w = s.meta.get("width")
+            ax.plot(s.x, s.y, color=s.meta.get("color"), lw=1.2, alpha=0.85,
+                    label=label(WIDTH, w) if w not in seen_widths else None)
+            seen_widths.add(w)
+            continue
+        color = DEPTH_COLORS(i % 10)
+        f: SlopeFit | None = s.meta.get("fit")
+        lab = s.label + (f": {f.text()}" if f is not None else "")
+        if fd.name == "critical_width":
+            ok, bad = s.meta.get("fit_ok", []), s.meta.get("fit_failed", [])
+            if ok:
+                ax.scatter(*zip(*ok), marker="o", color=color, s=22, alpha=0.8)
+            if bad:
+                ax.scatter(*zip(*bad), marker="x", color="tab:red", s=26)
+            ax.plot(s.x, s.y, "-", color=color, lw=1.8, label=f"m* ({s.label})")
+            continue
+        yerr = None
+        if s.lo is not None and s.hi is not None:
+            yerr = np.array([np.subtract(s.y, s.lo), np.subtract(s.hi, s.y)])
+        ax.errorbar(s.x, s.y, yerr=yerr, fmt="o-", color=color, ms=4, lw=1.4, capsize=2, label=lab)
+        for pts in s.meta.get("per_seed", {}).values():
+            ax.scatter([q[0] for q in pts], [q[1] for q in pts], color=color, s=8, alpha=0.35, lw=0)
+        if f is not None and f.slope is not None and len(s.x) >= 2:
+            xr = np.array([min(s.x), max(s.x)], dtype=float)
+            ax.plot(xr, np.exp(f.intercept + f.slope * np.log(xr)), ":", color=color, lw=1.0)
+    for i, s in enumerate(p.extra):
+        if s.x:
+            ax.plot(s.x, s.y, "s--", color=DEPTH_COLORS(i % 10), ms=3, lw=0.9, alpha=0.6, label=s.label)
+    for s in p.references:
+        ax.plot(s.x, s.y, "--", color="black", lw=1.3, alpha=0.7, label=s.label)
+    if p.xlog:
+        ax.set_xscale("log", base=2)
+    if p.ylog:
+        ax.set_yscale("log")
+    ax.set_xlabel(p.xlabel)
+    ax.set_ylabel(p.ylabel)
+    if len(fd.panels) > 1:
+        ax.set_title(p.title, fontsize=9)
+    ax.grid(True, which="both", alpha=0.25)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="best")
+
+
+def _draw_heatmap(fig, ax, p: Panel) -> None:
+    h = p.heatmap
+    z = np.array(h["z"], dtype=float) if h["z"] else np.zeros((0, 0))
+    if z.size:
+        im = ax.imshow(np.ma.masked_invalid(z), cmap="magma_r", aspect="auto")
+        fig.colorbar(im, ax=ax, shrink=0.8, label="steps")
+        finite = z[np.isfinite(z)]
+        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+        for i, row in enumerate(h["text"]):
+            for j, t in enumerate(row):
+                ax.text(j, i, t, ha="center", va="center", fontsize=7,
+                        color="white" if np.isfinite(z[i, j]) and z[i, j] > mid else "black")
+    ax.set_xticks(range(len(h["x"])), [str(x) for x in h["x"]])
+    ax.set_yticks(range(len(h["y"])), h["y"])
+    ax.set_xlabel(p.xlabel)
+    ax.set_title(p.title, fontsize=9)
+
+
+# ----------------------------------------------------------------------------------------------- the set
+
+
+def figures(res: SweepResults) -> list[FigureData]:
+    """Every figure of the report, as data (not drawn yet)."""
+    param = next((t.row.get("model.param") for t in res.trials if t.row.get("model.param")), "paper")
+    paper = param == "paper"
+    figs = [
+        loss_curves(res),
+        against_width(
+            res, names.DRIFT_WEIGHT_ABS, name="drift_weight_abs",
+            title="Weight drift ‖θ_t − θ_0‖_F against width",
+            subtitle="end of training, log-log; dashed: the theory's O(1/√m), slope −1/2", reference=-0.5,
+            reference_label="theory: m^-1/2",
+            caption="drift/weight_abs, the distance the trained weights moved from initialisation, at the end of "
+                    "training, against width; log-log, one series per depth (mean over seeds, bars min–max, faint "
+                    "dots = seeds, dotted = fitted power law). Legend: fitted slope with its 95% interval over seeds. "
+                    "Dashed: the theory's m^-1/2 (Allen-Zhu, Li & Song 2018: the weights stay within O(1/√m))."),
+        against_width(
+            res, names.DRIFT_WEIGHT_REL, name="drift_weight_rel",
+            title="Relative weight drift ‖θ_t − θ_0‖_F / ‖θ_0‖_F against width",
+            subtitle=("dashed: slope −1, not −1/2: under param=paper ‖θ_0‖_F grows like √m, so an O(1/√m) "
+                      "movement is O(1/m) relative to it" if paper else
+                      f"model.param={param}: no reference line (‖θ_0‖_F does not scale as in the paper)"),
+            reference=-1.0 if paper else None, reference_label="reference: m^-1 (= m^-1/2 / √m)",
+            caption="drift/weight_rel, the relative Frobenius drift over the trained parameters, against width; "
+                    "log-log, one series per depth, fitted slopes with 95% intervals over seeds. The theory bounds "
+                    "the absolute drift by O(1/√m); with the paper's initialisation ‖θ_0‖_F grows like √m, so the "
+                    "relative drift should fall like m^-1 (dashed) — the −1/2 law is in the drift/weight_abs figure."),
+        against_width(
+            res, names.NTK_REL_DRIFT, name="ntk_rel_drift",
+            title="NTK drift ‖K_t − K_0‖_F / ‖K_0‖_F against width",
+            subtitle="end of training, log-log; dashed: the theory's O(1/√m), slope −1/2", reference=-0.5,
+            reference_label="theory: m^-1/2",
+            caption="ntk/rel_drift, how far the empirical NTK on the probe set moved from its initial value, at the "
+                    "end of training, against width; log-log, one series per depth, fitted slopes with 95% "
+                    "intervals over seeds, dashed: the theory's m^-1/2."),
+        against_width(
+            res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
+            subtitle="solid: end of training; dashed: at initialisation", fit=False, init_too=True,
+            caption="ntk/lambda_min of the empirical NTK on the probe set at the end of training (solid) and at "
+                    "initialisation (dashed), against width. The convergence theory needs it bounded away from 0 as "
+                    "m grows; with width it should settle at the infinite-width kernel's value and move less "
+                    "during training."),
+        against_width(
+            res, names.DRIFT_ACT_FLIP, name="act_flips", title="ReLU activation flips against width",
+            subtitle="fraction of (probe sample, unit) ReLU signs that differ from initialisation, end of training",
+            caption="drift/act_flip: the fraction of (probe sample, hidden unit) ReLU signs that differ from "
+                    "initialisation at the end of training, against width; one series per depth with fitted slopes "
+                    "(95% intervals over seeds). Fewer flips = closer to the linearised (NTK) regime."),
+        steps_to_fit(res),
+    ]
+    cw = critical_width(res)
+    if cw is not None:
+        figs.append(cw)
+    return figs
+
+
+def draw_all(res: SweepResults, out_dir: Path) -> list[FigureData]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    figs = figures(res)
+    for f in figs:
+        draw(f, out_dir)
+    return figs

@@ -1,0 +1,37 @@
+"""`overparam report runs/<sweep>`: runs/<sweep>/report/ with one PNG per figure, figures.json (the data each
+figure drew, fitted slopes included) and index.html (figures + slopes + results table)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .html import write_index
+from .plots import FigureData, draw_all
+from .results import SweepResults, load_sweep
+
+REPORT_DIR = "report"
+
+
+@dataclass
+class LocalReport:
+    results: SweepResults
+    figures: list[FigureData]
+    dir: Path
+    index: Path
+
+    @property
+    def images(self) -> list[Path]:
+        return [f.path for f in self.figures if f.path is not None]
+
+
+def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None) -> LocalReport:
+    """Read the sweep, draw every figure, write figures.json and index.html. ConfigError for a bad directory."""
+    res = load_sweep(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else res.dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    figs = draw_all(res, out)
+    (out / "figures.json").write_text(json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")
+    index = write_index(res, figs, out)
+    return LocalReport(results=res, figures=figs, dir=out, index=index)

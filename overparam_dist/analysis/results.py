@@ -1,0 +1,278 @@
+"""A finished sweep as plain Python data: runs/<sweep>/results.csv (one row per trial: flattened config columns
+such as `model.width`, plus the summary.json columns) and each trial's metrics.jsonl, read lazily.
+
+Without results.csv (a directory of plain `overparam train` runs) the rows are rebuilt from each trial
+directory's config.yaml + summary.json, in the same layout.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ..config import ConfigError, Config, flatten, to_dict
+from ..sinks import METRICS_FILE, read_jsonl
+
+RESULTS_FILE = "results.csv"
+CRITICAL_WIDTH_FILE = "critical_width.csv"
+CRITICAL_WIDTH_FIT_FILE = "critical_width_fit.json"
+SWEEP_FILE = "sweep.yaml"
+SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"
+
+WIDTH, DEPTH, SEED = "model.width", "model.depth", "seed"
+# Config columns that differ per trial without being an experimental axis.
+BOOKKEEPING = ("run.", "wandb.", "checkpoint.", "train.device", "parallel.backend")
+SHORT = {"model.width": "m", "model.depth": "L", "data.n": "n", "seed": "seed", "model.param": "",
+         "model.arch": "", "data.name": "", "train.lr": "lr", "data.label_noise": "noise", "model.tau": "tau",
+         "train.batch_size": "bs", "data.target": "", "train.loss": ""}
+
+_INT = re.compile(r"[-+]?\d+")
+
+
+def config_keys() -> list[str]:
+    """Every dotted config key of the schema (the config columns of results.csv)."""
+    return list(flatten(to_dict(Config())))
+
+
+def parse_cell(text: str | None) -> Any:
+    """A results.csv cell back to a value: '' -> None, ints, floats, True/False, JSON lists/dicts, else text."""
+    if text is None:
+        return None
+    t = text.strip()
+    if t == "":
+        return None
+    if _INT.fullmatch(t):
+        return int(t)
+    if t in ("True", "true"):
+        return True
+    if t in ("False", "false"):
+        return False
+    try:
+        return float(t)
+    except ValueError:
+        pass
+    if t[0] in "[{":
+        try:
+            return json.loads(t)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def number(v: Any) -> float | None:
+    """A finite float, or None (missing, null, NaN, inf, text, bool)."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+@dataclass
+class Trial:
+    name: str
+    row: dict[str, Any]  # the results.csv row (parsed): config columns + summary columns
+    dir: Path | None  # runs/<sweep>/<trial>/ when it exists
+
+    @property
+    def status(self) -> str:
+        return str(self.row.get("status") or "unknown")
+
+    @property
+    def width(self) -> int | None:
+        return self.row.get(WIDTH)
+
+    @property
+    def depth(self) -> int | None:
+        return self.row.get(DEPTH)
+
+    @property
+    def seed(self) -> int:
+        return self.row.get(SEED) or 0
+
+    @cached_property
+    def history(self) -> list[dict]:
+        """metrics.jsonl rows ([] when the trial directory or the file is missing)."""
+        if self.dir is None:
+            return []
+        return read_jsonl(self.dir / METRICS_FILE)
+
+    def curve(self, key: str) -> tuple[list[int], list[float]]:
+        """(steps, values) of a metric over the logged steps, skipping missing / non-finite values."""
+        xs, ys = [], []
+        for r in self.history:
+            v = number(r.get(key))
+            if v is not None:
+                xs.append(int(r["step"]))
+                ys.append(v)
+        return xs, ys
+
+    def final(self, key: str) -> float | None:
+        """The summary value (results.csv), else the last finite value in metrics.jsonl."""
+        v = number(self.row.get(key))
+        if v is not None:
+            return v
+        _, ys = self.curve(key)
+        return ys[-1] if ys else None
+
+    def initial(self, key: str) -> float | None:
+        """The value at step 0 (metrics.jsonl)."""
+        for r in self.history:
+            if r.get("step") == 0:
+                return number(r.get(key))
+        return None
+
+
+@dataclass
+class SweepResults:
+    dir: Path
+    name: str
+    columns: list[str]
+    trials: list[Trial]
+    critical_width: list[dict] | None = None  # critical_width.csv rows (parsed), when the sweep searched m*
+    critical_width_fit: dict | None = None
+    config_columns: list[str] = field(default_factory=list)
+
+    @property
+    def group(self) -> str:
+        """The W&B group of the sweep's runs (wandb.group of its trials, else the sweep's name)."""
+        for t in self.trials:
+            g = t.row.get("wandb.group")
+            if g:
+                return str(g)
+        return self.name
+
+    def wandb_setting(self, key: str, default: Any = None) -> Any:
+        for t in self.trials:
+            v = t.row.get(f"wandb.{key}")
+            if v not in (None, ""):
+                return v
+        return default
+
+    def usable(self) -> list[Trial]:
+        """Trials with a result to plot (completed or diverged, or anything that logged metrics)."""
+        return [t for t in self.trials if t.status in ("completed", "diverged", "preempted") or t.history]
+
+    @cached_property
+    def axes(self) -> list[str]:
+        """Config columns that vary over the trials (the sweep's experimental axes), bookkeeping excluded."""
+        out = []
+        for c in self.config_columns:
+            if c.startswith(BOOKKEEPING) or c == "run.name":
+                continue
+            values = {json.dumps(t.row.get(c), sort_keys=True, default=str) for t in self.trials}
+            if len(values) > 1:
+                out.append(c)
+        return out
+
+    @property
+    def widths(self) -> list[int]:
+        return sorted({t.width for t in self.trials if t.width is not None})
+
+    @property
+    def depths(self) -> list[int]:
+        return sorted({t.depth for t in self.trials if t.depth is not None})
+
+    def series_axes(self) -> list[str]:
+        """The axes that make a separate series in a plot against width: every varying axis except width and seed,
+        depth first."""
+        rest = [a for a in self.axes if a not in (WIDTH, SEED, DEPTH)]
+        return ([DEPTH] if DEPTH in self.axes or self.depths else []) + rest
+
+    def series_key(self, t: Trial) -> tuple:
+        return tuple(t.row.get(a) for a in self.series_axes())
+
+    def series_label(self, key: tuple) -> str:
+        return ", ".join(label(a, v) for a, v in zip(self.series_axes(), key)) or "all"
+
+    def by_series(self, trials: Iterable[Trial] | None = None) -> dict[tuple, list[Trial]]:
+        out: dict[tuple, list[Trial]] = {}
+        for t in trials if trials is not None else self.usable():
+            out.setdefault(self.series_key(t), []).append(t)
+        return dict(sorted(out.items(), key=lambda kv: tuple(_sortable(v) for v in kv[0])))
+
+
+def label(axis: str, value: Any) -> str:
+    tag = SHORT.get(axis, axis.rsplit(".", 1)[-1])
+    return f"{tag}={value}" if tag else str(value)
+
+
+def _sortable(v: Any) -> tuple:
+    return (0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [{k: parse_cell(v) for k, v in r.items() if k is not None} for r in reader]
+        return list(reader.fieldnames or []), rows
+
+
+def _rows_from_dirs(sweep_dir: Path) -> tuple[list[str], list[dict]]:
+    """No results.csv: one row per subdirectory holding config.yaml + summary.json (same layout)."""
+    rows: list[dict] = []
+    columns: list[str] = []
+    for d in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        if not ((d / CONFIG_FILE).is_file() and (d / SUMMARY_FILE).is_file()):
+            continue
+        try:
+            cfg = yaml.safe_load((d / CONFIG_FILE).read_text()) or {}
+            summary = json.loads((d / SUMMARY_FILE).read_text())
+        except (OSError, yaml.YAMLError, json.JSONDecodeError):
+            continue
+        cfg.pop("derived", None)
+        row: dict[str, Any] = {"trial": d.name, "status": summary.get("status")}
+        row.update(flatten(cfg))
+        row.update({k: v for k, v in summary.items() if k not in row})
+        rows.append(row)
+        columns.extend(c for c in row if c not in columns)
+    return columns, rows
+
+
+def load_sweep(sweep_dir: str | Path) -> SweepResults:
+    """Read a sweep directory (runs/<sweep>/). A missing or empty directory is a ConfigError (one line)."""
+    sdir = Path(sweep_dir)
+    if not sdir.is_dir():
+        raise ConfigError(f"'{sdir}' is not a directory (expected runs/<sweep>/ with results.csv)")
+    csv_path = sdir / RESULTS_FILE
+    if csv_path.is_file():
+        columns, rows = _read_csv(csv_path)
+    else:
+        columns, rows = _rows_from_dirs(sdir)
+    if not rows:
+        raise ConfigError(f"'{sdir}' has no trials: no {RESULTS_FILE} rows and no trial directories with "
+                          f"{CONFIG_FILE} + {SUMMARY_FILE}")
+    trials = []
+    for r in rows:
+        name = str(r.get("trial") or r.get("run.name") or r.get("name") or f"trial{len(trials)}")
+        d = sdir / name
+        if not d.is_dir() and r.get("run.dir"):
+            d = Path(str(r["run.dir"]))
+        trials.append(Trial(name=name, row=r, dir=d if d.is_dir() else None))
+
+    name = sdir.resolve().name
+    if (sdir / SWEEP_FILE).is_file():
+        try:
+            name = (yaml.safe_load((sdir / SWEEP_FILE).read_text()) or {}).get("name") or name
+        except yaml.YAMLError:
+            pass
+    cw = None
+    if (sdir / CRITICAL_WIDTH_FILE).is_file():
+        cw = _read_csv(sdir / CRITICAL_WIDTH_FILE)[1]
+    fit = None
+    if (sdir / CRITICAL_WIDTH_FIT_FILE).is_file():
+        try:
+            fit = json.loads((sdir / CRITICAL_WIDTH_FIT_FILE).read_text())
+        except json.JSONDecodeError:
+            fit = None
+    keys = set(config_keys())
+    return SweepResults(dir=sdir, name=str(name), columns=columns, trials=trials, critical_width=cw,
+                        critical_width_fit=fit, config_columns=[c for c in columns if c in keys])
