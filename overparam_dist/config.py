@@ -84,6 +84,7 @@ class RunConfig:
     dir: str = ""  # output directory; "" = runs/<run.name>
     name: str = ""  # "" = derived from the config (arch, width, depth, seed)
     quiet: bool = False  # no progress bar
+    preempt_file: str = ""  # stop (checkpoint, status preempted) once this file exists; set by sweep drivers
 
 
 @dataclass

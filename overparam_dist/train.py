@@ -13,6 +13,7 @@ import math
 import os
 import signal
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -90,12 +91,17 @@ def _global_grad_norm(params: list[torch.nn.Parameter], par: Parallelism) -> flo
 
 
 class Preemption:
-    """SIGUSR1 (Slurm's `--signal=B:USR1@...`, forwarded by our sbatch templates) asks the trial to
-    checkpoint at once and stop with status `preempted`; rerunning resumes it. All ranks agree on the
-    step to stop at (one tiny all-reduce per step, only when a process group exists)."""
+    """A request to checkpoint at once and stop with status `preempted` (rerunning resumes the trial).
 
-    def __init__(self):
+    Two ways in: SIGUSR1 (Slurm's `--signal=B:USR1@...`, forwarded to the trial by slurm/trial.sbatch),
+    when the trial runs in a main thread; and the file `run.preempt_file`, which a sweep driver creates
+    for trials running inside Ray workers, where no signal handler can be installed. All ranks agree on
+    the step to stop at (one tiny all-reduce per step, only when a process group exists).
+    """
+
+    def __init__(self, flag_file: str):
         self.flag = False
+        self.flag_file = Path(flag_file) if flag_file else None
         self.previous = None
         try:
             self.previous = signal.signal(signal.SIGUSR1, self._handle)
@@ -107,9 +113,10 @@ class Preemption:
         self.flag = True
 
     def requested(self, pd: mesh.ParallelDims) -> bool:
+        local = self.flag or (self.flag_file is not None and self.flag_file.exists())
         if pd.world == 1:
-            return self.flag
-        t = torch.tensor([1.0 if self.flag else 0.0], device=pd.device)
+            return local
+        t = torch.tensor([1.0 if local else 0.0], device=pd.device)
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return bool(t.item())
 
@@ -214,7 +221,7 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
 
     stats = torch.zeros(2, dtype=torch.float64, device=device)
     status, step, saved_at = "completed", start_step, start_step
-    preemption = Preemption()
+    preemption = Preemption(cfg.run.preempt_file)
     final_metrics: dict[str, float] = {}
     t_start = time.perf_counter()
     t_mark, steps_since = time.perf_counter(), 0
@@ -235,7 +242,8 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
         return float(stats[0]) / pd.dp, (float(stats[1]) / n if labels_local is not None else None)
 
     while True:
-        log_now = step == start_step or step >= cfg.train.steps or (every > 0 and step % every == 0)
+        # The same steps are logged whether or not the trial was interrupted and resumed in between.
+        log_now = step == 0 or step >= cfg.train.steps or (every > 0 and step % every == 0)
         # Forward on the batch of this update; with full batch its loss is the train loss of theta_step.
         if full_batch:
             xb, tb, lb = x_local, t_local, labels_local
@@ -283,9 +291,10 @@ def _train(cfg: Config, pd: mesh.ParallelDims) -> dict:
             if steps_since > 0:
                 row[names.TIME_STEP] = elapsed / steps_since
                 row[names.TIME_SAMPLES] = (cfg.train.batch_size or n) * steps_since / elapsed
-            t_metrics = time.perf_counter()
-            row.update(theory.compute(first=step == 0, final=stop))
-            row[names.TIME_METRICS] = time.perf_counter() - t_metrics
+            if not diverged:  # metrics of non-finite weights mean nothing (and eigensolvers reject them)
+                t_metrics = time.perf_counter()
+                row.update(theory.compute(first=step == 0, final=stop))
+                row[names.TIME_METRICS] = time.perf_counter() - t_metrics
             if pd.is_main:
                 sinks.log(step, row)
                 if bar is not None:

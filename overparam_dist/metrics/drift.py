@@ -152,6 +152,8 @@ class WeightDrift:
             if fro_sq is None:
                 fro_sq = float(packed[0])
             gram = packed[1:1 + k * k].reshape(k, k)
+            if not bool(torch.isfinite(packed).all()):  # diverged weights: no spectral norm to speak of
+                return fro_sq, float("nan")
             # Rayleigh-Ritz: the top eigenvalue of V^T D^T D V (V orthonormal) is a lower bound on sigma_1^2.
             sigma = math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
             nxt = packed[1 + k * k:].reshape(length, k)
