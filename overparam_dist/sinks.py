@@ -340,7 +340,7 @@ def _tune_reporter() -> Callable[[dict], None] | None:
 
 
 class RaySink:
-    """Each logged row, as a Ray Tune result (Tune's trial table, the dashboard, Tune callbacks)."""
+    """Each logged row, as a Ray Tune result (Tune's trial results and callbacks: the sweep's progress)."""
 
     def __init__(self):
         self.report = _ray_reporter or _tune_reporter()

@@ -403,10 +403,15 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
         if fd.name == "critical_width":
             ok, bad = s.meta.get("fit_ok", []), s.meta.get("fit_failed", [])
             if ok:
-                ax.scatter(*zip(*ok), marker="o", color=color, s=22, alpha=0.8)
+                ax.scatter(*zip(*ok), marker="o", color=color, s=24, alpha=0.8,
+                           label="probe reached the target" if i == 0 else None)
             if bad:
-                ax.scatter(*zip(*bad), marker="x", color="tab:red", s=26)
-            ax.plot(s.x, s.y, "-", color=color, lw=1.8, label=f"m* ({s.label})")
+                ax.scatter(*zip(*bad), marker="x", color="tab:red", s=28,
+                           label="probe did not" if i == 0 else None)
+            ax.plot(s.x, s.y, "-", color=color, lw=1.8, label="m*" if s.label == "m*" else f"m* ({s.label})")
+            xs = sorted({q[0] for q in ok + bad} | set(s.x))
+            if not p.xlog and xs and all(isinstance(x, (int, float)) for x in xs):
+                ax.set_xticks(xs)
             continue
         yerr = None
         if s.lo is not None and s.hi is not None:
@@ -424,8 +429,12 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
         ax.plot(s.x, s.y, "--", color="black", lw=1.3, alpha=0.7, label=s.label)
     if p.xlog:
         ax.set_xscale("log", base=2)
+        if p.xlabel.startswith("width"):
+            _plain_width_ticks(ax.xaxis)
     if p.ylog:
-        ax.set_yscale("log")
+        ax.set_yscale("log", base=2 if p.ylabel.startswith("width") else 10)
+        if p.ylabel.startswith("width"):
+            _plain_width_ticks(ax.yaxis)
     ax.set_xlabel(p.xlabel)
     ax.set_ylabel(p.ylabel)
     if len(fd.panels) > 1:
@@ -433,6 +442,15 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
     ax.grid(True, which="both", alpha=0.25)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="best")
+
+
+def _plain_width_ticks(axis) -> None:
+    """Widths on a base-2 log axis, labelled 32, 64, ... rather than 2^5, 2^6."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=2))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _draw_heatmap(fig, ax, p: Panel) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import yaml
 
-from ..config import ConfigError, Config, flatten, to_dict
+from ..config import Config, ConfigError, flatten, to_dict
 from ..sinks import METRICS_FILE, read_jsonl
 
 RESULTS_FILE = "results.csv"

@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..metrics import names
-from ..sinks import warn_wandb, wandb_init, wandb_mode
+from ..sinks import wandb_init, wandb_mode, warn_wandb
 from .results import WIDTH, SweepResults
 
 SUMMARY_RUN_FILE = "wandb_summary_run.json"  # in runs/<sweep>/: the summary run's id and its last step
@@ -120,7 +120,7 @@ def build_wandb_report(res: SweepResults, entity: str, project: str, title: str 
 
     group = res.group
     runset = wr.Runset(entity=entity, project=project, name=f"sweep {group}",
-                       filters=[expr.Metric("Group") == group])
+                       filters=expr.And(expr.Metric("Group") == group))
 
     def layout(i: int, w: int = 8, h: int = 7) -> Any:
         return wr.Layout(x=(i % 3) * 8, y=(i // 3) * h, w=w, h=h)
