@@ -305,6 +305,10 @@ class WandbSink:
                                      if not (isinstance(v, float) and not math.isfinite(v))})
         self._guard(put)
 
+    def preempting(self) -> None:
+        """Tell W&B this run is being preempted and will resume (a requeued job continues it)."""
+        self._guard(lambda: self.run.mark_preempting())
+
     def close(self) -> None:
         def finish():
             self.run.finish()
@@ -370,5 +374,7 @@ class Sinks:
 
     def finish(self, summary: dict) -> None:
         self.jsonl.close()
+        if summary.get("status") == "preempted":
+            self.wandb.preempting()
         self.wandb.summary(summary)
         self.wandb.close()
