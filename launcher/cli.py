@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 
@@ -34,7 +35,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_available(cfg)
     check_run_dir(cfg)
     summary = launch_trial(cfg)
+    if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0":
+        return 0  # under torchrun / srun every rank runs this: rank 0 reports
     out = run_dir(cfg)
+    if summary["status"] == "preempted":
+        print(f"preempted at step {summary['steps']} (checkpoint saved); rerun the same command to resume")
+        print(f"outputs: {out}/")
+        return 0
     loss = summary.get("train/loss")
     acc = summary.get("train/acc")
     print(f"{summary['status']}: {summary['steps']} steps, train/loss {loss:.4g}"
@@ -53,7 +60,60 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(fn=cmd_train)
+
+    from . import sweep as sweep_cmd
+
+    sweep_cmd.add_parser(sub)
+    _add_submit(sub)
+    _add_jobs(sub)
+    from . import report as report_cmd
+
+    report_cmd.register(sub)
     return p
+
+
+# `overparam submit TARGET ...`: each target module has add_submit_parser(targets), which adds the
+# subcommand `TARGET` with its own arguments and sets `fn`. Add a target (e.g. "launcher.slurm") here.
+SUBMIT_TARGETS = ("launcher.ray_jobs", "launcher.slurm")
+# `overparam jobs status|logs|stop JOB_ID`: (backend name, module) in the order they are asked. Each module has
+# owns_job_id(job_id) -> bool and jobs_command(action, job_id, args) -> int; the first that owns the id
+# gets it (`--backend` picks one explicitly). Add e.g. ("slurm", "launcher.slurm") for numeric Slurm ids.
+JOB_BACKENDS = (("ray", "launcher.ray_jobs"), ("slurm", "launcher.slurm"))
+
+
+def _add_submit(sub) -> None:
+    import importlib
+
+    s = sub.add_parser("submit", help="submit to a cluster: `submit ray` (Ray Jobs) or `submit slurm` (sbatch)")
+    targets = s.add_subparsers(dest="target", required=True, parser_class=_Parser, metavar="TARGET")
+    for module in SUBMIT_TARGETS:
+        importlib.import_module(module).add_submit_parser(targets)
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    import importlib
+
+    backends = [(name, importlib.import_module(module)) for name, module in JOB_BACKENDS]
+    if args.backend:
+        chosen = [m for name, m in backends if name == args.backend]
+    else:
+        chosen = [m for _, m in backends if m.owns_job_id(args.job_id)]
+    if not chosen:
+        return _fail(f"no job backend ({', '.join(n for n, _ in backends)}) knows job id '{args.job_id}'")
+    return chosen[0].jobs_command(args.action, args.job_id, args)
+
+
+def _add_jobs(sub) -> None:
+    j = sub.add_parser("jobs", help="follow a submitted job: status, logs, stop")
+    j.add_argument("action", choices=("status", "logs", "stop"))
+    j.add_argument("job_id", metavar="JOB_ID")
+    j.add_argument("--backend", choices=[name for name, _ in JOB_BACKENDS], default=None,
+                   help="which scheduler owns JOB_ID (default: guessed from the id)")
+    j.add_argument("--address", default=None,
+                   help="Ray dashboard URL http://HOST:8265 (default: the one the job was submitted to, "
+                        "else RAY_ADDRESS)")
+    j.add_argument("--follow", "-f", action="store_true", help="logs: keep printing until the job ends")
+    j.set_defaults(fn=cmd_jobs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,3 +30,30 @@ def read_summary(run_dir: Path) -> dict:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+# Local Ray clusters started by tests and the clients talking to them agree on auth (Ray >= 2.52 defaults to
+# token auth): disabled, unless the environment already says otherwise.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    """ONE private local Ray for the whole pytest session, started by the first test that asks for it.
+
+    This process is its driver (`ray.init(address="local")` never joins another Ray instance on the
+    machine); `ray.shutdown()` at the end stops exactly the processes it started. Yields the GCS address,
+    for `overparam sweep --address` in subprocesses; in-process sweeps reuse the connection.
+    """
+    import shutil
+
+    import ray
+
+    tmp = f"/tmp/opr-t{os.getpid()}"  # AF_UNIX socket paths must stay short: never pytest's tmp_path
+    ray.init(address="local", _temp_dir=tmp, num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level="ERROR", log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,268 @@
+"""Sweeps on Ray: spec and CLI rules, bad input, the quickstart, 2-worker trials, critical-width search.
+
+The Ray tests share one private local Ray (the session fixture `ray_address` in conftest.py).
+"""
+
+import csv
+import http.server
+import json
+import math
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, read_rows, run_cli
+
+from launcher.critical_width import CriticalWidthPlan, fit_power_law, reached
+from launcher.sweep import FINISHED, load_sweep, run_sweep
+from overparam_dist.config import ConfigError
+
+QUICKSTART = ROOT / "configs" / "sweep" / "quickstart.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write(tmp_path: Path, spec: dict, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _results(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# ------------------------------------------------------------------------------------ no Ray needed
+
+
+def test_sweep_file_and_command_line_rules(tmp_path):
+    spec = _write(tmp_path, {"base": "experiment/paper_fc.yaml", "overrides": {"data.n": 16},
+                             "grid": {"model": {"width": [64, 128]}, "model.depth": [1, 2], "seed": [0]}})
+    s = load_sweep(spec, ["name=foo", "grid.model.width=[8,16]", "train.steps=7", "resources.cpus=0.5",
+                          "train.lr=1e-3"], runs_dir=tmp_path / "runs")
+    assert s.name == "foo" and s.resources == {"cpus": 0.5, "gpus": 0}
+    assert [t.name for t in s.trials] == ["w8-d1", "w8-d2", "w16-d1", "w16-d2"]  # seed does not vary
+    t = s.trials[2]
+    assert (t.cfg.model.width, t.cfg.model.depth, t.cfg.data.n, t.cfg.train.steps) == (16, 1, 16, 7)
+    assert t.cfg.train.lr == 1e-3 and t.cfg.model.param == "paper"  # from the base preset
+    assert Path(t.cfg.run.dir) == (tmp_path / "runs" / "foo" / "w16-d1").absolute()
+    assert t.cfg.wandb.group == "foo" and t.cfg.run.quiet and t.cfg.run.name == "w16-d1"
+    with pytest.raises(ConfigError, match="grid axis"):
+        load_sweep(spec, ["model.depth=3"])
+    cw = load_sweep(spec, ["grid.model.width=null", "search=critical_width", "search.widths=[4,8,16]"])
+    assert cw.kind == "critical_width" and len(cw.trials) == 2 * 3 and cw.trials[0].name == "d1-w4"
+
+
+@pytest.mark.parametrize("case", ["unknown_sweep_key", "unknown_config_key", "bad_value", "grid_axis_override",
+                                  "bad_search", "unreachable_address", "unreachable_dashboard"])
+def test_bad_sweep_input_is_one_line_exit_2(tmp_path, case):
+    spec = {"grid": {"model.width": [16, 32]}, "overrides": {"train.steps": 2}}
+    args = []
+    if case == "unknown_sweep_key":
+        spec["grdi"] = spec.pop("grid")
+    elif case == "unknown_config_key":
+        args = ["grid.model.widht=[1]"]
+    elif case == "bad_value":
+        args = ["grid.model.width=[64,0]"]
+    elif case == "grid_axis_override":
+        args = ["model.width=3"]
+    elif case == "bad_search":
+        args = ["search.kind=critical_width", "grid.model.width=null", "search.k=1"]
+    path = _write(tmp_path, spec)
+    runs = tmp_path / "runs"
+    if case == "unreachable_dashboard":
+        cmd = ["submit", "ray", "--address", f"http://127.0.0.1:{_free_port()}", "--config", str(QUICKSTART)]
+    else:
+        cmd = ["sweep", "--config", str(path), "--runs-dir", str(runs), *args]
+        if case == "unreachable_address":
+            cmd += ["--address", f"127.0.0.1:{_free_port()}"]
+    res = run_cli(*cmd, env={"RAY_ADDRESS": ""})
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2, res.stderr
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert lines[0].startswith("overparam: error:")
+    expect = {"unknown_sweep_key": "grdi", "unknown_config_key": "widht", "bad_value": "model.width",
+              "grid_axis_override": "grid axis", "bad_search": "search.k", "unreachable_address": "cannot reach",
+              "unreachable_dashboard": "cannot reach"}[case]
+    assert expect in lines[0]
+    if case != "unreachable_address":
+        assert not runs.exists()
+
+
+def test_missing_token_auth_is_one_clear_line():
+    class Unauthorized(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # what a Ray dashboard with token auth answers a request without a token
+            self.send_response(401)
+            self.end_headers()
+            self.wfile.write(b"Unauthorized: Missing authentication token")
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Unauthorized)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        res = run_cli("jobs", "status", "raysubmit_abc", "--address", f"http://127.0.0.1:{server.server_port}",
+                      env={"RAY_AUTH_MODE": "disabled"})
+    finally:
+        server.shutdown()
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and len(lines) == 1, res.stderr
+    assert "requires token authentication" in lines[0] and "RAY_AUTH_MODE" in lines[0]
+
+
+def _simulate(plan: CriticalWidthPlan, truth, slots: int) -> int:
+    """Run the plan against a monotone oracle with `slots` parallel workers; return the number of rounds."""
+    rounds, running = 0, []
+    while True:
+        while len(running) < slots:
+            t = plan.next_trial()
+            if t in (None, FINISHED):
+                break
+            running.append(t)
+        if not running:
+            assert plan.next_trial() == FINISHED
+            return rounds
+        rounds += 1
+        for t in running:
+            ok = t.cfg.model.width >= truth[t.cfg.data.n]
+            plan.complete(t.name, {"status": "completed", "conv/steps_to_fit": 3 if ok else None})
+        running = []
+
+
+@pytest.mark.parametrize("slots,k", [(1, 0), (2, 0), (8, 0), (8, 2), (16, 3)])
+def test_critical_width_plan_is_a_parallel_k_ary_search(slots, k):
+    widths = [4, 8, 16, 32, 64, 128, 256]
+    truth = {8: 4, 16: 64, 32: 256, 64: 10 ** 6}  # the last cell never fits
+    sweep = load_sweep(None, ["grid.data.n=[8,16,32,64]", "search.kind=critical_width",
+                              f"search.widths={widths}", f"search.k={k}"])
+    plan = CriticalWidthPlan(sweep, {})
+    rounds = _simulate(plan, truth, slots)
+    rows = {r["data.n"]: r for r in plan.rows()}
+    for n, m in truth.items():
+        want = m if m <= widths[-1] else None
+        assert rows[n]["m_star"] == want, (n, rows[n])
+        if want and want > widths[0]:
+            assert rows[n]["smaller_width"] == widths[widths.index(want) - 1] and rows[n]["smaller_reached"] is False
+    probes = sum(r["probes"] for r in plan.rows())
+    assert probes <= 4 * len(widths)
+    if slots == 1:
+        assert rounds == probes  # serial: one probe at a time
+    if slots >= 8 and k == 0:
+        assert rounds == 2  # free slots split each interval several ways: bisection needs 3 rounds for 7 widths
+    if k == 2:
+        assert rounds == 3  # at most one probe per cell in flight: a bisection
+
+
+def test_critical_width_plan_reuses_finished_trials():
+    sweep = load_sweep(None, ["grid.data.n=[8]", "search.kind=critical_width", "search.widths=[4,8,16,32]"])
+    by_width = {t.cfg.model.width: t.name for t in sweep.trials}
+    done = {by_width[8]: {"status": "completed", "conv/steps_to_fit": None},
+            by_width[16]: {"status": "completed", "conv/steps_to_fit": 5}}
+    plan = CriticalWidthPlan(sweep, done)
+    assert plan.resolved() and plan.rows()[0]["m_star"] == 16 and plan.next_trial() == FINISHED
+
+
+def test_power_law_fit_recovers_exponents():
+    import numpy as np
+
+    noise = iter(np.exp(np.random.default_rng(0).normal(0, 0.03, 12)))
+    rows = [{"data.n": n, "model.depth": L, "m_star": 3.0 * n ** 1.5 * L ** 0.5 * next(noise)}
+            for n in (8, 16, 32, 64) for L in (1, 2, 4)]
+    fit = fit_power_law(rows)
+    assert fit["a"] == pytest.approx(1.5, abs=0.02) and fit["b"] == pytest.approx(0.5, abs=0.02)
+    assert fit["a_ci95"][0] < 1.5 < fit["a_ci95"][1] and fit["b_ci95"][0] < 0.5 < fit["b_ci95"][1]
+    one_axis = fit_power_law([r for r in rows if r["model.depth"] == 1])
+    assert one_axis["b"] is None and one_axis["a"] == pytest.approx(1.5, abs=0.02)
+
+
+# ------------------------------------------------------------------------------------ real Ray (shared)
+
+
+@pytest.mark.slow
+def test_quickstart_sweep(ray_address, tmp_path):
+    from launcher.demo import width_table
+
+    sweep = load_sweep(QUICKSTART, [], runs_dir=tmp_path / "runs")
+    outcome = run_sweep(sweep, progress_every=30)
+    assert outcome.counts["completed"] == 8 and not outcome.failed
+    rows = _results(sweep.dir)
+    assert len(rows) == 8
+    grid = yaml.safe_load(QUICKSTART.read_text())["grid"]
+    assert {(int(r["model.width"]), int(r["model.depth"])) for r in rows} == {
+        (w, d) for w in grid["model.width"] for d in grid["model.depth"]}
+    for r in rows:
+        assert r["trial"] == f"w{r['model.width']}-d{r['model.depth']}" and r["status"] == "completed"
+        assert r["data.n"] == "32" and r["wandb.group"] == "quickstart" and r["steps"] == "200"
+        for key in ("train/loss", "drift/weight_rel", "train/acc"):
+            assert math.isfinite(float(r[key])), (r["trial"], key)
+        if "ntk/rel_drift" in r:
+            assert math.isfinite(float(r["ntk/rel_drift"]))
+    table = width_table(sweep.dir / "results.csv")
+    assert "slope" in table and "drift/weight_rel" in table
+
+
+def _loss_rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in read_rows(run_dir)]
+
+
+@pytest.mark.slow
+def test_two_worker_trial_matches_overparam_train(ray_address, tmp_path):
+    common = {"data.target": "regression", "train.steps": 20, "metrics.every": 1, "model.width": 256,
+              "checkpoint.every": 10}
+    spec = _write(tmp_path, {"name": "dp2", "overrides": common, "grid": {"parallel.dp": [2]}})
+    sweep = load_sweep(spec, [], runs_dir=tmp_path / "runs")
+    outcome = run_sweep(sweep, progress_every=30)
+    assert outcome.counts["completed"] == 1, outcome.states
+    (trial,) = sweep.trials
+    assert trial.workers == 2 and json.loads((trial.run_dir / "summary.json").read_text())["dp"] == 2
+
+    ref = tmp_path / "ref"
+    res = run_cli("train", "--quiet", f"run.dir={ref}", "parallel.dp=2", "wandb.mode=disabled",
+                  *[f"{k}={v}" for k, v in common.items()])
+    assert res.returncode == 0, res.stderr
+    got, want = _loss_rows(trial.run_dir), _loss_rows(ref)
+    assert [r["step"] for r in got] == [r["step"] for r in want] == list(range(21))
+    for g, w in zip(got, want):
+        assert set(g) == set(w)
+        for k, v in w.items():
+            if isinstance(v, float):
+                assert g[k] == pytest.approx(v, rel=1e-5, abs=1e-9), (g["step"], k)
+    # Rank 0 forwarded every logged row to Tune (the dashboard's trial table), then the final summary.
+    (tune_result,) = list((sweep.dir / "_ray" / "tune").glob(f"*/{trial.name}/result.json"))
+    reported = [json.loads(line) for line in tune_result.read_text().splitlines() if line.strip()]
+    assert [r["step"] for r in reported if "summary_json" not in r] == list(range(21))
+    assert "summary_json" in reported[-1]
+
+
+@pytest.mark.slow
+def test_critical_width_search_tiny(ray_address, tmp_path):
+    widths = [4, 8, 16, 32, 64, 128, 256]
+    spec = _write(tmp_path, {"name": "cw", "grid": {"data.n": [8, 16]},
+                             "overrides": {"model.depth": 2, "train.steps": 100, "metrics.every": 20,
+                                           "checkpoint.every": 0, "metrics.ntk": False},
+                             "search": {"kind": "critical_width", "widths": widths}})
+    sweep = load_sweep(spec, [], runs_dir=tmp_path / "runs")
+    outcome = run_sweep(sweep, progress_every=30)
+    assert not outcome.failed
+    by_trial = {r["trial"]: r for r in _results(sweep.dir)}
+    cells = list(csv.DictReader(open(sweep.dir / "critical_width.csv")))
+    assert [int(c["data.n"]) for c in cells] == [8, 16]
+    for c in cells:
+        assert c["status"] in ("found", "at_min"), c
+        m = int(c["m_star"])
+        trial = by_trial[f"n{c['data.n']}-w{m}"]
+        assert reached(json.loads((Path(trial["run.dir"]) / "summary.json").read_text()))
+        if m > widths[0]:
+            smaller = by_trial[f"n{c['data.n']}-w{widths[widths.index(m) - 1]}"]
+            assert not reached(json.loads((Path(smaller["run.dir"]) / "summary.json").read_text()))
+    assert len(by_trial) < 2 * len(widths)  # a search, not the whole grid
+    fit = json.loads((sweep.dir / "critical_width_fit.json").read_text())
+    assert fit["b"] is None and fit["cells"] == 2  # depth does not vary; 2 cells leave no dof for a CI
