@@ -208,3 +208,25 @@ def test_sigusr1_checkpoints_at_once_and_resumes_exactly(tmp_path):
     assert [r["step"] for r in read_rows(run)] == list(range(0, 151, 5))
     assert _losses(run) == pytest.approx(_losses(ref), rel=1e-6)
     assert read_summary(run)["status"] == "completed"
+
+
+def test_a_trial_needs_only_torch_and_omegaconf(tmp_path):
+    """ray, wandb, matplotlib, scikit-learn and tqdm are imported lazily, only where they are used."""
+    code = f"""
+import builtins, sys
+blocked = ("ray", "wandb", "matplotlib", "sklearn", "tqdm", "wandb_workspaces")
+real = builtins.__import__
+def guarded(name, *a, **k):
+    if name.split(".")[0] in blocked:
+        raise ImportError("blocked " + name)
+    return real(name, *a, **k)
+builtins.__import__ = guarded
+import overparam_dist
+from overparam_dist.config import load_config
+from overparam_dist.train import run_trial
+s = run_trial(load_config(None, ["run.dir={tmp_path / 'r'}", "run.quiet=true", "wandb.mode=disabled",
+                                 "train.steps=5"]))
+assert s["status"] == "completed" and s["steps"] == 5
+"""
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
