@@ -1,9 +1,16 @@
-"""Slurm: `overparam submit slurm --trial ...` and `overparam jobs status|logs|stop JOB_ID` for Slurm job ids.
+"""Slurm: `overparam submit slurm [--trial] ...` and `overparam jobs status|logs|stop JOB_ID` for Slurm job ids.
 
-A trial is submitted as one batch job rendered from `slurm/trial.sbatch`: srun starts parallel.dp x parallel.tp
+`--trial`: one trial as one batch job rendered from `slurm/trial.sbatch`: srun starts parallel.dp x parallel.tp
 tasks, each runs `python -m launcher train ...` and joins the process group through the Slurm environment
-(overparam_dist/parallel/mesh.py). Only the Slurm client commands are used (sbatch, scontrol, scancel; no sacct,
-which needs slurmdbd); torch is imported only to validate a submission (data set, run directory).
+(overparam_dist/parallel/mesh.py).
+
+Without `--trial`, `--config` is a sweep file (configs/sweep/*.yaml, validated with launcher.sweep.load_sweep): one
+batch job rendered from `slurm/ray_sweep.sbatch` starts a Ray cluster on its nodes (head on the first, one worker
+per other node) and runs `python -m launcher sweep --address <head> ...` as the driver inside the job; USR1 before
+the time limit preempts the sweep (trials checkpoint and stop) and requeues the job, which resumes it.
+
+Only the Slurm client commands are used (sbatch, scontrol, scancel; no sacct, which needs slurmdbd); torch is
+imported only to validate a submission (data sets, run directories).
 
 Templates use `{{name}}` placeholders. Every substituted value is shell-quoted with shlex.quote (lists: each item
 quoted, joined by spaces), including values on `#SBATCH` lines, which sbatch itself unquotes the way a shell does.
@@ -12,11 +19,13 @@ Values that must be plain (numbers, job names) are validated before rendering, a
 Files of a submitted trial live next to its run directory, in `<run dir>.slurm/`: `<job id>.sbatch` (the exact
 script that was submitted) and `<job id>.out` (the job's stdout+stderr, appended to across requeues). They are not
 inside the run directory because a trial refuses to start in a non-empty directory that is not one of its runs.
+A sweep's live next to the sweep's directory the same way: `<runs dir>/<sweep>.slurm/`.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -38,6 +47,7 @@ _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _MEM = re.compile(r"^[0-9]+[KMGT]?$")
+RAY_AUTH_MODES = ("token", "disabled")
 _SLURM_CMD_TIMEOUT = 120  # s; an unreachable controller makes sbatch give up after ~10 s, scontrol after ~20 s
 
 
@@ -86,13 +96,26 @@ def render(template: str, values: dict[str, str | int | list[str]],
 # ------------------------------------------------------------------------------------------------ arguments
 def add_submit_args(p: argparse.ArgumentParser) -> None:
     """Options of `overparam submit slurm`."""
-    p.add_argument("--config", help="YAML file merged over the defaults (as for `overparam train`)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--config", help="a sweep file (configs/sweep/*.yaml; with --trial: an experiment YAML merged "
+                                     "over the defaults, as for `overparam train`)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sweep keys or trial config keys, as for `overparam sweep` (with --trial: config overrides)")
     p.add_argument("--trial", action="store_true",
                    help="submit ONE trial (srun starts parallel.dp x parallel.tp tasks; no Ray)")
-    p.add_argument("--nodes", type=int, default=1, help="nodes; the tasks are spread evenly over them (default 1)")
+    p.add_argument("--nodes", type=int, default=1,
+                   help="nodes (default 1); a sweep runs one Ray node on each, a trial spreads its tasks evenly")
     p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0: CPU, gloo)")
-    p.add_argument("--cpus-per-task", type=int, default=1, help="CPUs per task (default 1); sets OMP_NUM_THREADS")
+    p.add_argument("--cpus-per-task", type=int, default=None,
+                   help="--trial: CPUs per task (default 1); sets OMP_NUM_THREADS")
+    p.add_argument("--cpus-per-node", type=int, default=None,
+                   help="sweep: CPUs per node given to Ray (--num-cpus; default: what the largest trial needs)")
+    p.add_argument("--runs-dir", default=None, help="sweep: where runs/<sweep>/ goes (default: ./runs)")
+    p.add_argument("--ray-port", type=int, default=None,
+                   help="sweep: Ray's GCS port on the head; the dashboard, client, agent and metrics ports follow "
+                        "it (+1..+4). Default: 20000 + 8 x (job id mod 1000)")
+    p.add_argument("--ray-auth", choices=RAY_AUTH_MODES, default=None,
+                   help="sweep: Ray token authentication inside the job (default token: the user's token, else "
+                        "one per job; disabled: anyone who reaches the ports may use the cluster)")
     p.add_argument("--mem", help="memory per node, e.g. 16G (default: the cluster's DefMemPerCPU x CPUs)")
     p.add_argument("--time", help="time limit: MIN, H:M:S, D-H, D-H:M, D-H:M:S (default: the partition's)")
     p.add_argument("--signal-seconds", type=int, default=120,
@@ -170,8 +193,11 @@ def _check_path(what: str, path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ trial script
 def trial_script(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]:
     """Render the batch script of one trial. Returns (script, slurm dir). Pure: writes nothing."""
+    for flag in ("cpus_per_node", "runs_dir", "ray_port", "ray_auth"):
+        if getattr(args, flag, None) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} is for sweeps (without --trial)")
     nodes = _positive("--nodes", args.nodes)
-    cpus = _positive("--cpus-per-task", args.cpus_per_task)
+    cpus = _positive("--cpus-per-task", 1 if args.cpus_per_task is None else args.cpus_per_task)
     gpus = _positive("--gpus-per-node", args.gpus_per_node, minimum=0)
     signal_s = _positive("--signal-seconds", args.signal_seconds)
     tasks = cfg.parallel.dp * cfg.parallel.tp
@@ -185,6 +211,37 @@ def trial_script(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]:
         raise ConfigError(f"{per_node} tasks per node but --gpus-per-node {gpus}: one GPU per task at most "
                           "(raise --nodes or --gpus-per-node)")
 
+    options = _sbatch_options(args, gpus, signal_s)
+    sdir = _check_path("Slurm directory", slurm_dir(cfg))
+    workdir = _check_path("working directory", Path.cwd())
+    train_args: list[str] = []
+    if args.config is not None:
+        train_args += ["--config", str(Path(args.config).resolve())]
+    train_args += list(args.overrides)
+
+    values = {
+        "job_name": _job_name(args, cfg),
+        "nodes": nodes,
+        "tasks_per_node": per_node,
+        "cpus_per_task": cpus,
+        "log": str(sdir / "%j.out"),
+        "signal_seconds": signal_s,
+        "workdir": str(workdir),
+        "python": sys.executable,
+        "train_args": train_args,
+    }
+    return render(_template(TRIAL_TEMPLATE), values, {"sbatch_options": options}), sdir
+
+
+def _template(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"Slurm template '{path}' cannot be read: {exc.strerror}") from None
+
+
+def _sbatch_options(args: argparse.Namespace, gpus: int, signal_s: int) -> list[str]:
+    """The optional #SBATCH lines shared by trial and sweep jobs, validated."""
     options: list[str] = []
     if gpus:
         options.append(f"--gpus-per-node={gpus}")
@@ -206,30 +263,111 @@ def trial_script(args: argparse.Namespace, cfg: Config) -> tuple[str, Path]:
         if not re.match(r"^--?[A-Za-z]", extra):
             raise ConfigError(f"--sbatch-arg {extra!r}: must be an sbatch option, e.g. --exclusive or --mail-type=END")
         options.append(extra)
+    return options
 
-    sdir = _check_path("Slurm directory", slurm_dir(cfg))
+
+# ------------------------------------------------------------------------------------------------ sweep script
+def sweep_slurm_dir(sweep) -> Path:
+    """Absolute directory of a sweep's Slurm scripts and logs: `<runs dir>/<sweep>.slurm/`."""
+    return sweep.runs_dir.absolute() / (sweep.name + SLURM_SUFFIX)
+
+
+def _ray_executable() -> Path:
+    ray = Path(sys.executable).parent / "ray"
+    if ray.is_file() and os.access(ray, os.X_OK):
+        return ray
+    found = shutil.which("ray")
+    if found is None:
+        raise ConfigError(f"no 'ray' command next to {sys.executable} or on PATH: install ray[default] in this "
+                          "environment (the job starts its Ray cluster with it)")
+    return Path(found)
+
+
+def sweep_script(args: argparse.Namespace, sweep) -> tuple[str, Path]:
+    """Render the batch script of a sweep (a Ray cluster on the allocation + the sweep driver).
+    Returns (script, slurm dir). Pure: writes nothing."""
+    from .sweep import trial_demand
+
+    if args.cpus_per_task is not None:
+        raise ConfigError("--cpus-per-task is for --trial; a sweep gives Ray --cpus-per-node CPUs on each node")
+    nodes = _positive("--nodes", args.nodes)
+    gpus = _positive("--gpus-per-node", args.gpus_per_node, minimum=0)
+    signal_s = _positive("--signal-seconds", args.signal_seconds)
+    res = sweep.resources
+    demand = [trial_demand(t, res) for t in sweep.trials]
+    need_cpu = max((c for c, _ in demand), default=res["cpus"])
+    need_gpu = max((g for _, g in demand), default=res["gpus"])
+    if args.cpus_per_node is None:
+        cpus = max(1, math.ceil(need_cpu - 1e-9))  # the largest trial fits on one node
+    else:
+        cpus = _positive("--cpus-per-node", args.cpus_per_node)
+    if res["cpus"] > cpus + 1e-9 or res["gpus"] > gpus + 1e-9:
+        raise ConfigError(f"one trial process needs {res['cpus']:g} CPUs and {res['gpus']:g} GPUs (sweep "
+                          f"'resources'), more than a node gets (--cpus-per-node {cpus}, --gpus-per-node {gpus})")
+    if need_cpu > cpus * nodes + 1e-9 or need_gpu > gpus * nodes + 1e-9:
+        raise ConfigError(f"the largest trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs, more than the job's "
+                          f"Ray cluster has ({nodes} node(s) x {cpus} CPUs x {gpus} GPUs): raise --nodes, "
+                          "--cpus-per-node or --gpus-per-node")
+    port = "" if args.ray_port is None else args.ray_port
+    if args.ray_port is not None and not 1024 <= args.ray_port <= 65535 - 4:
+        raise ConfigError(f"--ray-port {args.ray_port}: must be in 1024..65531 (it and the next 4 ports are used)")
+    if args.job_name is not None:
+        if not _JOB_NAME.match(args.job_name):
+            raise ConfigError(f"--job-name {args.job_name!r}: use 1-64 characters of A-Z a-z 0-9 . _ - "
+                              "(starting with a letter or digit)")
+        job_name = args.job_name
+    else:
+        job_name = ("op-" + sweep.name)[:64]
+
+    options = _sbatch_options(args, gpus, signal_s)
+    sdir = _check_path("Slurm directory", sweep_slurm_dir(sweep))
     workdir = _check_path("working directory", Path.cwd())
-    train_args: list[str] = []
-    if args.config is not None:
-        train_args += ["--config", str(Path(args.config).resolve())]
-    train_args += list(args.overrides)
-
+    sweep_args = ["--config", str(Path(args.config).resolve()), "--runs-dir", str(sweep.runs_dir.absolute()),
+                  *args.overrides]
     values = {
-        "job_name": _job_name(args, cfg),
+        "job_name": job_name,
         "nodes": nodes,
-        "tasks_per_node": per_node,
-        "cpus_per_task": cpus,
+        "cpus_per_node": cpus,
+        "gpus_per_node": gpus,
         "log": str(sdir / "%j.out"),
         "signal_seconds": signal_s,
         "workdir": str(workdir),
+        "ray": str(_ray_executable()),
         "python": sys.executable,
-        "train_args": train_args,
+        "sweep_dir": str(sweep.dir.absolute()),
+        "slurm_dir": str(sdir),
+        "ray_port": port,
+        "ray_auth": args.ray_auth or "token",
+        "sweep_args": sweep_args,
     }
+    return render(_template(SWEEP_TEMPLATE), values, {"sbatch_options": options}), sdir
+
+
+def _load_sweep(args: argparse.Namespace):
+    """The sweep file, validated like `overparam sweep` does (every grid point's config)."""
+    from .sweep import load_sweep
+
+    if args.config is None:
+        raise ConfigError("submit slurm needs --config SWEEP.yaml (a sweep file, e.g. configs/sweep/quickstart.yaml)"
+                          "; to submit one trial, add --trial")
     try:
-        template = TRIAL_TEMPLATE.read_text()
-    except OSError as exc:
-        raise ConfigError(f"Slurm template '{TRIAL_TEMPLATE}' cannot be read: {exc.strerror}") from None
-    return render(template, values, {"sbatch_options": options}), sdir
+        return load_sweep(args.config, args.overrides, runs_dir=args.runs_dir or "runs")
+    except ConfigError as exc:
+        msg = str(exc)
+        if "unknown key" in msg and _looks_like_experiment(args.config):
+            msg += " (an experiment config? submit one trial with --trial)"
+        raise ConfigError(msg) from None
+
+
+def _looks_like_experiment(path: str) -> bool:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    sections = {"seed", "model", "data", "train", "metrics", "parallel", "checkpoint", "run", "wandb"}
+    return isinstance(data, dict) and bool(data) and set(data) <= sections
 
 
 # ------------------------------------------------------------------------------------------------ slurm commands
@@ -266,8 +404,7 @@ def _slurm_error(cmd: str, text: str) -> str:
 def submit(args: argparse.Namespace) -> int:
     """`overparam submit slurm`: validate, render, sbatch, print the job id and how to watch it."""
     if not args.trial:
-        raise ConfigError("submit slurm without --trial submits a Ray sweep, which is not available yet; "
-                          "use --trial to submit one trial")
+        return submit_sweep(args)
     from overparam_dist.data import check_available
 
     cfg = load_config(args.config, args.overrides)
@@ -275,12 +412,62 @@ def submit(args: argparse.Namespace) -> int:
     check_available(cfg)
     _check_run_dir(cfg)
     if args.dry_run:
-        sys.stdout.write(script)
-        sys.stdout.flush()
-        print(f"(dry run: a submission writes this to {sdir}/<job id>.sbatch and runs sbatch on it; "
-              "nothing was submitted)", file=sys.stderr)
-        return 0
+        return _dry_run(script, sdir)
+    job_id, script_file = _sbatch(script, sdir)
+    tasks = cfg.parallel.dp * cfg.parallel.tp
+    print(f"submitted Slurm job {job_id}: {tasks} task(s) on {args.nodes} node(s) "
+          f"(parallel.dp={cfg.parallel.dp} parallel.tp={cfg.parallel.tp})")
+    print(f"script:  {script_file}")
+    print(f"log:     {sdir / (job_id + '.out')}")
+    print(f"outputs: {run_dir(cfg)}/ (metrics.jsonl, summary.json)")
+    print(f"watch:   overparam jobs status {job_id}   overparam jobs logs {job_id} [--follow]   "
+          f"overparam jobs stop {job_id}")
+    return 0
 
+
+def submit_sweep(args: argparse.Namespace) -> int:
+    """`overparam submit slurm --config SWEEP.yaml`: a Ray cluster in one job, the sweep driver inside it."""
+    from overparam_dist.data import check_available
+
+    from .sweep import finished_summary
+
+    sweep = _load_sweep(args)
+    script, sdir = sweep_script(args, sweep)
+    checked: set[str] = set()
+    for t in sweep.trials:  # what the driver checks before Ray starts, checked here before anything is queued
+        key = repr(t.cfg.data)
+        if key not in checked:
+            check_available(t.cfg)
+            checked.add(key)
+        _check_run_dir(t.cfg)
+    if args.dry_run:
+        return _dry_run(script, sdir)
+    job_id, script_file = _sbatch(script, sdir)
+    done = sum(finished_summary(t) is not None for t in sweep.trials)
+    what = (f"{len(sweep.trials)} trial(s)" if sweep.kind == "grid"
+            else f"critical-width search over {len(sweep.trials)} candidate trial(s)")
+    print(f"submitted Slurm job {job_id}: sweep {sweep.name}, {what}" + (f" ({done} finished earlier)" if done else "")
+          + f", on a Ray cluster of {args.nodes} node(s)")
+    print(f"script:  {script_file}")
+    print(f"log:     {sdir / (job_id + '.out')}  (the Ray dashboard's ssh tunnel command appears there once Ray "
+          "is up)")
+    print(f"outputs: {sweep.dir}/ (results.csv, one directory per trial)"
+          + ("; it exists: the job continues that sweep (--resume)" if sweep.dir.exists() else ""))
+    print(f"watch:   overparam jobs status {job_id}   overparam jobs logs {job_id} [--follow]   "
+          f"overparam jobs stop {job_id}")
+    return 0
+
+
+def _dry_run(script: str, sdir: Path) -> int:
+    sys.stdout.write(script)
+    sys.stdout.flush()
+    print(f"(dry run: a submission writes this to {sdir}/<job id>.sbatch and runs sbatch on it; "
+          "nothing was submitted)", file=sys.stderr)
+    return 0
+
+
+def _sbatch(script: str, sdir: Path) -> tuple[str, Path]:
+    """Submit the script; write it to <sdir>/<job id>.sbatch. Returns (job id, script file)."""
     created = sdir  # the outermost directory this submission creates: removed again if sbatch fails
     while not created.parent.exists():
         created = created.parent
@@ -297,15 +484,7 @@ def submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"sbatch answered {out.strip()!r}, not a job id")
     script_file = sdir / f"{job_id}.sbatch"
     script_file.write_text(script)
-    tasks = cfg.parallel.dp * cfg.parallel.tp
-    print(f"submitted Slurm job {job_id}: {tasks} task(s) on {args.nodes} node(s) "
-          f"(parallel.dp={cfg.parallel.dp} parallel.tp={cfg.parallel.tp})")
-    print(f"script:  {script_file}")
-    print(f"log:     {sdir / (job_id + '.out')}")
-    print(f"outputs: {run_dir(cfg)}/ (metrics.jsonl, summary.json)")
-    print(f"watch:   overparam jobs status {job_id}   overparam jobs logs {job_id} [--follow]   "
-          f"overparam jobs stop {job_id}")
-    return 0
+    return job_id, script_file
 
 
 def _check_run_dir(cfg: Config) -> None:
@@ -477,7 +656,8 @@ def jobs_command(action: str, job_id: str, args: argparse.Namespace | None = Non
 
 def add_submit_parser(targets) -> argparse.ArgumentParser:
     """Add `slurm` to the targets of `overparam submit`."""
-    p = targets.add_parser("slurm", help="submit to Slurm with sbatch (--trial: one trial, srun-native)")
+    p = targets.add_parser("slurm", help="submit to Slurm with sbatch: a sweep on a Ray cluster inside the job, "
+                                         "or (--trial) one trial, srun-native")
     add_submit_args(p)
     p.set_defaults(fn=submit)
     return p

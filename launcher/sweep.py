@@ -35,8 +35,10 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +57,18 @@ RESOURCE_KEYS = ("cpus", "gpus")
 SEARCH_KINDS = ("grid", "critical_width")
 CRITICAL_WIDTH_KEYS = ("kind", "widths", "k")
 DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
-SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group")  # a sweep sets these per trial
+SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group", "run.preempt_file")  # a sweep sets these per trial
 DEFAULT_MAX_FAILURES = 2
 
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.yaml"  # the resolved sweep, written when the sweep starts
 PIDS_DIR = ".workers"  # <trial>.pid: the process that runs run_trial (rank 0), for operators and tests
 FINAL_KEY = "summary_json"  # the last Tune result of a trial carries its summary.json as JSON text
+# Preemption: SIGUSR1 to the driver creates runs/<sweep>/.preempt (every trial's run.preempt_file): running trials
+# checkpoint at once and end with status "preempted" (not finished: --resume reruns them from their checkpoints),
+# no further trial starts, and `overparam sweep` exits with EXIT_PREEMPTED.
+PREEMPT_FILE = ".preempt"
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again (with --resume)
 
 # Short tags for trial names: w64-d2-s0. Keys not listed use their last part (tau0.1); "" = value only.
 NAME_TAGS = {
@@ -355,6 +362,7 @@ def _expand(sweep: Sweep, where: str) -> list[Trial]:
         cfg.run.dir = str(sweep.dir / name)
         cfg.run.name = name
         cfg.run.quiet = True
+        cfg.run.preempt_file = str(sweep.dir / PREEMPT_FILE)
         cfg.wandb.group = sweep.name
         trials.append(Trial(name, point, cfg))
     return trials
@@ -407,7 +415,7 @@ class Book:
     def __init__(self, sweep: Sweep, out=None):
         self.sweep = sweep
         self.by_name = {t.name: t for t in sweep.trials}
-        self.state: dict[str, str] = {}  # name -> running | completed | diverged | failed | stopped
+        self.state: dict[str, str] = {}  # name -> running | completed | diverged | failed | stopped | preempted
         self.summary: dict[str, dict] = {}
         self.loss: dict[str, float] = {}  # latest known train/loss
         self.error: dict[str, str] = {}
@@ -486,7 +494,7 @@ class Book:
         return path
 
     def counts(self) -> dict[str, int]:
-        c = {"running": 0, "completed": 0, "diverged": 0, "failed": 0, "stopped": 0}
+        c = {"running": 0, "completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "preempted": 0}
         for s in self.state.values():
             c[s] = c.get(s, 0) + 1
         return c
@@ -494,11 +502,12 @@ class Book:
     def line(self) -> str:
         c = self.counts()
         done = c["completed"] + c["diverged"]
-        ended = done + c["failed"] + c["stopped"]
+        ended = done + c["failed"] + c["stopped"] + c["preempted"]
         parts = [f"[{self.sweep.name} {_clock(time.time() - self.t0)}] done {done}"
                  + (f"/{self.scheduled}" if self.scheduled else "")
                  + f" (diverged {c['diverged']}, failed {c['failed']}"
-                 + (f", stopped {c['stopped']}" if c["stopped"] else "") + ")",
+                 + (f", stopped {c['stopped']}" if c["stopped"] else "")
+                 + (f", preempted {c['preempted']}" if c["preempted"] else "") + ")",
                  f"running {c['running']}"]
         if self.scheduled:  # a grid knows its size; a search does not
             parts.append(f"pending {max(0, self.scheduled - ended - c['running'])}")
@@ -656,11 +665,19 @@ def final_result(summary: dict) -> dict:
     return out
 
 
+def _preempted_already(config: dict) -> bool:
+    """The sweep was preempted before this trial started: end it at once, as preempted (nothing written)."""
+    flag = config["cfg"].get("run", {}).get("preempt_file")
+    return bool(flag) and os.path.exists(flag)
+
+
 def trainable(config: dict) -> None:
     """The Tune function trainable of one trial."""
     from ray import tune
 
-    if config["workers"] == 1:
+    if _preempted_already(config):
+        tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
+    elif config["workers"] == 1:
         from overparam_dist.train import run_trial
 
         _write_pid(config["pid_file"])
@@ -752,6 +769,8 @@ def _searcher(plan, book: Book):
             return True
 
         def suggest(self, trial_id: str):
+            if preempt_requested(book.sweep):
+                return Searcher.FINISHED  # preempted: no new trial; the running ones checkpoint and stop
             t = plan.next_trial()
             if t == FINISHED:
                 return Searcher.FINISHED
@@ -765,6 +784,8 @@ def _searcher(plan, book: Book):
             if name is None:
                 return
             summary = json.loads(result[FINAL_KEY]) if (result and FINAL_KEY in result) else None
+            if summary is not None and summary.get("status") == "preempted":
+                summary = None  # interrupted: no evidence either way (--resume runs it again)
             plan.complete(name, summary)
 
     return PlanSearcher()
@@ -789,6 +810,9 @@ def _callback(book: Book, every_s: float):
         return trial.config["trial"]
 
     class Progress(tune.Callback):
+        def setup(self, **info):
+            _reclaim_usr1()
+
         def on_trial_start(self, iteration, trials, trial, **info):
             book.started(name_of(trial))
             book.maybe_print(every_s)
@@ -860,14 +884,15 @@ def max_concurrent(sweep: Sweep, trials: list[Trial]) -> int:
 class Outcome:
     sweep: Sweep
     results: Path
-    states: dict[str, str]  # trial -> completed | diverged | failed | stopped | running (interrupted)
+    states: dict[str, str]  # trial -> completed | diverged | failed | stopped | preempted | running (interrupted)
     skipped: list[str]  # finished before this run: not run again
     extra: dict[str, Any] = field(default_factory=dict)  # critical_width outputs
     book: Book | None = None
+    preempted: bool = False  # SIGUSR1 stopped the sweep before all of its work was done
 
     @property
     def counts(self) -> dict[str, int]:
-        c = {"running": 0, "completed": 0, "diverged": 0, "failed": 0, "stopped": 0}
+        c = {"running": 0, "completed": 0, "diverged": 0, "failed": 0, "stopped": 0, "preempted": 0}
         for s in self.states.values():
             c[s] = c.get(s, 0) + 1
         return c
@@ -890,12 +915,67 @@ def prepare(sweep: Sweep, resume: bool) -> dict[str, dict]:
     return {t.name: s for t in sweep.trials if (s := finished_summary(t)) is not None}
 
 
+_preempt_signalled = False  # set by the SIGUSR1 handler of this process (the file is the flag the trials see)
+_preempt_handler = None  # the SIGUSR1 handler while a sweep runs (Tune's own replaces it: see _callback.setup)
+
+
+def preempt_requested(sweep: Sweep) -> bool:
+    return _preempt_signalled or (sweep.dir / PREEMPT_FILE).exists()
+
+
+@contextlib.contextmanager
+def preemption_handler(sweep: Sweep) -> Iterator[None]:
+    """While the sweep runs, SIGUSR1 (Slurm's --signal, forwarded by slurm/ray_sweep.sbatch, or `kill -USR1`)
+    preempts it: create runs/<sweep>/.preempt. Only in the main thread (elsewhere the file alone works)."""
+    global _preempt_signalled, _preempt_handler
+    _preempt_signalled = False
+    flag = sweep.dir / PREEMPT_FILE
+
+    def handle(signum, frame) -> None:
+        global _preempt_signalled
+        _preempt_signalled = True
+        try:
+            flag.parent.mkdir(parents=True, exist_ok=True)
+            flag.touch()
+        except OSError:
+            pass
+        os.write(2, f"[{sweep.name}] SIGUSR1: preempting: running trials checkpoint and stop, no new trial "
+                    f"starts\n".encode())
+
+    try:
+        previous = signal.signal(signal.SIGUSR1, handle)
+    except ValueError:  # not the main thread
+        yield
+        return
+    _preempt_handler = handle
+    try:
+        yield
+    finally:
+        _preempt_handler = None
+        signal.signal(signal.SIGUSR1, previous if previous is not None else signal.SIG_DFL)
+
+
+def _reclaim_usr1() -> None:
+    """tune.run() installs its own SIGUSR1 handler (it ends the whole run at once, killing the trials without a
+    checkpoint); put ours back. Called from the Tune callback's setup(), which runs after Tune's."""
+    if _preempt_handler is not None and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, _preempt_handler)
+
+
 def run_sweep(sweep: Sweep, *, address: str | None = None, resume: bool = False, progress_every: float = 10.0,
               out=None, num_cpus: int | None = None) -> Outcome:
     """Run (or continue) a sweep; results.csv is rewritten as each trial ends. Bad input raises ConfigError
     before anything is written or any Ray process starts."""
     out = out or sys.stdout
     done = prepare(sweep, resume)
+    if resume:
+        (sweep.dir / PREEMPT_FILE).unlink(missing_ok=True)  # a preempted run's flag: this run goes on
+    with preemption_handler(sweep):
+        return _run_sweep(sweep, done, address, resume, progress_every, out, num_cpus)
+
+
+def _run_sweep(sweep: Sweep, done: dict[str, dict], address: str | None, resume: bool, progress_every: float,
+               out, num_cpus: int | None) -> Outcome:
     target = address or os.environ.get("RAY_ADDRESS") or None
     if target and not ("ray" in sys.modules and _ray_connected()):
         _check_reachable(target)  # an unreachable cluster: one line, before anything is written
@@ -926,8 +1006,11 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, resume: bool = False,
         start_outputs()
     book.maybe_print(progress_every, force=True)
     results = book.write()
-    outcome = Outcome(sweep, results, dict(book.state), sorted(done), book=book)
-    if sweep.kind == "critical_width":
+    unfinished = any(s == "preempted" for s in book.state.values()) or (
+        not plan.resolved() if sweep.kind == "critical_width" else bool(plan.todo))
+    outcome = Outcome(sweep, results, dict(book.state), sorted(done), book=book,
+                      preempted=preempt_requested(sweep) and unfinished)
+    if sweep.kind == "critical_width" and not outcome.preempted:
         from .critical_width import write_outputs
 
         outcome.extra = write_outputs(sweep, plan, out)
@@ -1020,16 +1103,22 @@ def cmd_sweep(args) -> int:
         print(f"overparam: sweep interrupted; results so far in {sweep.dir / RESULTS_FILE}; continue with "
               "the same command and --resume", file=sys.stderr)
         return 130
-    after_sweep(outcome)
+    if not outcome.preempted:
+        after_sweep(outcome)
     print(trial_table(outcome.book))
     c = outcome.counts
     print(f"results: {outcome.results}  ({c['completed']} completed, {c['diverged']} diverged, "
-          f"{c['failed']} failed" + (f", {len(outcome.skipped)} finished earlier" if outcome.skipped else "") + ")")
+          f"{c['failed']} failed" + (f", {c['preempted']} preempted" if c["preempted"] else "")
+          + (f", {len(outcome.skipped)} finished earlier" if outcome.skipped else "") + ")")
     for key in ("critical_width", "fit"):
         if key in outcome.extra:
             print(f"{key}: {outcome.extra[key]}")
     missing = [t.name for t in sweep.trials if sweep.kind == "grid"
                and outcome.states.get(t.name) not in ("completed", "diverged", "failed")]
+    if outcome.preempted:
+        print(f"overparam: sweep preempted (SIGUSR1): {c['preempted']} trial(s) checkpointed and stopped, "
+              f"no new trial started; continue with the same command and --resume", file=sys.stderr)
+        return EXIT_PREEMPTED
     if outcome.failed:
         print(f"overparam: {len(outcome.failed)} trial(s) failed: {', '.join(outcome.failed)} "
               "(errors in results.csv; rerun with --resume to retry them)", file=sys.stderr)

@@ -254,9 +254,6 @@ def test_bad_submission_is_one_line_exit_2(tmp_path, args, needle):
     assert needle in one_error_line(res)
 
 
-def test_without_trial_is_refused_for_now(tmp_path):
-    res = overparam("submit", "slurm", "--dry-run", cwd=tmp_path)
-    assert "--trial" in one_error_line(res)
 
 
 def test_unknown_job_is_one_line_exit_2(tmp_path, slurm_cluster):
@@ -284,3 +281,168 @@ def test_cluster_script_is_idempotent(slurm_cluster):
     res = subprocess.run([str(CLUSTER), "status"], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stdout + res.stderr
     assert shutil.which("sbatch")
+
+
+# ------------------------------------------------------------------------------------------------ sweeps
+QUICKSTART = ROOT / "configs" / "sweep" / "quickstart.yaml"
+SWEEP_JOB = ["--config", str(QUICKSTART), "--cpus-per-node=2", "--ray-auth=disabled", "wandb.mode=disabled"]
+
+
+def submit_sweep(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return overparam("submit", "slurm", *args, cwd=cwd)
+
+
+def read_csv(path: Path) -> list[dict]:
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def job_ray_processes(job_id: str) -> list[int]:
+    """PIDs of processes of the job's Ray (its temp dir is /tmp/opr-slurm-<job id>)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError):
+                if f"opr-slurm-{job_id}".encode() in (proc / "cmdline").read_bytes():
+                    pids.append(int(proc.name))
+    return pids
+
+
+def test_sweep_job_runs_ray_in_the_allocation_and_every_trial(tmp_path, jobs):
+    tag = secrets.token_hex(4)
+    project = f"p'; touch /tmp/pwned-{tag}-a; echo '$(touch /tmp/pwned-{tag}-b)`touch pwned-{tag}-c`"
+    args = [*SWEEP_JOB, "train.steps=20", "metrics.every=10", f"wandb.project={project}"]
+    dry = submit_sweep("--dry-run", *args, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    (tmp_path / "dry.sbatch").write_text(dry.stdout)
+    check = subprocess.run(["bash", "-n", str(tmp_path / "dry.sbatch")], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+
+    res = submit_sweep(*args, cwd=tmp_path)
+    job_id = job_id_of(res)
+    jobs.append(job_id)
+    log = tmp_path / "runs" / "quickstart.slurm" / f"{job_id}.out"
+    assert "sweep quickstart, 8 trial(s)" in res.stdout and str(log) in res.stdout, res.stdout
+    seen = wait_finished(job_id, timeout=300)
+    text = log.read_text()
+    assert seen[0] in ("PENDING", "CONFIGURING", "RUNNING") and seen[-1] == "COMPLETED", (seen, text)
+
+    assert "Ray runtime started" in text and "Ray cluster up: 1 node(s)" in text, text
+    assert re.search(r"\n    ssh -N -L 8265:[0-9.]+:\d+ \S+@\S+ +then open http://localhost:8265\n", text), text
+    assert "[quickstart] 8 trial(s)" in text and "sweep driver ended with exit code 0" in text, text
+    rows = read_csv(tmp_path / "runs" / "quickstart" / "results.csv")
+    assert sorted(r["trial"] for r in rows) == sorted(f"w{w}-d{d}" for w in (32, 64, 128, 256) for d in (1, 2))
+    assert {r["status"] for r in rows} == {"completed"} and {r["steps"] for r in rows} == {"20"}, rows
+    saved = yaml.safe_load((tmp_path / "runs" / "quickstart" / "w32-d1" / "config.yaml").read_text())
+    assert saved["wandb"]["project"] == project  # the literal value reached the trial
+    for where in (tmp_path, ROOT, Path("/tmp")):
+        assert not list(where.glob(f"pwned-{tag}*")), where
+    assert not job_ray_processes(job_id)
+
+
+def test_sweep_preempted_by_usr1_checkpoints_requeues_and_resumes(tmp_path, jobs, ray_address):
+    """USR1 mid-sweep: running trials checkpoint and stop, the job requeues itself, the requeued job resumes
+    them (no step redone or logged twice) and finishes the sweep; the test session's own Ray is untouched."""
+    import ray
+
+    steps, every = 2000, 100
+    args = [*SWEEP_JOB, "name=pre", "grid.model.width=[64,256]", f"train.steps={steps}", f"metrics.every={every}",
+            "checkpoint.every=500"]
+    job_id = job_id_of(submit_sweep(*args, cwd=tmp_path))
+    jobs.append(job_id)
+    sweep = tmp_path / "runs" / "pre"
+    log = tmp_path / "runs" / "pre.slurm" / f"{job_id}.out"
+
+    def mid_run() -> bool:  # some trial has logged a few rows and is not finished
+        return any(not (d / "summary.json").exists() and len(read_rows(d)) >= 3
+                   for d in sweep.glob("w*") if (d / "metrics.jsonl").is_file())
+
+    deadline = time.monotonic() + 180
+    while not mid_run():
+        assert time.monotonic() < deadline and slurm.job_state(job_id) not in FINISHED, slurm.job_logs(job_id)
+        time.sleep(0.2)
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job_id], check=True, timeout=60)
+
+    deadline = time.monotonic() + 120  # the job checkpoints, requeues itself and waits (BeginTime ~120 s ahead)
+    while True:
+        info = slurm.job_info(job_id)
+        if info["JobState"] == "PENDING" and info.get("Restarts", "0") != "0":
+            break
+        assert info["JobState"] not in FINISHED and time.monotonic() < deadline, (info, slurm.job_logs(job_id))
+        time.sleep(0.2)
+    first = log.read_text()
+    assert "USR1" in first and "exit code 75 after USR1: stopping Ray and requeueing" in first, first
+    preempted = {}
+    for r in read_csv(sweep / "results.csv"):
+        assert r["status"] in ("preempted", "completed"), r
+        if r["status"] == "preempted" and r["steps"]:  # no steps: it was to start as the signal came: never ran
+            summary = yaml.safe_load((sweep / r["trial"] / "summary.json").read_text())
+            assert summary["status"] == "preempted" and summary["steps"] == int(r["steps"])
+            preempted[r["trial"]] = (summary["steps"], (sweep / r["trial"] / "metrics.jsonl").read_text())
+    assert any(0 < s < steps for s, _ in preempted.values()), preempted  # at least one was mid-run
+    assert (sweep / ".preempt").exists()
+
+    # Restart it now rather than in ~120 s. Not within the second of the requeue: slurmd refuses a job whose new
+    # credential has the same (one-second) timestamp as the revocation of its old one ("credential revoked").
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, timeout=60)
+    seen = wait_finished(job_id, timeout=300)
+    text = log.read_text()
+    assert seen[-1] == "COMPLETED", (seen, text)
+    assert "(restart 1)" in text and "(--resume)" in text and not (sweep / ".preempt").exists(), text
+
+    rows = read_csv(sweep / "results.csv")
+    assert sorted(r["trial"] for r in rows) == ["w256-d1", "w256-d2", "w64-d1", "w64-d2"]
+    assert {r["status"] for r in rows} == {"completed"}, rows
+    for d in sorted(sweep.glob("w*")):
+        logged = [r["step"] for r in read_rows(d)]
+        assert logged == list(range(0, steps + 1, every)), (d.name, logged)  # each step once, none missing
+        assert yaml.safe_load((d / "summary.json").read_text())["steps"] == steps
+    for name, (at, before) in preempted.items():
+        # Resumed, not rerun: the rows logged before the preemption are still the very same bytes (their
+        # time/* values would differ after a rerun from step 0), and the preemption checkpoint was the start.
+        after = (sweep / name / "metrics.jsonl").read_text()
+        assert before and after.startswith(before), name
+        assert at > 0
+
+    assert not job_ray_processes(job_id)
+    assert ray.is_initialized() and ray.get(ray.put(7)) == 7  # the session's private Ray never noticed
+    assert ray.get_runtime_context().gcs_address == ray_address
+
+
+def test_sweep_dry_run_prints_exactly_the_submitted_script(tmp_path, jobs):
+    args = ["--config", str(QUICKSTART), "--time=0:10:00", "--signal-seconds=60", "--ray-port=21000",
+            "--sbatch-arg=--hold", "train.steps=5", "name=held"]
+    dry = submit_sweep("--dry-run", *args, cwd=tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert not (tmp_path / "runs").exists()  # a dry run writes nothing
+
+    job_id = job_id_of(submit_sweep(*args, cwd=tmp_path))
+    jobs.append(job_id)
+    written = tmp_path / "runs" / "held.slurm" / f"{job_id}.sbatch"
+    assert written.read_bytes() == dry.stdout.encode()
+    for line in ("#SBATCH --hold\n", "#SBATCH --signal=B:USR1@60\n", "#SBATCH --requeue\n",
+                 "#SBATCH --cpus-per-task=1\n", "RAY_PORT=21000", "export RAY_AUTH_MODE=token\n",
+                 f"--runs-dir {tmp_path / 'runs'} train.steps=5 name=held &\n"):
+        assert line in dry.stdout, line
+    assert slurm.job_info(job_id)["JobState"] == "PENDING"  # held: never started
+    assert overparam("jobs", "stop", job_id, cwd=tmp_path).returncode == 0
+    assert wait_finished(job_id, timeout=30)[-1] == "CANCELLED"
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "--config"),
+    (["--config", str(QUICKSTART), "grid.model.width=[64,64]"], "lists a value twice"),
+    (["--config", str(QUICKSTART), "model.widht=3"], "model.widht"),
+    (["--config", str(ROOT / "configs" / "experiment" / "paper_fc.yaml")], "--trial"),
+    (["--config", str(QUICKSTART), "--cpus-per-task=2"], "--cpus-per-node"),
+    (["--config", str(QUICKSTART), "resources.cpus=4", "--cpus-per-node=2"], "resources"),
+    (["--config", str(QUICKSTART), "--ray-port=80"], "--ray-port"),
+    (["--trial", "--runs-dir=elsewhere"], "--runs-dir"),
+])
+def test_bad_sweep_submission_is_one_line_exit_2(tmp_path, args, needle):
+    res = submit_sweep("--dry-run", *args, cwd=tmp_path)
+    assert needle in one_error_line(res)
+    assert not (tmp_path / "runs").exists()
