@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from overparam_dist.config import Config, load_config, to_dict
+from overparam_dist.config import Config, to_dict
 from overparam_dist.parallel.mesh import check_mesh, env_world_size
 
 
@@ -45,4 +45,4 @@ def launch_trial(cfg: Config) -> dict:
     return results[0]
 
 
-__all__ = ["launch_trial", "load_config"]
+__all__ = ["launch_trial"]

@@ -1,6 +1,5 @@
 """Tensor parallelism (hand-written shards + DDP over dp) against the unsharded computation, on gloo."""
 
-import json
 import os
 import subprocess
 import sys
@@ -8,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import ROOT, read_rows, read_summary
+
 from launcher.local import launch_trial
 from overparam_dist.config import load_config
 

@@ -4,8 +4,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import read_rows
+
 from overparam_dist.config import load_config
 from overparam_dist.metrics import names
 from overparam_dist.metrics.analytic import infinite_width_ntk
@@ -34,7 +34,8 @@ def _perturb(model, scale=1e-2, seed=0):
             if p.requires_grad:
                 u = torch.randn(p.shape[0], 3, generator=g, dtype=p.dtype)
                 v = torch.randn(3, p[0].numel(), generator=g, dtype=p.dtype)
-                p.add_(scale * (u @ v).reshape(p.shape) + scale * 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+                noise = torch.randn(p.shape, generator=g, dtype=p.dtype)
+                p.add_(scale * (u @ v).reshape(p.shape) + scale * 0.3 * noise)
 
 
 @pytest.mark.parametrize("width", [50, 1500])  # 1500 crosses the 1024 tile boundary

@@ -14,6 +14,7 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import nn
 
