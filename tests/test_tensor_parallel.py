@@ -22,6 +22,12 @@ COMMON = ["data.target=regression", "train.steps=20", "metrics.every=10", "train
           "metrics.ntk_probe=16", "wandb.mode=disabled", "run.quiet=true"]
 
 
+@pytest.fixture(autouse=True)
+def regenerate_w0(monkeypatch):
+    """Sharded drift metrics regenerate each rank's block of W_0 (the path wide models take), not a copy."""
+    monkeypatch.setenv("OVERPARAM_W0_CACHE_BYTES", "0")
+
+
 def _run(run_dir: Path, *overrides: str) -> dict:
     return launch_trial(load_config(None, [f"run.dir={run_dir}", *COMMON, *overrides]))
 

@@ -38,11 +38,13 @@ def _perturb(model, scale=1e-2, seed=0):
                 p.add_(scale * (u @ v).reshape(p.shape) + scale * 0.3 * noise)
 
 
+@pytest.mark.parametrize("w0", ["regenerated", "cached"])
 @pytest.mark.parametrize("width", [50, 1500])  # 1500 crosses the 1024 tile boundary
-def test_weight_drift_frobenius_and_spectral_match_linalg(width):
+def test_weight_drift_frobenius_and_spectral_match_linalg(width, w0):
     cfg, model, rules = _model(f"model.width={width}", "model.param=paper", "model.train_outer=true", "seed=5")
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    drift = WeightDrift(trained, rules, cfg.seed)
+    drift = WeightDrift(trained, rules, cfg.seed, cache_bytes=0 if w0 == "regenerated" else 2**40)
+    assert bool(drift.w0) == (w0 == "cached")
     _perturb(model)
     first = drift.compute()  # routine: a few warm-startable iterations
     got = drift.compute(precise=True)  # as for the final row
@@ -61,7 +63,8 @@ def test_weight_drift_frobenius_and_spectral_match_linalg(width):
 
 def test_float32_model_drift_is_exact_in_regenerated_w0():
     cfg, model, rules = _model("model.width=300", dtype=torch.float32)
-    drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed)
+    drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed,
+                        cache_bytes=0)
     assert drift.compute()[names.DRIFT_WEIGHT_REL] == 0.0  # W_0 regenerates bit-identically
 
 

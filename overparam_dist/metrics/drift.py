@@ -1,11 +1,13 @@
 """Weight drift from initialisation: relative Frobenius norms and spectral norms of W_t - W_0.
 
-W_0 is never stored. Every weight was generated tile by tile from the seed (models/init.py), so W_0 is
-regenerated one row block at a time and compared with W_t. We chose this over a low-precision copy:
-the drift being measured is small (O(1/sqrt(m)) relative), while a bf16 copy of W_0 carries a relative
-error up to 2^-9 per entry - about the size of the drift itself at m = 2^14. Regeneration is exact
-(bit-identical W_0), needs one block of extra memory instead of a second model, and works unchanged
-on tensor-parallel shards (each rank regenerates only its own block).
+W_0 is not kept for wide models. Every weight was generated tile by tile from the seed (models/init.py),
+so W_0 is regenerated one row block at a time and compared with W_t. We chose this over a low-precision
+copy: the drift being measured is small (O(1/sqrt(m)) relative), while a bf16 copy of W_0 carries a
+relative error up to 2^-9 per entry - about the size of the drift itself at m = 2^14. Regeneration is
+exact (bit-identical W_0), needs one block of extra memory instead of a second model, and works
+unchanged on tensor-parallel shards (each rank regenerates only its own block). Only when a rank's
+trained parameters fit in W0_CACHE_BYTES is an exact float copy kept instead: there the copy costs
+little memory and saves the regeneration time, which dominates the metric cost of small models.
 
 Spectral norm: subspace (block power) iteration with Rayleigh-Ritz on D^T D (D = W_t - W_0), with
 K_SUBSPACE vectors. One pass over row blocks computes D^T (D V) = sum_blocks D_b^T (D_b V) and the Gram
@@ -17,6 +19,7 @@ calls, so a few iterations per call track the top singular vector as training mo
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -25,6 +28,8 @@ from ..models.init import TILE, Rule, generate_block, shape2d
 from . import names
 
 K_SUBSPACE = 4  # vectors in the subspace iteration for spectral norms
+# Keep an exact copy of W_0 when a rank's trained parameters fit in this many bytes (env override for tests).
+W0_CACHE_BYTES = int(os.environ.get("OVERPARAM_W0_CACHE_BYTES", 64 * 2**20))
 
 
 def layer_name(param_name: str) -> str:
@@ -44,8 +49,9 @@ def plain_view(p: torch.Tensor) -> ShardView:
     return ShardView(p.detach().reshape(shape), shape, 0, 0)
 
 
-def _blocks(view: ShardView, rule: Rule, seed: int, name: str, by_rows: bool):
-    """Yield (slice, D block) over row blocks (all local columns) or column blocks (all local rows)."""
+def _blocks(view: ShardView, rule: Rule, seed: int, name: str, by_rows: bool, w0_local: torch.Tensor | None):
+    """Yield (slice, D block) over row blocks (all local columns) or column blocks (all local rows).
+    W_0 comes from `w0_local` (the cached local 2-D block) when given, else it is regenerated."""
     w = view.local
     extent = w.shape[0] if by_rows else w.shape[1]
     for s0 in range(0, extent, TILE):
@@ -56,8 +62,11 @@ def _blocks(view: ShardView, rule: Rule, seed: int, name: str, by_rows: bool):
         else:
             rows, cols = (view.row0, view.row0 + w.shape[0]), (view.col0 + s0, view.col0 + s1)
             local = w[:, s0:s1]
-        w0 = generate_block(rule, seed, name, view.global_shape, rows, cols)
-        yield slice(s0, s1), local - w0.to(w.device, w.dtype)
+        if w0_local is not None:
+            w0 = w0_local[s0:s1] if by_rows else w0_local[:, s0:s1]
+        else:
+            w0 = generate_block(rule, seed, name, view.global_shape, rows, cols).to(w.device, w.dtype)
+        yield slice(s0, s1), local - w0
 
 
 class _Pass:
@@ -69,7 +78,8 @@ class _Pass:
     side="left": X spans the rows; computes D D^T X and (D^T X)^T (D^T X) over column blocks (column shards).
     """
 
-    def __init__(self, view: ShardView, rule: Rule, seed: int, name: str, x: torch.Tensor | None, side: str):
+    def __init__(self, view: ShardView, rule: Rule, seed: int, name: str, x: torch.Tensor | None, side: str,
+                 w0_local: torch.Tensor | None = None):
         by_rows = side == "right"
         w = view.local
         self.fro_sq = 0.0
@@ -79,8 +89,9 @@ class _Pass:
                                     device=w.device)
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=w.device)
         xw = x.to(w.dtype) if x is not None else None  # matmuls in the weights' dtype, sums in float64
-        for sl, d in _blocks(view, rule, seed, name, by_rows):
-            self.fro_sq += float(d.square().sum(dtype=torch.float64))
+        for sl, d in _blocks(view, rule, seed, name, by_rows, w0_local):
+            flat = d.reshape(-1)
+            self.fro_sq += float(torch.dot(flat, flat))  # one fused pass; float64 weights sum in float64
             if x is None:
                 continue
             if by_rows:  # x: local columns
@@ -104,7 +115,8 @@ class WeightDrift:
     def __init__(self, named_params: dict[str, torch.Tensor], rules: dict[str, Rule], seed: int,
                  view_of: Callable[[torch.Tensor], ShardView] = plain_view,
                  reduce: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 spectral: bool = True, max_iters: int = 4, tol: float = 1e-4):
+                 spectral: bool = True, max_iters: int = 4, tol: float = 1e-4,
+                 cache_bytes: int | None = None):
         self.params, self.rules, self.seed = named_params, rules, seed
         self.view_of = view_of
         self.reduce = reduce or (lambda t, p: t)
@@ -113,6 +125,10 @@ class WeightDrift:
               for n, p in named_params.items()}
         self.init_sq = {n: float(v[0]) for n, v in sq.items()}  # ||theta_0||^2 (the tensors are theta_0 now)
         self.vectors: dict[str, torch.Tensor] = {}  # warm-started subspace bases, per weight
+        local_bytes = sum(p.numel() * p.element_size() for p in named_params.values())
+        self.w0: dict[str, torch.Tensor] = {}  # exact local copies of W_0, only for small models
+        if local_bytes <= (W0_CACHE_BYTES if cache_bytes is None else cache_bytes):
+            self.w0 = {n: view_of(p).local.clone() for n, p in named_params.items()}
 
     def _sum(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return self.reduce(t, p)  # sums parts held by the ranks that shard p (identity when unsharded)
@@ -144,7 +160,7 @@ class WeightDrift:
         k = v.shape[1]
         fro_sq, sigma_prev, sigma = None, -1.0, 0.0
         for _ in range(max_iters):
-            ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side)
+            ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name))
             step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
             step[offset:offset + extent] = ps.step
             head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])
@@ -176,7 +192,7 @@ class WeightDrift:
                 diff[n], sigma = self._power(n, p, precise)
                 out[names.drift_weight_spec(layer_name(n))] = sigma
             else:
-                ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right")
+                ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right", self.w0.get(n))
                 diff[n] = float(self._sum(torch.tensor([ps.fro_sq], dtype=torch.float64), p)[0])
         total_init = sum(self.init_sq.values())
         out[names.DRIFT_WEIGHT_ABS] = math.sqrt(sum(diff.values()))

@@ -68,7 +68,8 @@ class Parallelism:
 
     def sq_norm(self, t: torch.Tensor, p: torch.Tensor) -> float:
         """Squared Frobenius norm of p-shaped t (a gradient), summed over shards when p is sharded."""
-        local = t.detach().double().pow(2).sum().reshape(1)
+        flat = t.detach().reshape(-1)
+        local = torch.dot(flat, flat).double().reshape(1)
         return float(self.reduce(local, p)[0])
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
