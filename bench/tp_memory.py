@@ -52,11 +52,9 @@ def worker(width: int, depth: int, steps: int) -> dict:
 def run(tp: int, width: int, depth: int, steps: int) -> dict:
     if tp == 1:
         return {0: worker(width, depth, steps)}
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    from launcher.local import spawn_local
 
-    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=tp, run_id=f"tpmem{tp}", rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn", monitor_interval=0.1)
-    return elastic_launch(launch, worker)(width, depth, steps)
+    return spawn_local(tp, worker, width, depth, steps)
 
 
 if __name__ == "__main__":

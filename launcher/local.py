@@ -18,6 +18,17 @@ def _worker(cfg_dict: dict) -> dict:
     return run_trial(cfg)
 
 
+def spawn_local(nprocs: int, fn, *args) -> dict:
+    """Run fn(*args) in nprocs local processes with torch's elastic launcher (a standalone rendezvous
+    on a free loopback port, as `torchrun --standalone`); returns {rank: return value}."""
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
+                          run_id=f"overparam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1, start_method="spawn")
+    return elastic_launch(launch, fn)(*args)
+
+
 def launch_trial(cfg: Config) -> dict:
     """Join a surrounding launcher (torchrun, srun, Ray) if there is one, else start processes."""
     world = env_world_size()
@@ -28,21 +39,6 @@ def launch_trial(cfg: Config) -> dict:
 
         return run_trial(cfg)
 
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    return spawn_local(procs, _worker, to_dict(cfg))[0]
 
-    launch = LaunchConfig(
-        min_nodes=1,
-        max_nodes=1,
-        nproc_per_node=procs,
-        run_id=f"overparam-{uuid.uuid4().hex[:8]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="127.0.0.1:0",  # a free port, as torchrun --standalone
-        max_restarts=0,
-        monitor_interval=0.1,
-        start_method="spawn",
-    )
-    results = elastic_launch(launch, _worker)(to_dict(cfg))
-    return results[0]
-
-
-__all__ = ["launch_trial"]
+__all__ = ["launch_trial", "spawn_local"]

@@ -57,3 +57,18 @@ def ray_address():
     finally:
         ray.shutdown()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, env: dict | None = None,
+                          timeout: float = 180) -> None:
+    """Start a trial command, SIGKILL it (by PID) once checkpoint `step` is on disk; fail if it ends first."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (run_dir / "checkpoints" / f"step_{step:08d}").is_dir():
+        assert proc.poll() is None and time.time() < deadline, "trial ended before it could be killed"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import ROOT, read_rows, read_summary
 
-from launcher.local import launch_trial
+from launcher.local import launch_trial, spawn_local
 from overparam_dist.config import load_config
 
 ARCHS = {
@@ -76,18 +76,13 @@ def _local_shards(arch_overrides: list[str]) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", list(ARCHS))
 def test_initial_weights_bit_identical_across_tp(arch):
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from overparam_dist.models import build_model
 
     overrides = [o for o in ARCHS[arch] if "bias" not in o] + ["model.bias=true", "model.width=64"]
     ref, _ = build_model(load_config(None, [*overrides, "seed=9"]), (1, 4, 4) if arch == "cnn" else (16,), 2)
     ref = dict(ref.named_parameters())
     for tp in (2, 4):
-        launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=tp, run_id=f"init{tp}", rdzv_backend="c10d",
-                              rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn",
-                              monitor_interval=0.1)
-        per_rank = elastic_launch(launch, _local_shards)(overrides)
+        per_rank = spawn_local(tp, _local_shards, overrides)
         sharded_any = False
         for name, full in ref.items():
             parts = [per_rank[r][name] for r in range(tp)]

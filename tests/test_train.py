@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, read_rows, read_summary, run_cli
+from conftest import ROOT, kill_after_checkpoint, read_rows, read_summary, run_cli
 
+from launcher.local import spawn_local
 from overparam_dist.config import load_config
 from overparam_dist.train import run_trial
 
@@ -113,15 +114,11 @@ def _init_hash_worker() -> str:
 
 
 def test_initial_weights_bit_identical_across_process_counts():
-    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-
     from overparam_dist.models import build_model
 
     model, _ = build_model(load_config(None, ["model.width=300", "seed=11"]), (16,), 2)
     single = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
-    launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2, run_id="inithash", rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, start_method="spawn", monitor_interval=0.1)
-    hashes = elastic_launch(launch, _init_hash_worker)()
+    hashes = spawn_local(2, _init_hash_worker)
     assert hashes[0] == hashes[1] == single
 
 
@@ -156,14 +153,7 @@ def test_sigkill_then_rerun_equals_uninterrupted(tmp_path, batch):
     ref = tmp_path / "ref"
     assert run_cli(*_args(ref, *common)).returncode == 0
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "launcher", *_args(run, *common)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "step_00000040").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "trial ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint([sys.executable, "-m", "launcher", *_args(run, *common)], run, 40)
     assert not (run / "summary.json").exists()
     res = run_cli(*_args(run, *common))
     assert res.returncode == 0, res.stderr

@@ -6,17 +6,15 @@ import json
 import math
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
-from conftest import ROOT, read_rows, read_summary
+from conftest import ROOT, kill_after_checkpoint, read_rows, read_summary
 
 from overparam_dist.config import flatten, load_config, to_dict
 from overparam_dist.sinks import WandbWarning, wandb_history_steps, wandb_mode
@@ -358,13 +356,7 @@ def test_killed_and_retried_trial_continues_the_same_offline_run(tmp_path):
     args = [sys.executable, "-m", "launcher", "train", "--quiet", f"run.dir={run_dir}", "data.target=regression",
             "train.steps=100", "metrics.every=5", "checkpoint.every=20", "model.width=256", "model.depth=2"]
     env = sub_env(WANDB_MODE="offline")
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 180
-    while not (run_dir / "checkpoints" / "step_00000040").is_dir():
-        assert proc.poll() is None and time.time() < deadline, "trial ended before it could be killed"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_checkpoint(args, run_dir, 40, env=env)
     assert not (run_dir / "summary.json").exists()
     res = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
