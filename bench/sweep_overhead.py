@@ -28,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from launcher.sweep import load_sweep, ray_session, run_sweep  # noqa: E402
+from launcher.sweep.cluster import ray_session  # noqa: E402
+from launcher.sweep.driver import run_sweep  # noqa: E402
+from launcher.sweep.spec import load_sweep  # noqa: E402
 from overparam_dist.config import load_config  # noqa: E402
 from overparam_dist.train import run_trial  # noqa: E402
 

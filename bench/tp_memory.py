@@ -20,32 +20,32 @@ def worker(width: int, depth: int, steps: int) -> dict:
     from overparam_dist.config import load_config
     from overparam_dist.data import build_dataset
     from overparam_dist.models import build_model
-    from overparam_dist.parallel import mesh
-    from overparam_dist.parallel.wrap import Parallelism
+    from overparam_dist.parallel import distributed
+    from overparam_dist.parallel.parallelize import Parallelism
 
     tp = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // tp))
     cfg = load_config(None, [f"model.width={width}", f"model.depth={depth}", "model.param=ntk",
                              "data.target=regression", f"parallel.tp={tp}"])
-    pd = mesh.setup(cfg)
-    par = Parallelism(pd, "fc", depth)
+    world = distributed.setup(cfg)
+    par = Parallelism(world, "fc", depth)
     ds = build_dataset(cfg)
     model, _ = build_model(cfg, ds.input_shape, ds.num_outputs, shard=par.shard)
     net = par.wrap(model)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     times = []
     for _ in range(steps + 1):
-        pd.barrier()
+        world.barrier()
         t0 = time.perf_counter()
         loss = 0.5 * F.mse_loss(net(ds.x), ds.y, reduction="sum") / len(ds)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        pd.barrier()
+        world.barrier()
         times.append(time.perf_counter() - t0)
     param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     grad_bytes = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
-    pd.close()
+    world.close()
     return {"bytes": param_bytes + grad_bytes, "step_s": sum(times[1:]) / steps, "loss": float(loss.detach())}
 
 

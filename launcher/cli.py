@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from overparam_dist.data import check_available
-    from overparam_dist.train import check_run_dir
+    from overparam_dist.rundir import check_run_dir
 
     from .local import launch_trial
 
@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(fn=cmd_train)
 
-    from . import sweep as sweep_cmd
+    from .sweep import driver as sweep_cmd
 
     sweep_cmd.add_parser(sub)
     _add_submit(sub)

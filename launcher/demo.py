@@ -12,10 +12,13 @@ import math
 import sys
 from pathlib import Path
 
+from overparam_dist.metrics import names
+from overparam_dist.metrics.fit import loglog_slope
+
 from .cli import main
 
 PRESET = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "quickstart.yaml"
-COLUMNS = ("train/loss", "drift/weight_rel", "ntk/rel_drift")
+COLUMNS = (names.TRAIN_LOSS, names.DRIFT_WEIGHT_REL, names.NTK_REL_DRIFT)
 
 
 def _float(text: str | None) -> float | None:
@@ -24,17 +27,6 @@ def _float(text: str | None) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) else None
-
-
-def loglog_slope(xs: list[float], ys: list[float | None]) -> float | None:
-    """Least-squares slope of log y on log x over the positive pairs (None with fewer than two)."""
-    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys) if y is not None and y > 0 and x > 0]
-    if len(pts) < 2:
-        return None
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    sxx = sum((p[0] - mx) ** 2 for p in pts)
-    return None if sxx == 0 else sum((p[0] - mx) * (p[1] - my) for p in pts) / sxx
 
 
 def width_table(results: Path, columns=COLUMNS) -> str:
@@ -63,7 +55,7 @@ def width_table(results: Path, columns=COLUMNS) -> str:
 def run(argv: list[str]) -> int:
     from overparam_dist.config import ConfigError
 
-    from .sweep import load_sweep
+    from .sweep.spec import load_sweep
 
     overrides = [a for a in argv if "=" in a and not a.startswith("-")]
     runs_dir = "runs"

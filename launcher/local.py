@@ -1,21 +1,18 @@
-"""Run one trial here: in this process, or in dp*tp local processes started with torch's own launcher."""
+"""Run one trial here: in this process, or in parallel.dp x parallel.tp local processes (torch's own launcher)."""
 
 from __future__ import annotations
 
 import uuid
 
-from overparam_dist.config import Config, to_dict
-from overparam_dist.parallel.mesh import check_mesh, env_world_size
+from overparam_dist.config import Config, from_dict, to_dict
+from overparam_dist.parallel.dims import ParallelDims
+from overparam_dist.parallel.distributed import env_world_size
 
 
 def _worker(cfg_dict: dict) -> dict:
-    from omegaconf import OmegaConf
-
-    from overparam_dist.config import Config as Schema
     from overparam_dist.train import run_trial
 
-    cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Schema), cfg_dict))
-    return run_trial(cfg)
+    return run_trial(from_dict(cfg_dict))
 
 
 def spawn_local(nprocs: int, fn, *args) -> dict:
@@ -32,13 +29,13 @@ def spawn_local(nprocs: int, fn, *args) -> dict:
 def launch_trial(cfg: Config) -> dict:
     """Join a surrounding launcher (torchrun, srun, Ray) if there is one, else start processes."""
     world = env_world_size()
-    procs = cfg.parallel.dp * cfg.parallel.tp
-    if world > 1 or procs == 1:
-        check_mesh(cfg, world)
+    dims = ParallelDims.from_config(cfg)
+    if world > 1 or dims.world == 1:
+        dims.check_fits(world)
         from overparam_dist.train import run_trial
 
         return run_trial(cfg)
 
-    return spawn_local(procs, _worker, to_dict(cfg))[0]
+    return spawn_local(dims.world, _worker, to_dict(cfg))[0]
 
 __all__ = ["launch_trial", "spawn_local"]

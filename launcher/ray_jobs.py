@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from overparam_dist.config import ConfigError
 
-from .sweep import REPO, load_sweep
+from .sweep.spec import REPO, load_sweep
 
 WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "data", "wandb", "**/__pycache__", "*.egg-info", ".pytest_cache",
                         ".ruff_cache"]

@@ -2,9 +2,9 @@
 
 `--trial`: one trial as one batch job rendered from `slurm/trial.sbatch`: srun starts parallel.dp x parallel.tp
 tasks, each runs `python -m launcher train ...` and joins the process group through the Slurm environment
-(overparam_dist/parallel/mesh.py).
+(overparam_dist/parallel/distributed.py).
 
-Without `--trial`, `--config` is a sweep file (configs/sweep/*.yaml, validated with launcher.sweep.load_sweep): one
+Without `--trial`, `--config` is a sweep file (configs/sweep/*.yaml, validated with launcher.sweep.spec.load_sweep): one
 batch job rendered from `slurm/ray_sweep.sbatch` starts a Ray cluster on its nodes (head on the first, one worker
 per other node) and runs `python -m launcher sweep --address <head> ...` as the driver inside the job; USR1 before
 the time limit preempts the sweep (trials checkpoint and stop) and requeues the job, which resumes it.
@@ -286,7 +286,7 @@ def _ray_executable() -> Path:
 def sweep_script(args: argparse.Namespace, sweep) -> tuple[str, Path]:
     """Render the batch script of a sweep (a Ray cluster on the allocation + the sweep driver).
     Returns (script, slurm dir). Pure: writes nothing."""
-    from .sweep import trial_demand
+    from .sweep.spec import trial_demand
 
     if args.cpus_per_task is not None:
         raise ConfigError("--cpus-per-task is for --trial; a sweep gives Ray --cpus-per-node CPUs on each node")
@@ -345,7 +345,7 @@ def sweep_script(args: argparse.Namespace, sweep) -> tuple[str, Path]:
 
 def _load_sweep(args: argparse.Namespace):
     """The sweep file, validated like `overparam sweep` does (every grid point's config)."""
-    from .sweep import load_sweep
+    from .sweep.spec import load_sweep
 
     if args.config is None:
         raise ConfigError("submit slurm needs --config SWEEP.yaml (a sweep file, e.g. configs/sweep/quickstart.yaml)"
@@ -429,8 +429,6 @@ def submit_sweep(args: argparse.Namespace) -> int:
     """`overparam submit slurm --config SWEEP.yaml`: a Ray cluster in one job, the sweep driver inside it."""
     from overparam_dist.data import check_available
 
-    from .sweep import finished_summary
-
     sweep = _load_sweep(args)
     script, sdir = sweep_script(args, sweep)
     checked: set[str] = set()
@@ -443,7 +441,7 @@ def submit_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(script, sdir)
     job_id, script_file = _sbatch(script, sdir)
-    done = sum(finished_summary(t) is not None for t in sweep.trials)
+    done = sum(t.finished_summary() is not None for t in sweep.trials)
     what = (f"{len(sweep.trials)} trial(s)" if sweep.kind == "grid"
             else f"critical-width search over {len(sweep.trials)} candidate trial(s)")
     print(f"submitted Slurm job {job_id}: sweep {sweep.name}, {what}" + (f" ({done} finished earlier)" if done else "")
@@ -488,7 +486,7 @@ def _sbatch(script: str, sdir: Path) -> tuple[str, Path]:
 
 
 def _check_run_dir(cfg: Config) -> None:
-    from overparam_dist.train import check_run_dir
+    from overparam_dist.rundir import check_run_dir
 
     check_run_dir(cfg)
 

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 import torch.distributed.checkpoint as dcp
 
-from .parallel.mesh import ParallelDims
+from .parallel.distributed import World
+from .rundir import atomic_write
 
 STATE_FILE = "trainer_state.json"
 KEEP = 2  # completed checkpoints kept on disk
@@ -53,28 +54,25 @@ def latest(ckpt_root: Path) -> Path | None:
 
 
 def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], trainer_state: dict,
-         pd: ParallelDims) -> Path:
+         world: World) -> Path:
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
-    if pd.is_main:
+    if world.is_main:
         ckpt_root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-    pd.barrier()
+    world.barrier()
     with _quiet_single_process():
         dcp.save({"model": model_state}, checkpoint_id=str(tmp))
-    pd.barrier()
-    if pd.is_main:
-        with open(tmp / STATE_FILE, "w") as f:
-            json.dump(trainer_state, f)
-            f.flush()
-            os.fsync(f.fileno())
+    world.barrier()
+    if world.is_main:
+        atomic_write(tmp / STATE_FILE, json.dumps(trainer_state))
         if final.exists():  # same step saved before (a resumed run): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
         for _, old in _step_dirs(ckpt_root)[:-KEEP]:
             shutil.rmtree(old, ignore_errors=True)
-    pd.barrier()
+    world.barrier()
     return final
 
 

@@ -137,8 +137,24 @@ def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
     return f"config: {msg}"
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Merge defaults <- YAML <- overrides, validate, and return a typed Config object."""
+def nest(settings: dict[str, Any]) -> dict[str, Any]:
+    """{dotted key: value} (or an already nested mapping) -> a nested mapping."""
+    out: dict[str, Any] = {}
+    for key, value in settings.items():
+        node = out
+        *parents, leaf = str(key).split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"config key '{key}': '{part}' is not a section")
+        node[leaf] = nest(value) if isinstance(value, dict) else value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                settings: dict[str, Any] | None = None) -> Config:
+    """Merge defaults <- YAML <- `settings` ({dotted key: value}, typed values) <- `key=value` overrides,
+    validate, and return a typed Config object."""
     schema = OmegaConf.structured(Config)
     layers = [schema]
     if path is not None:
@@ -153,6 +169,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             # A run's config.yaml carries derived facts (effective lrs, data info): not inputs.
             loaded.pop("derived")
         layers.append(loaded)
+    if settings:
+        try:
+            layers.append(OmegaConf.create(nest(settings)))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(_describe_omegaconf_error(exc)) from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -172,6 +193,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_describe_omegaconf_error(exc)) from None
     validate(cfg)
     return cfg
+
+
+def from_dict(cfg_dict: dict[str, Any]) -> Config:
+    """A config as `to_dict` wrote it (e.g. sent to another process) back to a validated Config."""
+    return load_config(settings=cfg_dict)
 
 
 def to_yaml(cfg: Config) -> str:

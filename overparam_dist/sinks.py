@@ -1,7 +1,7 @@
 """Where metrics go, on rank 0: metrics.jsonl always (the source of truth, written first), then W&B,
-then Ray (only when the trial runs inside a Ray Tune trial or a Ray Train worker group).
+then the launcher's `on_log` callback (a Ray sweep passes one that reports to Tune; the library knows no Ray).
 
-W&B and Ray are best effort: any error there logs one warning and training continues with JSONL only.
+W&B and the callback are best effort: any error there logs one warning and training continues with JSONL only.
 """
 
 from __future__ import annotations
@@ -10,15 +10,13 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
 
 from .config import Config, to_dict
-
-METRICS_FILE = "metrics.jsonl"
+from .rundir import CONFIG_FILE, METRICS_FILE, WANDB_DIR, atomic_write
 
 
 def _clean(value: Any) -> Any:
@@ -50,11 +48,7 @@ class JsonlSink:
             rows = [r for r in read_jsonl(self.path) if r["step"] < resume_step]
         else:
             rows = []
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w") as f:
-            for r in rows:
-                f.write(json.dumps(r) + "\n")
-        os.replace(tmp, self.path)
+        atomic_write(self.path, "".join(json.dumps(r) + "\n" for r in rows))
         self.file = open(self.path, "a")
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -144,7 +138,7 @@ def _wandb_value(v: Any) -> bool:
 
 def _run_config(cfg: Config, run_dir: Path) -> dict:
     """The resolved config as written to config.yaml (with its `derived:` facts), else the schema dict."""
-    path = run_dir / "config.yaml"
+    path = run_dir / CONFIG_FILE
     if path.is_file():
         try:
             import yaml
@@ -197,7 +191,7 @@ def wandb_history_steps(path: Path) -> list[int]:
 def _last_offline_step(run_dir: Path, run_id: str, current: Path | None) -> int:
     """The last history step of this trial's earlier offline pieces (-1: none)."""
     last = -1
-    for f in (run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"):
+    for f in (run_dir / WANDB_DIR).glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"):
         if current is not None and f.parent.resolve() == current.resolve():
             continue
         steps = wandb_history_steps(f)
@@ -317,60 +311,38 @@ class WandbSink:
         self._guard(finish)
 
 
-# A reporter installed by the launcher in a Ray Train worker (launcher/sweep.py): Train V2's
-# `ray.train.report` is a barrier over all workers, but only rank 0 has sinks, so rank 0 forwards its
-# rows to the Tune trial through this instead. None: use `ray.tune.report` when inside a Tune trial.
-_ray_reporter: Callable[[dict], None] | None = None
+OnLog = Callable[[dict], None]  # receives {"step": s, <metric key>: value, ...} for every logged row
 
 
-def set_ray_reporter(fn: Callable[[dict], None] | None) -> None:
-    global _ray_reporter
-    _ray_reporter = fn
+class CallbackSink:
+    """Each logged row, handed to the launcher's callback (for a Ray sweep: the Tune trial's results)."""
 
-
-def _tune_reporter() -> Callable[[dict], None] | None:
-    if "ray" not in sys.modules:  # never import ray for a plain run
-        return None
-    try:
-        from ray.tune.trainable.trainable_fn_utils import _in_tune_session
-
-        if _in_tune_session():
-            from ray import tune
-
-            return lambda row: tune.report(row)
-    except Exception:
-        pass
-    return None
-
-
-class RaySink:
-    """Each logged row, as a Ray Tune result (Tune's trial results and callbacks: the sweep's progress)."""
-
-    def __init__(self):
-        self.report = _ray_reporter or _tune_reporter()
+    def __init__(self, on_log: OnLog | None):
+        self.on_log = on_log
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
-        if self.report is None:
+        if self.on_log is None:
             return
         try:
-            self.report({"step": step, **{k: _clean(v) for k, v in metrics.items()}})
+            self.on_log({"step": step, **{k: _clean(v) for k, v in metrics.items()}})
         except Exception as exc:
-            warnings.warn(f"Ray reporting failed, continuing without it: {type(exc).__name__}: {exc}", stacklevel=2)
-            self.report = None
+            warnings.warn(f"on_log callback failed, continuing without it: {type(exc).__name__}: {exc}",
+                          stacklevel=2)
+            self.on_log = None
 
 
 class Sinks:
     """All sinks of one trial. Only rank 0 creates one."""
 
-    def __init__(self, cfg: Config, run_dir: Path, name: str, resume_step: int | None):
+    def __init__(self, cfg: Config, run_dir: Path, name: str, resume_step: int | None, on_log: OnLog | None = None):
         self.jsonl = JsonlSink(run_dir, resume_step)
         self.wandb = WandbSink(cfg, run_dir, name, resume_step)
-        self.ray = RaySink()
+        self.callback = CallbackSink(on_log)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.jsonl.log(step, metrics)  # first: JSONL is the record even if W&B misbehaves
         self.wandb.log(step, metrics)
-        self.ray.log(step, metrics)
+        self.callback.log(step, metrics)
 
     def finish(self, summary: dict) -> None:
         self.jsonl.close()

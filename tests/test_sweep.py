@@ -15,8 +15,9 @@ import pytest
 import yaml
 from conftest import ROOT, read_rows, run_cli
 
-from launcher.critical_width import CriticalWidthPlan, fit_power_law, reached
-from launcher.sweep import FINISHED, load_sweep, run_sweep
+from launcher.sweep.driver import run_sweep
+from launcher.sweep.plans import FINISHED, CriticalWidthPlan, fit_power_law, reached
+from launcher.sweep.spec import load_sweep
 from overparam_dist.config import ConfigError
 
 QUICKSTART = ROOT / "configs" / "sweep" / "quickstart.yaml"

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import ROOT, read_rows, read_summary
 
-from launcher.sweep import PIDS_DIR
+from launcher.sweep.tune import PIDS_DIR
 
 # Regression targets never "fit", so every trial runs all its steps; checkpoints every 20 steps.
 TRIAL = {"data.target": "regression", "metrics.every": 5, "checkpoint.every": 20, "model.width": 512,

@@ -60,16 +60,16 @@ def test_sharded_training_equals_unsharded(tmp_path, arch):
 def _local_shards(arch_overrides: list[str]) -> dict:
     """Worker: build the sharded model at init and return its local shards with their placement."""
     from overparam_dist.models import build_model
-    from overparam_dist.parallel import mesh
-    from overparam_dist.parallel.wrap import Parallelism
+    from overparam_dist.parallel import distributed
+    from overparam_dist.parallel.parallelize import Parallelism
 
     tp = int(os.environ["WORLD_SIZE"])
     cfg = load_config(None, [*arch_overrides, f"parallel.tp={tp}", "seed=9"])
-    pd = mesh.setup(cfg)
-    par = Parallelism(pd, cfg.model.arch, cfg.model.depth)
+    world = distributed.setup(cfg)
+    par = Parallelism(world, cfg.model.arch, cfg.model.depth)
     model, _ = build_model(cfg, (1, 4, 4) if cfg.model.arch == "cnn" else (16,), 2, shard=par.shard)
     out = {n: (p.detach().clone(), par.shards.get(n)) for n, p in model.named_parameters()}
-    pd.close()
+    world.close()
     return out
 
 

@@ -103,13 +103,13 @@ def test_ddp_matches_single_process(tmp_path):
 
 def _init_hash_worker() -> str:
     from overparam_dist.models import build_model
-    from overparam_dist.parallel import mesh
+    from overparam_dist.parallel import distributed
 
     cfg = load_config(None, ["parallel.dp=2", "model.width=300", "seed=11"])
-    pd = mesh.setup(cfg)
+    world = distributed.setup(cfg)
     model, _ = build_model(cfg, (16,), 2)
     h = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()
-    pd.close()
+    world.close()
     return h
 
 

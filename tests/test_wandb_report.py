@@ -103,21 +103,9 @@ def files_containing(root: Path, needle: bytes) -> list[Path]:
 
 def _write_results(sweep_dir: Path, rows: list[dict]) -> None:
     """results.csv as the sweep driver writes it (trial, status, flattened config, summary columns)."""
-    columns: list[str] = []
-    for r in rows:
-        columns.extend(c for c in r if c not in columns)
-    try:
-        from launcher.sweep import write_csv_atomic
-    except ImportError:
-        write_csv_atomic = None
-    if write_csv_atomic is not None:
-        write_csv_atomic(sweep_dir / "results.csv", rows, columns)
-        return
-    with open(sweep_dir / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: "" if r.get(c) is None else r.get(c) for c in columns})
+    from overparam_dist.analysis.results import write_results
+
+    write_results(sweep_dir, rows)
 
 
 @pytest.fixture(scope="module")

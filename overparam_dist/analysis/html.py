@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics import names
+from ..rundir import RESULTS_FILE, atomic_write
 from .plots import FigureData
-from .results import RESULTS_FILE, SweepResults
+from .results import SweepResults
 
 # The results table shows these columns first (when present), then the other varying config axes.
 TABLE_COLUMNS = [
@@ -105,7 +106,4 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path) -> Pat
             f"<td{' class=t' if isinstance(v, str) else ''}>{e(_fmt(v))}</td>" for v in r) + "</tr>")
     parts.append("</table></body></html>\n")
     path = out_dir / "index.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text("\n".join(parts))
-    tmp.replace(path)
-    return path
+    return atomic_write(path, "\n".join(parts))

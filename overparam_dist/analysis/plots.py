@@ -24,6 +24,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ..metrics import names
+from ..metrics.fit import fit_line
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
 
 DPI = 110
@@ -120,19 +121,6 @@ def _json_safe(v: Any) -> Any:
 # ----------------------------------------------------------------------------------------------- fits
 
 
-def _ols(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float | None]:
-    """slope, intercept, standard error of the slope (None without residual degrees of freedom)."""
-    xm = x.mean()
-    sxx = float(((x - xm) ** 2).sum())
-    slope = float(((x - xm) * (y - y.mean())).sum() / sxx)
-    intercept = float(y.mean() - slope * xm)
-    dof = len(x) - 2
-    if dof <= 0:
-        return slope, intercept, None
-    resid = y - (intercept + slope * x)
-    return slope, intercept, math.sqrt(float(resid @ resid) / dof / sxx)
-
-
 def _t975(dof: int) -> float:
     from scipy import stats
 
@@ -150,9 +138,8 @@ def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: 
         pts = [(x, y) for x, y in pts if x > 0 and y is not None and y > 0]
         if len({x for x, _ in pts}) < 2:
             continue
-        x = np.log([p[0] for p in pts])
-        y = np.log([p[1] for p in pts])
-        per_seed[seed], intercepts[seed], ses[seed] = _ols(x, y)
+        per_seed[seed], intercepts[seed], ses[seed] = fit_line([math.log(p[0]) for p in pts],
+                                                               [math.log(p[1]) for p in pts])
         widths.update(int(p[0]) for p in pts)
     s = len(per_seed)
     if s == 0:

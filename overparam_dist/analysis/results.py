@@ -1,5 +1,7 @@
-"""A finished sweep as plain Python data: runs/<sweep>/results.csv (one row per trial: flattened config columns
-such as `model.width`, plus the summary.json columns) and each trial's metrics.jsonl, read lazily.
+"""results.csv, written and read in one place, and a finished sweep as plain Python data.
+
+runs/<sweep>/results.csv has one row per trial: flattened config columns such as `model.width`, plus the
+summary.json columns. Each trial's metrics.jsonl is read lazily.
 
 Without results.csv (a directory of plain `overparam train` runs) the rows are rebuilt from each trial
 directory's config.yaml + summary.json, in the same layout.
@@ -8,6 +10,7 @@ directory's config.yaml + summary.json, in the same layout.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -19,14 +22,11 @@ from typing import Any, Iterable
 import yaml
 
 from ..config import Config, ConfigError, flatten, to_dict
-from ..sinks import METRICS_FILE, read_jsonl
+from ..rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, atomic_write
+from ..sinks import read_jsonl
 
-RESULTS_FILE = "results.csv"
 CRITICAL_WIDTH_FILE = "critical_width.csv"
 CRITICAL_WIDTH_FIT_FILE = "critical_width_fit.json"
-SWEEP_FILE = "sweep.yaml"
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"
 
 WIDTH, DEPTH, SEED = "model.width", "model.depth", "seed"
 # Config columns that differ per trial without being an experimental axis.
@@ -43,13 +43,69 @@ def config_keys() -> list[str]:
     return list(flatten(to_dict(Config())))
 
 
-def parse_cell(text: str | None) -> Any:
-    """A results.csv cell back to a value: '' -> None, ints, floats, True/False, JSON lists/dicts, else text."""
+def _schema_types() -> dict[str, type]:
+    """Config column -> its schema type, from the defaults (None defaults: no fixed type)."""
+    return {k: type(v) for k, v in flatten(to_dict(Config())).items() if v is not None}
+
+
+_SCHEMA_TYPES = _schema_types()
+
+
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def _csv_cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float) and not math.isfinite(v):
+        return ""
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return v
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> Path:
+    """A CSV written atomically: None and non-finite floats as empty cells, lists and dicts as JSON."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: _csv_cell(r.get(c)) for c in columns})
+    return atomic_write(path, buf.getvalue())
+
+
+def write_results(sweep_dir: Path, rows: list[dict]) -> Path:
+    """runs/<sweep>/results.csv: the union of the rows' columns in first-seen order, `error` last."""
+    columns: list[str] = []
+    for r in rows:
+        columns.extend(c for c in r if c not in columns)
+    if "error" in columns:
+        columns.remove("error")
+        columns.append("error")
+    return write_csv(Path(sweep_dir) / RESULTS_FILE, rows, columns or ["trial", "status"])
+
+
+# ------------------------------------------------------------------------------------------------- reading
+
+
+def parse_cell(text: str | None, column: str | None = None) -> Any:
+    """A results.csv cell back to a value: '' -> None; a config column by its schema type (so a string
+    config value such as run.name=64 stays a string); other columns: ints, floats, True/False, JSON, else text."""
     if text is None:
         return None
     t = text.strip()
     if t == "":
         return None
+    kind = _SCHEMA_TYPES.get(column) if column is not None else None
+    if kind is str:
+        return text
+    if kind is bool:
+        return t in ("True", "true")
+    if kind is float:
+        try:
+            return float(t)
+        except ValueError:
+            return text
     if _INT.fullmatch(t):
         return int(t)
     if t in ("True", "true"):
@@ -212,7 +268,7 @@ def _sortable(v: Any) -> tuple:
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        rows = [{k: parse_cell(v) for k, v in r.items() if k is not None} for r in reader]
+        rows = [{k: parse_cell(v, k) for k, v in r.items() if k is not None} for r in reader]
         return list(reader.fieldnames or []), rows
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ..metrics import names
+from ..rundir import atomic_write
 from ..sinks import wandb_init, wandb_mode, warn_wandb
 from .results import WIDTH, SweepResults
 
@@ -183,10 +184,7 @@ def report_spec(report) -> dict:
 
 def write_spec(report, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report_spec(report), indent=1) + "\n")
-    tmp.replace(path)
-    return path
+    return atomic_write(path, json.dumps(report_spec(report), indent=1) + "\n")
 
 
 def wandb_logged_in() -> bool:

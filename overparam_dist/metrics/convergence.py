@@ -5,19 +5,14 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from .fit import fit_line
+
 
 def log_loss_slope(steps: list[int], losses: list[float]) -> float | None:
     """Least-squares slope of log(loss) against step (negative while converging linearly)."""
     pts = [(s, math.log(v)) for s, v in zip(steps, losses) if v > 0 and math.isfinite(v)]
-    if len(pts) < 2:
-        return None
-    n = len(pts)
-    ms = sum(s for s, _ in pts) / n
-    ml = sum(v for _, v in pts) / n
-    var = sum((s - ms) ** 2 for s, _ in pts)
-    if var == 0:
-        return None
-    return sum((s - ms) * (v - ml) for s, v in pts) / var
+    fit = fit_line([s for s, _ in pts], [v for _, v in pts])
+    return None if fit is None else fit.slope
 
 
 class ConvergenceTracker:

@@ -24,7 +24,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..models.init import TILE, Rule, generate_block, shape2d
+from ..models.init import TILE, Rule, generate_block
+from ..parallel.shard_view import ShardView, plain_view
 from . import names
 
 K_SUBSPACE = 4  # vectors in the subspace iteration for spectral norms
@@ -35,18 +36,6 @@ W0_CACHE_BYTES = int(os.environ.get("OVERPARAM_W0_CACHE_BYTES", 64 * 2**20))
 def layer_name(param_name: str) -> str:
     """'hidden.0.weight' -> 'hidden.0'; biases are reported with their layer's weight."""
     return param_name.rsplit(".", 1)[0]
-
-
-class ShardView:
-    """Where a (possibly tensor-parallel sharded) parameter's local block sits in its global 2-D view."""
-
-    def __init__(self, local2d: torch.Tensor, global_shape2d: tuple[int, int], row0: int, col0: int):
-        self.local, self.global_shape, self.row0, self.col0 = local2d, global_shape2d, row0, col0
-
-
-def plain_view(p: torch.Tensor) -> ShardView:
-    shape = shape2d(p.shape)
-    return ShardView(p.detach().reshape(shape), shape, 0, 0)
 
 
 def _blocks(view: ShardView, rule: Rule, seed: int, name: str, by_rows: bool, w0_local: torch.Tensor | None):

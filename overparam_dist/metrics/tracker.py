@@ -18,10 +18,11 @@ import math
 import torch
 from torch import nn
 
+from ..parallel.shard_view import plain_view
 from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
-from .drift import WeightDrift, plain_view
+from .drift import WeightDrift
 from .ntk import empirical_ntk
 
 
@@ -76,11 +77,11 @@ class TheoryMetrics:
                  parallel=None):
         """Must be built before any update (and before a checkpoint is loaded): it records the init state.
 
-        `parallel`: the trial's Parallelism (parallel/wrap.py) when layers are tensor-parallel shards;
+        `parallel`: the trial's Parallelism (parallel/parallelize.py) when layers are tensor-parallel shards;
         every metric is then computed from local parts completed by one all-reduce over tp.
         """
         self.model, self.probe_x, self.parallel = model, probe_x, parallel
-        sharded = parallel is not None and parallel.pd.tp > 1
+        sharded = parallel is not None and parallel.world.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
                                  reduce=parallel.reduce if sharded else None, spectral=spectral)
@@ -104,7 +105,7 @@ class TheoryMetrics:
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
         par = self.parallel
-        if par is None or par.pd.tp == 1:
+        if par is None or par.world.tp == 1:
             return empirical_ntk(model, self.probe_x) * self.scale
         # Shards give partial Grams (one all-reduce over tp completes them); replicated trainable
         # parameters give the whole Gram on every rank and must not be summed: two passes.

@@ -10,38 +10,38 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ..metrics.drift import ShardView, plain_view
 from . import tensor_parallel as tpl
-from .mesh import ParallelDims
+from .distributed import World
+from .shard_view import ShardView, plain_view
 
 
 class Parallelism:
-    def __init__(self, pd: ParallelDims, arch: str, depth: int):
-        self.pd = pd
-        self.plan = tpl.plan_for(arch, depth) if pd.tp > 1 else {}
+    def __init__(self, world: World, arch: str, depth: int):
+        self.world = world
+        self.plan = tpl.plan_for(arch, depth) if world.tp > 1 else {}
         self.shards: dict[str, tpl.Shard] = {}
         self._by_id: dict[int, tpl.Shard] = {}
-        self.tp_group = pd.mesh.get_group("tp") if pd.tp > 1 else None
+        self.tp_group = world.group("tp")
 
     # -- model construction ------------------------------------------------------------------------
     def shard(self, model: nn.Module) -> dict[str, tpl.Shard]:
         """For build_model: replace planned layers' parameters by local shards (meta device)."""
-        if self.pd.tp > 1:
-            self.shards = tpl.shard_module_params(model, self.plan, self.pd.tp_rank, self.pd.tp)
+        if self.world.tp > 1:
+            self.shards = tpl.shard_module_params(model, self.plan, self.world.tp_rank, self.world.tp)
         return self.shards
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """Attach the tp collectives, then wrap for dp. Returns the module to call for training."""
         self._by_id = {id(p): self.shards[n] for n, p in model.named_parameters() if n in self.shards}
-        if self.pd.tp > 1:
+        if self.world.tp > 1:
             tpl.attach_collectives(model, self.plan, self.tp_group)
-        if self.pd.dp > 1:
+        if self.world.dp > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            device_ids = [self.pd.device.index] if self.pd.device.type == "cuda" else None
+            device_ids = [self.world.device.index] if self.world.device.type == "cuda" else None
             # Plain DDP over the dp group: each tp rank holds plain local shards, so DDP averages each
             # shard across its dp replicas. Initial values are identical across replicas by construction.
-            return DDP(model, device_ids=device_ids, process_group=self.pd.mesh.get_group("dp"))
+            return DDP(model, device_ids=device_ids, process_group=self.world.group("dp"))
         return model
 
     # -- questions the metrics ask ---------------------------------------------------------------------
@@ -73,7 +73,7 @@ class Parallelism:
         return float(self.reduce(local, p)[0])
 
     def state_dict(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        return tpl.state_dict(model, self.shards, self.pd.mesh if self.pd.tp > 1 else None)
+        return tpl.state_dict(model, self.shards, self.world.mesh if self.world.tp > 1 else None)
 
     def sharded_activations(self) -> set[str]:
-        return tpl.sharded_activations(self.plan) if self.pd.tp > 1 else set()
+        return tpl.sharded_activations(self.plan) if self.world.tp > 1 else set()

@@ -1,4 +1,7 @@
-"""Critical-width search (`search: {kind: critical_width, widths: [...], k: 0}` in a sweep file).
+"""What a sweep runs, and in which order: the Plan protocol the Tune searcher drives, the grid, and the
+critical-width search.
+
+Critical-width search (`search: {kind: critical_width, widths: [...], k: 0}` in a sweep file).
 
 For each cell of the other grid axes (e.g. data.n x model.depth) find m*(cell): the smallest width of
 `search.widths` whose trial reaches the fit target within train.steps (100% train accuracy, or loss below
@@ -25,19 +28,80 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from .sweep import FINISHED, Sweep, Trial, write_csv_atomic
+from overparam_dist.analysis.results import CRITICAL_WIDTH_FILE, CRITICAL_WIDTH_FIT_FILE, write_csv
+from overparam_dist.metrics import names
+from overparam_dist.rundir import atomic_write
 
-CSV_FILE = "critical_width.csv"
-FIT_FILE = "critical_width_fit.json"
+from .spec import Sweep, Trial
+
+FINISHED = "FINISHED"  # next_trial(): the plan has nothing more to run (None: nothing right now, ask again)
+
+
+class Plan(Protocol):
+    total: int  # an upper bound on the trials it runs (Tune's num_samples)
+    sized: bool  # True when it runs exactly `total` trials (the progress line then shows "done k/total")
+
+    def next_trial(self) -> Trial | str | None: ...
+
+    def complete(self, name: str, summary: dict | None) -> None: ...
+
+    def should_stop(self, name: str | None) -> bool: ...
+
+    def resolved(self) -> bool: ...  # all of its work is done
+
+    def candidates(self) -> list[Trial]: ...  # every trial it may run (for the cluster's capacity)
+
+    def describe(self) -> str: ...
+
+    def outputs(self, out) -> dict[str, Any]: ...  # at the end: write the plan's own files, print its findings
+
+
+class GridPlan:
+    """Run these trials, in order."""
+
+    sized = True
+
+    def __init__(self, todo: list[Trial]):
+        self.todo = list(todo)
+        self.total = len(todo)
+
+    def next_trial(self) -> Trial | str | None:
+        return self.todo.pop(0) if self.todo else FINISHED
+
+    def complete(self, name: str, summary: dict | None) -> None:
+        pass
+
+    def should_stop(self, name: str | None) -> bool:
+        return False
+
+    def resolved(self) -> bool:
+        return not self.todo
+
+    def candidates(self) -> list[Trial]:
+        return self.todo
+
+    def describe(self) -> str:
+        return f"{self.total} trial(s)"
+
+    def outputs(self, out) -> dict[str, Any]:
+        return {}
+
+
+def make_plan(sweep: Sweep, done: dict[str, dict]) -> Plan:
+    """The plan of a sweep, given the trials that already finished (`done`, not run again)."""
+    if sweep.kind == "critical_width":
+        return CriticalWidthPlan(sweep, done)
+    return GridPlan([t for t in sweep.trials if t.name not in done])
+
+
 # Cell axes the power law regresses on, with the exponent's name.
 FIT_AXES = (("data.n", "a"), ("model.depth", "b"))
 
 
 def reached(summary: dict | None) -> bool:
-    return bool(summary) and summary.get("status") == "completed" and summary.get("conv/steps_to_fit") is not None
+    return bool(summary) and summary.get("status") == "completed" and summary.get(names.CONV_STEPS_TO_FIT) is not None
 
 
 @dataclass
@@ -83,6 +147,10 @@ class Cell:
 
 
 class CriticalWidthPlan:
+    """The parallel k-ary search of every cell (see the module doc)."""
+
+    sized = False  # how many trials it runs is known only at the end
+
     def __init__(self, sweep: Sweep, done: dict[str, dict]):
         self.sweep = sweep
         self.k = sweep.search["k"]
@@ -104,6 +172,15 @@ class CriticalWidthPlan:
     def resolved(self) -> bool:
         self._use_cached()
         return all(c.resolved for c in self.cells)
+
+    def candidates(self) -> list[Trial]:
+        return self.sweep.trials
+
+    def describe(self) -> str:
+        return f"critical-width search over {len(self.cells)} cell(s) x {len(self.widths)} widths"
+
+    def outputs(self, out) -> dict[str, Any]:
+        return write_outputs(self.sweep, self, out)
 
     def _use_cached(self) -> bool:
         """Fold in finished trials that the search would probe next. True if anything changed."""
@@ -167,7 +244,7 @@ class CriticalWidthPlan:
                 "none_reached" if c.resolved else "unresolved")
             row["trial"] = c.trials[c.hi].name if found else None
             s = self.summaries.get(row["trial"]) if found else None
-            row["steps_to_fit"] = s.get("conv/steps_to_fit") if s else None
+            row["steps_to_fit"] = s.get(names.CONV_STEPS_TO_FIT) if s else None
             row["smaller_width"] = self.widths[c.hi - 1] if found and c.hi > 0 else None
             row["smaller_reached"] = c.outcome.get(c.hi - 1) if found and c.hi > 0 else None
             row["probes"] = len(c.outcome)
@@ -235,11 +312,11 @@ def describe_fit(fit: dict) -> str:
 
 def write_outputs(sweep: Sweep, plan: CriticalWidthPlan, out) -> dict[str, Any]:
     rows = plan.rows()
-    path = sweep.dir / CSV_FILE
+    path = sweep.dir / CRITICAL_WIDTH_FILE
     columns = list(rows[0]) if rows else ["m_star"]
-    write_csv_atomic(path, rows, columns)
+    write_csv(path, rows, columns)
     fit = fit_power_law(rows)
-    Path(sweep.dir / FIT_FILE).write_text(json.dumps(fit, indent=2) + "\n")
+    atomic_write(sweep.dir / CRITICAL_WIDTH_FIT_FILE, json.dumps(fit, indent=2) + "\n")
     for r in rows:
         cell = ", ".join(f"{k}={r[k]}" for k in plan.cells[0].point) if plan.cells else ""
         m = r["m_star"] if r["m_star"] is not None else f"> {plan.widths[-1]}" \

@@ -3,6 +3,11 @@
 Works under every launcher: torchrun / torch's elastic launcher (RANK, WORLD_SIZE, MASTER_ADDR set),
 srun (SLURM_PROCID / SLURM_NTASKS mapped to RANK / WORLD_SIZE), Ray Train (process group already
 initialised), or a single plain process (no process group at all).
+
+A single process gets no process group and no DeviceMesh on purpose: the default group is process-global
+state (a notebook or a Ray actor running several trials in turn would have to share it), and a collective
+per step costs time for nothing. Instead every collective below is a no-op on a size-1 group, so callers
+never write `if world > 1`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import Config, ConfigError
+from .dims import ParallelDims
 
 
 def _adopt_slurm_env() -> None:
@@ -45,40 +51,66 @@ def resolve_device(cfg: Config, local_rank: int) -> torch.device:
 
 
 @dataclass
-class ParallelDims:
-    dp: int
-    tp: int
+class World:
+    """The processes of one trial as this rank sees them: its place in the mesh, its device, the collectives."""
+
+    dims: ParallelDims
     rank: int
-    world: int
     local_rank: int
     device: torch.device
-    mesh: object | None  # torch DeviceMesh with axes ("dp", "tp"), None in a single process
+    mesh: object | None  # torch DeviceMesh with axes ("dp", "tp"); None in a single process
     owns_group: bool  # we created the process group, so we destroy it
 
     @property
+    def dp(self) -> int:
+        return self.dims.dp
+
+    @property
+    def tp(self) -> int:
+        return self.dims.tp
+
+    @property
+    def size(self) -> int:
+        return self.dims.world
+
+    @property
     def dp_rank(self) -> int:
-        return self.rank // self.tp
+        return self.dims.dp_rank(self.rank)
 
     @property
     def tp_rank(self) -> int:
-        return self.rank % self.tp
+        return self.dims.tp_rank(self.rank)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def group(self, axis: str):
+        """The process group of one mesh axis ('dp' or 'tp'), or None when that axis has size 1."""
+        if self.mesh is None or getattr(self.dims, axis) == 1:
+            return None
+        return self.mesh.get_group(axis)
+
     def all_reduce_sum(self, t: torch.Tensor, axis: str | None = None) -> torch.Tensor:
         """Sum over all ranks (axis=None) or along one mesh axis ('dp' or 'tp'). In place."""
-        if self.world == 1:
+        if self.size == 1:
             return t
-        group = None if axis is None else self.mesh.get_group(axis)
-        if axis is not None and dist.get_world_size(group) == 1:
-            return t
-        dist.all_reduce(t, group=group)
+        if axis is None:
+            dist.all_reduce(t)
+        elif (group := self.group(axis)) is not None:
+            dist.all_reduce(t, group=group)
         return t
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any rank."""
+        if self.size == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def barrier(self) -> None:
-        if self.world > 1:
+        if self.size > 1:
             dist.barrier()
 
     def close(self) -> None:
@@ -86,23 +118,9 @@ class ParallelDims:
             dist.destroy_process_group()
 
 
-def check_mesh(cfg: Config, world: int, local_world: int | None = None) -> None:
-    """Raise ConfigError if parallel.dp x parallel.tp does not fit the launcher's world."""
-    p = cfg.parallel
-    if p.dp * p.tp != world:
-        raise ConfigError(
-            f"config keys 'parallel.dp' x 'parallel.tp' = {p.dp} x {p.tp} = {p.dp * p.tp} "
-            f"must equal the number of processes ({world})"
-        )
-    if local_world is not None and (p.tp > local_world or local_world % p.tp != 0):
-        raise ConfigError(
-            f"config key 'parallel.tp' = {p.tp}: must divide the processes per node ({local_world}) "
-            "so tensor-parallel groups stay inside a node"
-        )
-
-
-def setup(cfg: Config) -> ParallelDims:
+def setup(cfg: Config) -> World:
     """Join (or create) the process group and build the mesh. Size-1 runs create nothing."""
+    dims = ParallelDims.from_config(cfg)
     owns = False
     _adopt_slurm_env()
     if dist.is_available() and dist.is_initialized():
@@ -113,7 +131,7 @@ def setup(cfg: Config) -> ParallelDims:
         rank, world = 0, 1
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in os.environ else None
-    check_mesh(cfg, world, local_world)
+    dims.check_fits(world, local_world)
     device = resolve_device(cfg, local_rank)
 
     if world > 1 and not dist.is_initialized():
@@ -128,5 +146,5 @@ def setup(cfg: Config) -> ParallelDims:
     if world > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
-        mesh = init_device_mesh(device.type, (cfg.parallel.dp, cfg.parallel.tp), mesh_dim_names=("dp", "tp"))
-    return ParallelDims(cfg.parallel.dp, cfg.parallel.tp, rank, world, local_rank, device, mesh, owns)
+        mesh = init_device_mesh(device.type, (dims.dp, dims.tp), mesh_dim_names=("dp", "tp"))
+    return World(dims, rank, local_rank, device, mesh, owns)

@@ -1,0 +1,360 @@
+"""`overparam sweep`: every trial of a grid (or a critical-width search) trained on Ray Tune.
+
+A sweep file (configs/sweep/*.yaml) has these keys, all optional but `grid` or `search`:
+
+    name: quickstart                     # the sweep's name (default: the file's stem) -> runs/<name>/
+    base: experiment/paper_fc.yaml       # an experiment preset, relative to configs/ (or absolute)
+    overrides: {data.n: 32}              # dotted config key -> value, applied to every trial
+    grid: {model.width: [64, 256], model.depth: [1, 2]}    # cartesian product over config keys
+    resources: {cpus: 1, gpus: 0}        # per process of a trial (a trial has parallel.dp x parallel.tp)
+    max_failures: 2                      # retries of a failed trial (each resumes from its checkpoint)
+    search: {kind: critical_width, widths: [4, 8, ..., 256], k: 0}    # absent = the grid itself
+
+Command-line `key=value` items: a key whose first part is one of the sweep keys above edits the sweep
+file (`name=foo`, `grid.model.width=[64,128]`, `grid.seed=null` drops an axis, `resources.cpus=0.5`,
+`search.widths=[...]`); any other key is a trial config override, the same as adding it under `overrides:`
+(`train.steps=50`). Overriding a grid axis that way is refused: edit the axis (`grid.model.width=[...]`).
+
+Everything is validated (every grid point's config with `load_config`) before Ray starts.
+
+Execution: a trial needing one process runs `run_trial` in-process in a Tune function trainable (no worker
+group). A trial with parallel.dp x parallel.tp > 1 processes builds a Ray Train V2 `TorchTrainer` inside its
+Tune trainable; its workers call the same `run_trial`. Trial outputs: runs/<sweep>/<trial>/ (run_trial's own
+layout); runs/<sweep>/results.csv, one row per trial, is rewritten (atomically) each time a trial ends.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from overparam_dist.config import Config, ConfigError, load_config
+from overparam_dist.parallel.dims import ParallelDims
+from overparam_dist.rundir import finished_summary
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+SWEEP_KEYS = ("name", "base", "overrides", "grid", "resources", "max_failures", "search")
+RESOURCE_KEYS = ("cpus", "gpus")
+SEARCH_KINDS = ("grid", "critical_width")
+CRITICAL_WIDTH_KEYS = ("kind", "widths", "k")
+DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
+SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group", "run.preempt_file")  # a sweep sets these per trial
+DEFAULT_MAX_FAILURES = 2
+
+# Preemption: SIGUSR1 to the driver creates runs/<sweep>/.preempt (every trial's run.preempt_file): running trials
+# checkpoint at once and end with status "preempted" (not finished: --resume reruns them from their checkpoints),
+# no further trial starts, and `overparam sweep` exits with driver.EXIT_PREEMPTED.
+PREEMPT_FILE = ".preempt"
+
+# Short tags for trial names: w64-d2-s0. Keys not listed use their last part (tau0.1); "" = value only.
+NAME_TAGS = {
+    "model.width": "w", "model.depth": "d", "seed": "s", "data.n": "n", "train.lr": "lr",
+    "parallel.dp": "dp", "parallel.tp": "tp", "train.batch_size": "bs", "data.label_noise": "noise",
+    "train.steps": "steps", "model.tau": "tau", "data.dim": "dim", "data.classes": "c",
+    "model.param": "", "model.arch": "", "data.name": "", "data.target": "", "train.loss": "",
+}
+
+
+# ----------------------------------------------------------------------------------------------- spec
+
+
+@dataclass
+class Trial:
+    name: str
+    point: dict[str, Any]  # the grid values of this trial (all grid axes, in grid order)
+    cfg: Config
+
+    @property
+    def workers(self) -> int:
+        return ParallelDims.from_config(self.cfg).world
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.dir)
+
+    def finished_summary(self) -> dict | None:
+        """The trial's summary.json when this exact trial already finished (what run_trial would return)."""
+        return finished_summary(self.run_dir, self.cfg.train.steps)
+
+
+@dataclass
+class Sweep:
+    name: str
+    file: Path | None
+    base: Path | None
+    overrides: dict[str, Any]
+    grid: dict[str, list]
+    resources: dict[str, float]
+    max_failures: int
+    search: dict[str, Any]  # {"kind": "grid"} or {"kind": "critical_width", "widths": [...], "k": 0}
+    runs_dir: Path
+    trials: list[Trial] = field(default_factory=list)  # grid: every trial; critical_width: every candidate
+
+    @property
+    def dir(self) -> Path:
+        return self.runs_dir / self.name
+
+    @property
+    def kind(self) -> str:
+        return self.search["kind"]
+
+    def to_yaml_dict(self) -> dict:
+        return {
+            "name": self.name, "base": str(self.base) if self.base else None, "overrides": self.overrides,
+            "grid": self.grid, "resources": self.resources, "max_failures": self.max_failures,
+            "search": self.search,
+        }
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _numbers(v: Any) -> Any:
+    """PyYAML reads 1e-3 as a string (YAML 1.1); read it as the number everyone means."""
+    if isinstance(v, str) and _FLOAT.fullmatch(v.strip()):
+        return float(v)
+    if isinstance(v, list):
+        return [_numbers(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _numbers(x) for k, x in v.items()}
+    return v
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return _numbers(yaml.safe_load(text)) if text.strip() else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _unknown(what: str, key: str, allowed: tuple[str, ...] | list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{what}: unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
+
+
+def _flat_keys(d: dict, where: str) -> dict[str, Any]:
+    """Nested or dotted mappings -> {dotted key: value}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if not isinstance(k, str):
+            raise ConfigError(f"{where}: key {k!r} must be a string")
+        if isinstance(v, dict):
+            for k2, v2 in _flat_keys(v, where).items():
+                out[f"{k}.{k2}"] = v2
+        else:
+            out[k] = v
+    return out
+
+
+def _apply_cli(raw: dict, items: list[str], where: str) -> None:
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, text = item.split("=", 1)
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        value = _parse_value(text)
+        head, _, rest = key.partition(".")
+        if head in SWEEP_KEYS:
+            if not rest:
+                raw[head] = value
+            else:
+                section = raw.get(head)
+                if section is None or isinstance(section, str):
+                    section = {"kind": section} if (head == "search" and isinstance(section, str)) else {}
+                if not isinstance(section, dict):
+                    raise ConfigError(f"{where}: '{head}' is not a mapping, cannot set '{key}'")
+                section[rest] = value
+                raw[head] = section
+        else:  # a trial config key
+            raw.setdefault("overrides", {})
+            if not isinstance(raw["overrides"], dict):
+                raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
+            raw["overrides"][key] = value
+
+
+def _tag(key: str, value: Any) -> str:
+    tag = NAME_TAGS.get(key, key.rsplit(".", 1)[-1])
+    if isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    else:
+        text = str(value)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{tag}{text}")
+
+
+def trial_name(point: dict[str, Any], varying: list[str]) -> str:
+    return "-".join(_tag(k, point[k]) for k in varying) or "trial"
+
+
+def _resolve_base(base: Any, where: str) -> Path | None:
+    if base in (None, ""):
+        return None
+    if not isinstance(base, str):
+        raise ConfigError(f"{where}: 'base' must be a path to an experiment preset")
+    p = Path(base)
+    path = p if p.is_absolute() else CONFIGS / p
+    if not path.is_file():
+        raise ConfigError(f"{where}: base preset '{base}' not found ({path}); 'base' is relative to {CONFIGS}/")
+    return path
+
+
+def _load_trial(sweep_where: str, base: Path | None, settings: dict[str, Any], name: str) -> Config:
+    try:
+        return load_config(base, settings=settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{sweep_where}, grid point {name}: {exc}") from None
+
+
+def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: str | Path = "runs") -> Sweep:
+    """Read, override, validate and expand a sweep file. Every problem is one ConfigError line."""
+    raw: dict[str, Any] = {}
+    where = "sweep"
+    if path is not None:
+        path = Path(path)
+        where = f"sweep file '{path}'"
+        if not path.is_file():
+            raise ConfigError(f"sweep file '{path}' does not exist")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: must be a mapping with keys {', '.join(SWEEP_KEYS)}")
+        raw = _numbers(loaded)
+    for key in raw:
+        if key not in SWEEP_KEYS:
+            raise _unknown(where, str(key), SWEEP_KEYS)
+    _apply_cli(raw, list(cli or []), where)
+
+    name = raw.get("name") or (path.stem if path is not None else "sweep")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"{where}: 'name' = {name!r} must be letters, digits, '.', '_' or '-'")
+    base = _resolve_base(raw.get("base"), where)
+
+    overrides = raw.get("overrides") or {}
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
+    overrides = _flat_keys(overrides, f"{where}, overrides")
+    grid = raw.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{where}: 'grid' must be a mapping of config key -> list of values")
+    grid = {k: v for k, v in _flat_keys(grid, f"{where}, grid").items() if v is not None}  # KEY=null: no axis
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: grid key '{key}' must be a non-empty list of values, got {values!r}")
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise ConfigError(f"{where}: grid key '{key}' values must be scalars")
+        if len(set(map(json.dumps, values))) != len(values):
+            raise ConfigError(f"{where}: grid key '{key}' lists a value twice")
+    for key in list(overrides) + list(grid):
+        if key in SET_BY_SWEEP:
+            raise ConfigError(f"{where}: config key '{key}' is set by the sweep (runs/<sweep>/<trial>); "
+                              "use --runs-dir or name= instead")
+    for key in overrides:
+        if key in grid:
+            raise ConfigError(f"{where}: config key '{key}' is a grid axis; change the axis (grid.{key}=[...]) "
+                              "instead of overriding it")
+
+    resources = raw.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ConfigError(f"{where}: 'resources' must be a mapping with keys {', '.join(RESOURCE_KEYS)}")
+    for key in resources:
+        if key not in RESOURCE_KEYS:
+            raise _unknown(f"{where}, resources", str(key), RESOURCE_KEYS)
+    res = {"cpus": resources.get("cpus", 1), "gpus": resources.get("gpus", 0)}
+    for key, lo in (("cpus", 0.0), ("gpus", 0.0)):
+        v = res[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo \
+                or (key == "cpus" and v <= 0):
+            raise ConfigError(f"{where}: 'resources.{key}' = {v!r} must be a "
+                              + ("positive number" if key == "cpus" else "number >= 0"))
+
+    max_failures = raw.get("max_failures", DEFAULT_MAX_FAILURES)
+    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+        raise ConfigError(f"{where}: 'max_failures' = {max_failures!r} must be an integer >= 0")
+
+    search = _parse_search(raw.get("search"), where)
+    if search["kind"] == "critical_width" and "model.width" in grid:
+        raise ConfigError(f"{where}: a critical_width search chooses model.width itself: remove it from 'grid' "
+                          "(the candidates are search.widths)")
+    if search["kind"] == "grid" and not grid and path is not None and "grid" not in raw:
+        raise ConfigError(f"{where}: needs a 'grid' (config key -> list of values) or a 'search'")
+
+    sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
+                  grid=grid, resources=res, max_failures=max_failures, search=search,
+                  runs_dir=Path(runs_dir).absolute())
+    sweep.trials = _expand(sweep, where)
+    return sweep
+
+
+def _parse_search(search: Any, where: str) -> dict[str, Any]:
+    if search is None or search == "grid":
+        return {"kind": "grid"}
+    if isinstance(search, str):
+        search = {"kind": search}
+    if not isinstance(search, dict):
+        raise ConfigError(f"{where}: 'search' must be one of {', '.join(SEARCH_KINDS)} or a mapping with 'kind'")
+    kind = search.get("kind", "critical_width")
+    if kind not in SEARCH_KINDS:
+        raise ConfigError(f"{where}: 'search.kind' = {kind!r}: allowed values are {', '.join(SEARCH_KINDS)}")
+    if kind == "grid":
+        if set(search) - {"kind"}:
+            raise _unknown(f"{where}, search", sorted(set(search) - {"kind"})[0], ("kind",))
+        return {"kind": "grid"}
+    for key in search:
+        if key not in CRITICAL_WIDTH_KEYS:
+            raise _unknown(f"{where}, search", str(key), CRITICAL_WIDTH_KEYS)
+    widths = search.get("widths", DEFAULT_WIDTHS)
+    if not isinstance(widths, list) or len(widths) < 1 or any(
+            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+        raise ConfigError(f"{where}: 'search.widths' must be a list of positive integers")
+    if sorted(set(widths)) != widths:
+        raise ConfigError(f"{where}: 'search.widths' must be strictly increasing")
+    k = search.get("k", 0)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1:
+        raise ConfigError(f"{where}: 'search.k' = {k!r} must be 0 (use the free slots) or an integer >= 2")
+    return {"kind": "critical_width", "widths": widths, "k": k}
+
+
+def _expand(sweep: Sweep, where: str) -> list[Trial]:
+    axes = dict(sweep.grid)
+    if sweep.kind == "critical_width":
+        axes["model.width"] = sweep.search["widths"]
+    varying = [k for k, v in axes.items() if len(v) > 1 or (k == "model.width" and sweep.kind == "critical_width")]
+    trials: list[Trial] = []
+    seen: dict[str, dict] = {}
+    for values in itertools.product(*axes.values()):
+        point = dict(zip(axes, values))
+        name = trial_name(point, varying)
+        if name in seen:
+            raise ConfigError(f"{where}: grid points {seen[name]} and {point} get the same trial name '{name}'")
+        seen[name] = point
+        cfg = _load_trial(where, sweep.base, {**sweep.overrides, **point}, name)
+        cfg.run.dir = str(sweep.dir / name)
+        cfg.run.name = name
+        cfg.run.quiet = True
+        cfg.run.preempt_file = str(sweep.dir / PREEMPT_FILE)
+        cfg.wandb.group = sweep.name
+        trials.append(Trial(name, point, cfg))
+    return trials
+
+
+def trial_demand(trial: Trial, resources: dict[str, float]) -> tuple[float, float]:
+    """(CPUs, GPUs) a trial holds while it runs."""
+    n = trial.workers
+    return (resources["cpus"] * n, resources["gpus"] * n)

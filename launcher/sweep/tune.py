@@ -1,0 +1,304 @@
+"""A sweep on Ray Tune: the function trainable of one trial, the Train V2 worker group of a multi-process
+trial, the searcher that asks the plan for the next trial, the callback that feeds the ledger, and the fit.
+
+A trial needing one process runs `run_trial` in-process in its Tune function trainable (no worker group: one
+costs about 40 s to start on 2 cores). A trial with parallel.dp x parallel.tp > 1 processes builds a Ray Train
+V2 `TorchTrainer` inside its Tune trainable; its workers call the same `run_trial`. Either way `run_trial` gets
+an `on_log` callback that turns each logged row into a Tune result: the library itself knows no Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from overparam_dist.config import ConfigError, from_dict, to_dict
+from overparam_dist.rundir import atomic_write
+
+from .cluster import RayInfo
+from .plans import FINISHED, Plan
+from .preemption import preempt_requested, reclaim_usr1
+from .progress import SUMMARY_KEY, Book
+from .spec import Sweep, Trial, trial_demand
+
+PIDS_DIR = ".workers"  # <trial>.pid: the process that runs run_trial (rank 0), for operators and tests
+
+
+def _placement(config: dict):
+    from ray.tune import PlacementGroupFactory
+
+    res, n = config["resources"], config["workers"]
+    if n == 1:
+        bundle = {"CPU": res["cpus"]}
+        if res["gpus"]:
+            bundle["GPU"] = res["gpus"]
+        return PlacementGroupFactory([bundle])
+    # The Tune trainable of a worker-group trial only waits for TorchTrainer.fit(); the Train workers
+    # (their own placement group) hold the rest of the trial's CPUs and its GPUs (see _worker_resources).
+    return PlacementGroupFactory([{"CPU": TRAINABLE_CPU}])
+
+
+TRAINABLE_CPU = 0.01  # Ray refuses a zero-resource bundle
+
+
+def _worker_resources(res: dict[str, float], n: int) -> dict[str, float]:
+    """Per Train worker: the trial's n x cpus CPUs less the trainable's share, so the trial takes exactly
+    n x cpus (two workers with cpus=1 fit a 2-CPU machine; 0.01 more would wait forever)."""
+    per = {"CPU": max(res["cpus"] - TRAINABLE_CPU / n, res["cpus"] / 2)}
+    if res["gpus"]:
+        per["GPU"] = res["gpus"]
+    return per
+
+
+def _write_pid(path: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(p, f"{os.getpid()}\n")
+
+
+def final_result(summary: dict) -> dict:
+    """The trial's last Tune result: its numeric summary values plus the whole summary as JSON."""
+    out: dict[str, Any] = {k: v for k, v in summary.items()
+                           if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "steps"}
+    out["step"] = summary.get("steps")
+    out["trial_status"] = summary.get("status")
+    out[SUMMARY_KEY] = json.dumps(summary)
+    return out
+
+
+def _preempted_already(config: dict) -> bool:
+    """The sweep was preempted before this trial started: end it at once, as preempted (nothing written)."""
+    flag = config["cfg"].get("run", {}).get("preempt_file")
+    return bool(flag) and os.path.exists(flag)
+
+
+def trainable(config: dict) -> None:
+    """The Tune function trainable of one trial."""
+    from ray import tune
+
+    if _preempted_already(config):
+        tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
+    elif config["workers"] == 1:
+        from overparam_dist.train import run_trial
+
+        _write_pid(config["pid_file"])
+        summary = run_trial(from_dict(config["cfg"]), on_log=tune.report)  # each logged row: a Tune result
+        tune.report(final_result(summary))
+    else:
+        _fit_worker_group(config)
+
+
+def _fit_worker_group(config: dict) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    callback = TuneReportCallback()  # forwards the workers' final ray.train.report (rank 0's) to Tune
+    queue = _tune_result_queue()
+    res = config["resources"]
+    per_worker = _worker_resources(res, config["workers"])
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"cfg": config["cfg"], "pid_file": config["pid_file"], "queue": queue},
+        scaling_config=ray.train.ScalingConfig(num_workers=config["workers"], use_gpu=res["gpus"] > 0,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"{config['trial']}-{secrets.token_hex(3)}", storage_path=config["train_storage"],
+            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
+            callbacks=[callback]),
+    )
+    trainer.fit()
+
+
+def _tune_result_queue():
+    """The Tune trial's result queue, which TuneReportCallback itself feeds, or None.
+
+    A private Ray API, kept behind this one function on purpose: Train V2's public `ray.train.report` is a
+    barrier over all workers, but only rank 0 logs rows, so rank 0 puts each row on this queue instead and the
+    Tune trial sees it as a result. Without it (another Ray version) rows reach Tune only at the end; every row
+    is still in metrics.jsonl.
+    """
+    try:
+        from ray.train._internal.session import get_session
+
+        return get_session()._get_or_create_inter_actor_queue()
+    except Exception:
+        return None
+
+
+def _train_worker(config: dict) -> None:
+    """One Ray Train worker: run_trial joins the process group Train set up."""
+    import ray.train
+
+    from overparam_dist.train import run_trial
+
+    on_log = None
+    if ray.train.get_context().get_world_rank() == 0:
+        _write_pid(config["pid_file"])
+        on_log = config["queue"].put if config.get("queue") is not None else None
+    summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
+    ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
+
+
+def _searcher(plan: Plan, book: Book):
+    from ray.tune.search import Searcher
+
+    class PlanSearcher(Searcher):
+        def __init__(self):
+            super().__init__()
+            self.names: dict[str, str] = {}
+
+        def set_search_properties(self, metric, mode, config, **spec) -> bool:
+            return True
+
+        def suggest(self, trial_id: str):
+            if preempt_requested(book.sweep):
+                return Searcher.FINISHED  # preempted: no new trial; the running ones checkpoint and stop
+            t = plan.next_trial()
+            if t == FINISHED:
+                return Searcher.FINISHED
+            if t is None:
+                return None
+            self.names[trial_id] = t.name
+            return trial_config(book.sweep, t)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            name = self.names.pop(trial_id, None)
+            if name is None:
+                return
+            summary = json.loads(result[SUMMARY_KEY]) if (result and SUMMARY_KEY in result) else None
+            if summary is not None and summary.get("status") == "preempted":
+                summary = None  # interrupted: no evidence either way (--resume runs it again)
+            plan.complete(name, summary)
+
+    return PlanSearcher()
+
+
+def trial_config(sweep: Sweep, t: Trial) -> dict:
+    return {
+        "trial": t.name,
+        "cfg": to_dict(t.cfg),
+        "workers": t.workers,
+        "resources": dict(sweep.resources),
+        "max_failures": sweep.max_failures,
+        "pid_file": str(sweep.dir / PIDS_DIR / f"{t.name}.pid"),
+        "train_storage": str(sweep.dir / "_ray" / "train"),
+    }
+
+
+def _callback(book: Book, every_s: float):
+    from ray import tune
+
+    def name_of(trial) -> str:
+        return trial.config["trial"]
+
+    class Progress(tune.Callback):
+        def setup(self, **info):
+            reclaim_usr1()
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            book.started(name_of(trial))
+            book.maybe_print(every_s)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            book.result(name_of(trial), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            book.ended(name_of(trial))
+            book.maybe_print(every_s)
+
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            print(f"[{book.sweep.name}] trial {name_of(trial)} failed, retrying from its last checkpoint: "
+                  f"{_trial_error(trial)}", file=book.out, flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            err = _trial_error(trial)
+            book.ended(name_of(trial), error=err)
+            print(f"[{book.sweep.name}] trial {name_of(trial)} failed: {err}", file=book.out, flush=True)
+
+        def on_step_end(self, iteration, trials, **info):
+            book.maybe_print(every_s)
+
+    return Progress()
+
+
+def _trial_error(trial) -> str:
+    """The last line of a trial's error (the exception), from Tune's trial record."""
+    msg = getattr(trial, "error_msg", None)
+    if msg:
+        lines = [ln for ln in str(msg).strip().splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:300]
+    path = getattr(trial, "error_file", None) or getattr(trial, "pickled_error_file", None)
+    if path and os.path.isfile(str(path)):
+        lines = [ln for ln in Path(path).read_text(errors="replace").splitlines() if ln.strip()]
+        if lines:
+            return lines[-1][:300]
+    return "unknown error"
+
+
+def max_concurrent(sweep: Sweep, trials: list[Trial]) -> int:
+    """As many trials at once as the cluster's resources hold (the largest trial decides)."""
+    import ray
+
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if not trials:
+        return 1
+    need_cpu = max(trial_demand(t, sweep.resources)[0] for t in trials)
+    need_gpu = max(trial_demand(t, sweep.resources)[1] for t in trials)
+    for t in trials:
+        c, g = trial_demand(t, sweep.resources)
+        if c > cpus + 1e-9 or g > gpus + 1e-9:
+            raise ConfigError(
+                f"trial {t.name} needs {c:g} CPUs and {g:g} GPUs ({t.workers} processes x resources "
+                f"{sweep.resources}), more than the cluster has ({cpus:g} CPUs, {gpus:g} GPUs); "
+                "lower resources.cpus / resources.gpus or parallel.dp x parallel.tp")
+    slots = math.floor(cpus / need_cpu + 1e-9)
+    if need_gpu > 0:
+        slots = min(slots, math.floor(gpus / need_gpu + 1e-9))
+    return max(1, slots)
+
+
+def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, progress_every: float, out) -> None:
+    """Run the plan's trials on Tune until the plan is finished (or preempted)."""
+    from ray import tune
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
+    slots = max_concurrent(sweep, plan.candidates())
+    where = f"Ray at {info.address}" + (" (private, stopped at the end)" if info.embedded else "")
+    what = plan.describe()
+    print(f"[{sweep.name}] {what}, up to {slots} at a time, on {where}", file=out)
+    if info.dashboard_url:
+        print(f"[{sweep.name}] Ray dashboard: {info.dashboard_url}", file=out, flush=True)
+
+    searcher = _searcher(plan, book)
+
+    def stop(trial_id: str, result: dict) -> bool:
+        return plan.should_stop(searcher.names.get(trial_id))
+
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, _placement),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            num_samples=plan.total,
+            max_concurrent_trials=slots,
+            reuse_actors=True,
+            trial_name_creator=lambda trial: trial.config["trial"],
+            trial_dirname_creator=lambda trial: trial.config["trial"],
+        ),
+        run_config=tune.RunConfig(
+            name=f"tune-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(sweep.dir / "_ray" / "tune"),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=[_callback(book, progress_every)],
+            stop=None if plan.sized else stop,  # a sized plan (a grid) never stops a trial early
+            verbose=0,
+        ),
+    )
+    tuner.fit()
