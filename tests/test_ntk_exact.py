@@ -15,6 +15,7 @@ from torch.func import functional_call, jacrev, vmap
 
 from overparam_dist.config import load_config
 from overparam_dist.metrics import ntk as ntk_mod
+from overparam_dist.metrics import ntk_plan
 from overparam_dist.metrics.ntk import empirical_ntk
 from overparam_dist.models import build_model
 
@@ -250,15 +251,15 @@ def test_inplace_ops():
 def test_linear_subclass_with_own_forward_goes_to_fallback():
     torch.manual_seed(3)
     model = nn.Sequential(OwnForward(4, 6), nn.Tanh(), nn.Linear(6, 3)).double()
-    assert [layer.module for layer in ntk_mod._Plan(model).layers] == [model[2]]
+    assert [layer.module for layer in ntk_plan.RoutePlan(model).layers] == [model[2]]
     assert_exact(model, torch.randn(N, 4, dtype=torch.float64))
 
 
 def test_misuse_is_rerouted_not_ignored():
     model = Misused().double()
-    plan = ntk_mod._Plan(model)
+    plan = ntk_plan.RoutePlan(model)
     assert [layer.module for layer in plan.layers] == [model.a, model.b]
-    with pytest.raises(ntk_mod._Reroute) as e:
+    with pytest.raises(ntk_plan.Reroute) as e:
         ntk_mod._capture(model, plan, torch.randn(N, 4, dtype=torch.float64), check_independence=False)
     assert e.value.layer_ids == {0}  # `a` goes to the fallback, `b` stays layer-wise
 

@@ -1,6 +1,6 @@
-"""The report's figures. Each function draws one PNG with matplotlib (Agg canvas, no pyplot state) and returns a
-`FigureData`: the series it drew (x/y points per depth), the theory reference lines and the fitted slopes, so
-tests and the HTML page check data rather than pixels.
+"""The report's figures as data. Each function returns a `FigureData`: the series a figure shows (x/y points per
+depth), the theory reference lines and the fitted slopes, so tests and the HTML page check data rather than
+pixels; draw.py renders it.
 
 Slopes of a metric against width are fitted in log-log space: for each seed, least squares of log(value) on
 log(width) over the widths (final value of each trial); the reported slope is the mean over seeds with a
@@ -13,22 +13,17 @@ from __future__ import annotations
 
 import json
 import math
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from ..metrics import names
 from ..metrics.fit import fit_line
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
 
-DPI = 110
-DEPTH_COLORS = colormaps["tab10"]
 WIDTH_CMAP = colormaps["viridis"]
 
 
@@ -346,118 +341,6 @@ def critical_width(res: SweepResults) -> FigureData | None:
     return FigureData(name="critical_width", title="Critical width phase diagram", caption=caption, panels=[panel])
 
 
-# ----------------------------------------------------------------------------------------------- drawing
-
-
-def draw(fig_data: FigureData, out_dir: Path) -> Path:
-    """Render a FigureData to out_dir/<name>.png and return the path."""
-    n = len(fig_data.panels)
-    fig = Figure(figsize=(5.2 * n, 4.2), dpi=DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, p in zip(axes, fig_data.panels):
-        if p.heatmap is not None:
-            _draw_heatmap(fig, ax, p)
-        else:
-            _draw_panel(ax, p, fig_data)
-    head = fig_data.title + (f"\n{fig_data.subtitle}" if fig_data.subtitle else "")
-    if n == 1:
-        axes[0].set_title(textwrap.fill(fig_data.title, 70) + (
-            "\n" + textwrap.fill(fig_data.subtitle, 68) if fig_data.subtitle else ""), fontsize=8.5)
-    else:
-        fig.suptitle(head, fontsize=10)
-    path = out_dir / fig_data.file
-    fig.savefig(path)
-    fig_data.path = path
-    return path
-
-
-def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
-    by_width = fd.name == "loss_curves"
-    seen_widths = set()
-    for i, s in enumerate(p.series):
-        if not s.x:
-            continue
-        if by_width:
-            w = s.meta.get("width")
-            ax.plot(s.x, s.y, color=s.meta.get("color"), lw=1.2, alpha=0.85,
-                    label=label(WIDTH, w) if w not in seen_widths else None)
-            seen_widths.add(w)
-            continue
-        color = DEPTH_COLORS(i % 10)
-        f: SlopeFit | None = s.meta.get("fit")
-        lab = s.label + (f": {f.text()}" if f is not None else "")
-        if fd.name == "critical_width":
-            ok, bad = s.meta.get("fit_ok", []), s.meta.get("fit_failed", [])
-            if ok:
-                ax.scatter(*zip(*ok), marker="o", color=color, s=24, alpha=0.8,
-                           label="probe reached the target" if i == 0 else None)
-            if bad:
-                ax.scatter(*zip(*bad), marker="x", color="tab:red", s=28,
-                           label="probe did not" if i == 0 else None)
-            ax.plot(s.x, s.y, "-", color=color, lw=1.8, label="m*" if s.label == "m*" else f"m* ({s.label})")
-            xs = sorted({q[0] for q in ok + bad} | set(s.x))
-            if not p.xlog and xs and all(isinstance(x, (int, float)) for x in xs):
-                ax.set_xticks(xs)
-            continue
-        yerr = None
-        if s.lo is not None and s.hi is not None:
-            yerr = np.array([np.subtract(s.y, s.lo), np.subtract(s.hi, s.y)])
-        ax.errorbar(s.x, s.y, yerr=yerr, fmt="o-", color=color, ms=4, lw=1.4, capsize=2, label=lab)
-        for pts in s.meta.get("per_seed", {}).values():
-            ax.scatter([q[0] for q in pts], [q[1] for q in pts], color=color, s=8, alpha=0.35, lw=0)
-        if f is not None and f.slope is not None and len(s.x) >= 2:
-            xr = np.array([min(s.x), max(s.x)], dtype=float)
-            ax.plot(xr, np.exp(f.intercept + f.slope * np.log(xr)), ":", color=color, lw=1.0)
-    for i, s in enumerate(p.extra):
-        if s.x:
-            ax.plot(s.x, s.y, "s--", color=DEPTH_COLORS(i % 10), ms=3, lw=0.9, alpha=0.6, label=s.label)
-    for s in p.references:
-        ax.plot(s.x, s.y, "--", color="black", lw=1.3, alpha=0.7, label=s.label)
-    if p.xlog:
-        ax.set_xscale("log", base=2)
-        if p.xlabel.startswith("width"):
-            _plain_width_ticks(ax.xaxis)
-    if p.ylog:
-        ax.set_yscale("log", base=2 if p.ylabel.startswith("width") else 10)
-        if p.ylabel.startswith("width"):
-            _plain_width_ticks(ax.yaxis)
-    ax.set_xlabel(p.xlabel)
-    ax.set_ylabel(p.ylabel)
-    if len(fd.panels) > 1:
-        ax.set_title(p.title, fontsize=9)
-    ax.grid(True, which="both", alpha=0.25)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, loc="best")
-
-
-def _plain_width_ticks(axis) -> None:
-    """Widths on a base-2 log axis, labelled 32, 64, ... rather than 2^5, 2^6."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    axis.set_major_locator(LogLocator(base=2))
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(NullFormatter())
-
-
-def _draw_heatmap(fig, ax, p: Panel) -> None:
-    h = p.heatmap
-    z = np.array(h["z"], dtype=float) if h["z"] else np.zeros((0, 0))
-    if z.size:
-        im = ax.imshow(np.ma.masked_invalid(z), cmap="magma_r", aspect="auto")
-        fig.colorbar(im, ax=ax, shrink=0.8, label="steps")
-        finite = z[np.isfinite(z)]
-        mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
-        for i, row in enumerate(h["text"]):
-            for j, t in enumerate(row):
-                ax.text(j, i, t, ha="center", va="center", fontsize=7,
-                        color="white" if np.isfinite(z[i, j]) and z[i, j] > mid else "black")
-    ax.set_xticks(range(len(h["x"])), [str(x) for x in h["x"]])
-    ax.set_yticks(range(len(h["y"])), h["y"])
-    ax.set_xlabel(p.xlabel)
-    ax.set_title(p.title, fontsize=9)
-
-
 # ----------------------------------------------------------------------------------------------- the set
 
 
@@ -513,12 +396,4 @@ def figures(res: SweepResults) -> list[FigureData]:
     cw = critical_width(res)
     if cw is not None:
         figs.append(cw)
-    return figs
-
-
-def draw_all(res: SweepResults, out_dir: Path) -> list[FigureData]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    figs = figures(res)
-    for f in figs:
-        draw(f, out_dir)
     return figs

@@ -7,8 +7,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .draw import draw_all
 from .html import write_index
-from .plots import FigureData, draw_all
+from .plots import FigureData
 from .results import SweepResults, load_sweep
 
 REPORT_DIR = "report"

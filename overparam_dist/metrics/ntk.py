@@ -40,124 +40,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.dropout import _DropoutNd
 from torch.overrides import TorchFunctionMode
 
-from ..models.layers import ScaledConv2d, ScaledLinear
+from .ntk_gram import gram_route, pair_gram, psg_route
+from .ntk_plan import Layer, Reroute, RoutePlan, check_no_batch_coupling
 
 DEFAULT_BLOCK = 512  # samples per block when block_size is None: captures then stay O(512 * width) per layer
-CHUNK_BYTES = 256 * 2**20  # bound on the temporaries of one per-layer Gram step
-
-
-# --------------------------------------------------------------------------------------------------
-# Planning: which parameter goes through which route.
-
-@dataclass
-class _Layer:
-    module: nn.Module
-    kind: str  # "linear" | "conv"
-    mult: float  # forward multiplier on W a (the bias is added after it, unscaled)
-    weight: nn.Parameter | None  # trainable weight routed here, None if frozen
-    bias: nn.Parameter | None  # trainable bias routed here, None if frozen / absent
-    conv: tuple | None = None  # (kernel, stride, dilation, groups, pad4, pad_mode) for convs
-    route: str | None = None  # weight route, "gram" | "psg" (per-sample gradients); chosen on first capture
-
-    def params(self) -> list[nn.Parameter]:
-        return [p for p in (self.weight, self.bias) if p is not None]
-
-
-def _conv_padding(module: nn.Conv2d, padding) -> tuple[int, int, int, int]:
-    """F.pad order (left, right, top, bottom) of what F.conv2d does with `padding`."""
-    if isinstance(padding, str):
-        if padding == "valid":
-            return (0, 0, 0, 0)
-        # 'same': total d (k - 1), the odd one extra on the right/bottom (as F.conv2d and nn.Conv2d do).
-        (dh, dw), (kh, kw) = module.dilation, module.kernel_size
-        th, tw = dh * (kh - 1), dw * (kw - 1)
-        return (tw // 2, tw - tw // 2, th // 2, th - th // 2)
-    ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    return (pw, pw, ph, ph)
-
-
-def _layer_spec(module: nn.Module) -> tuple[str, float, tuple | None] | None:
-    """(kind, multiplier, conv geometry) if the module's forward is one we know exactly, else None.
-
-    Keyed on the forward *function*, not the class: a subclass that overrides forward may compute anything.
-    """
-    fwd = getattr(type(module), "forward", None)
-    if isinstance(module, nn.Linear):
-        if fwd is nn.Linear.forward:
-            return "linear", 1.0, None
-        if fwd is ScaledLinear.forward:
-            return "linear", float(module.weight_multiplier), None
-        return None
-    if isinstance(module, nn.Conv2d):
-        if fwd is ScaledConv2d.forward:  # F.conv2d(x, w, None, stride, padding): dilation 1, groups 1
-            geom = (module.kernel_size, module.stride, (1, 1), 1,
-                    _conv_padding(module, module.padding), "zeros")
-            return "conv", float(module.weight_multiplier), geom
-        if fwd is nn.Conv2d.forward and type(module)._conv_forward is nn.Conv2d._conv_forward:
-            if module.padding_mode != "zeros":  # nn.Conv2d pads by F.pad first, then convolves unpadded
-                r = module._reversed_padding_repeated_twice
-                pad4, mode = (r[0], r[1], r[2], r[3]), module.padding_mode
-            else:
-                pad4, mode = _conv_padding(module, module.padding), "zeros"
-            geom = (module.kernel_size, module.stride, module.dilation, module.groups, pad4, mode)
-            return "conv", 1.0, geom
-    return None
-
-
-class _Plan:
-    def __init__(self, model: nn.Module):
-        self.trainable = [p for p in model.parameters() if p.requires_grad]  # deduplicated
-        owners: dict[int, int] = {}
-        for mod in model.modules():
-            for p in mod._parameters.values():
-                if p is not None:
-                    owners[id(p)] = owners.get(id(p), 0) + 1
-        self.layers: list[_Layer] = []
-        for mod in model.modules():
-            spec = _layer_spec(mod)
-            if spec is None:
-                continue
-            # Only a parameter the module owns alone: a tied weight's gradient has cross-module terms.
-            w, b = (mod._parameters.get(k) for k in ("weight", "bias"))
-            w = w if w is not None and w.requires_grad and owners[id(w)] == 1 else None
-            b = b if b is not None and b.requires_grad and owners[id(b)] == 1 else None
-            if w is not None or b is not None:
-                self.layers.append(_Layer(mod, spec[0], spec[1], w, b, spec[2]))
-        self.clone_inputs = False
-        self._refresh()
-
-    def _refresh(self) -> None:
-        routed = {id(p) for layer in self.layers for p in layer.params()}
-        self.fallback = [p for p in self.trainable if id(p) not in routed]
-        # Every trainable parameter is accounted for by exactly one route.
-        covered = [id(p) for layer in self.layers for p in layer.params()] + [id(p) for p in self.fallback]
-        assert sorted(covered) == sorted(id(p) for p in self.trainable), "NTK routes do not partition params"
-
-    def demote(self, layer_ids: set[int]) -> None:
-        """Send these layers' parameters to the per-sample fallback."""
-        self.layers = [layer for i, layer in enumerate(self.layers) if i not in layer_ids]
-        self._refresh()
-
-
-class _Reroute(Exception):
-    """A capture found layers it cannot handle exactly (or inputs mutated in place): replan and retry."""
-
-    def __init__(self, layer_ids: set[int]):
-        self.layer_ids = layer_ids
-
-
-def _check_no_batch_coupling(model: nn.Module) -> None:
-    for name, mod in model.named_modules():
-        # BatchNorm uses batch statistics in train mode, and in eval mode too when it has no running stats.
-        if isinstance(mod, _BatchNorm) and (mod.training or mod.running_mean is None):
-            raise ValueError(f"empirical_ntk: {name or 'model'} is a BatchNorm using batch statistics, which "
-                             "couples the samples of a batch; call model.eval() (with running stats) first")
-        if mod.training and isinstance(mod, _DropoutNd) and mod.p > 0:
-            raise ValueError(f"empirical_ntk: {name or 'model'} is an active dropout; call model.eval()")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,7 +103,7 @@ def _work(t: torch.Tensor) -> torch.Tensor:
     return t.to(_work_dtype(t.dtype))
 
 
-def _patches(layer: _Layer, a: torch.Tensor) -> torch.Tensor:
+def _patches(layer: Layer, a: torch.Tensor) -> torch.Tensor:
     """(n, g, P, din): what the weight multiplies at each position, in the weight's (group, in) layout."""
     if layer.kind == "linear":
         return a.reshape(a.shape[0], 1, -1, a.shape[-1])
@@ -225,7 +113,7 @@ def _patches(layer: _Layer, a: torch.Tensor) -> torch.Tensor:
     return u.view(u.shape[0], groups, -1, u.shape[-1]).transpose(2, 3)
 
 
-def _signal_view(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
+def _signal_view(layer: Layer, g: torch.Tensor) -> torch.Tensor:
     """(n, groups, P, dout) view of the gradient w.r.t. one call's module output."""
     if layer.kind == "linear":  # (n, ..., out)
         return g.reshape(g.shape[0], 1, -1, g.shape[-1])
@@ -233,7 +121,7 @@ def _signal_view(layer: _Layer, g: torch.Tensor) -> torch.Tensor:
     return g.reshape(g.shape[0], groups, g.shape[1] // groups, -1).transpose(2, 3)
 
 
-def _capture(model: nn.Module, plan: _Plan, x: torch.Tensor, check_independence: bool) -> _Capture:
+def _capture(model: nn.Module, plan: RoutePlan, x: torch.Tensor, check_independence: bool) -> _Capture:
     n, layers = x.shape[0], plan.layers
     index = {id(layer.module): li for li, layer in enumerate(layers)}
     tracked = {id(p): li for li, layer in enumerate(layers) for p in layer.params()}
@@ -284,10 +172,10 @@ def _capture(model: nn.Module, plan: _Plan, x: torch.Tensor, check_independence:
     f = f.reshape(n, -1)
     C = f.shape[1]
     if misused or failed:
-        raise _Reroute(misused | failed)
+        raise Reroute(misused | failed)
     if not plan.clone_inputs and any(a._version != v for calls in inputs for a, v in calls):
         plan.clone_inputs = True  # an input was modified in place after the layer read it: keep copies
-        raise _Reroute(set())
+        raise Reroute(set())
 
     if check_independence and n > 1:
         with torch.no_grad():
@@ -320,7 +208,7 @@ def _capture(model: nn.Module, plan: _Plan, x: torch.Tensor, check_independence:
         ds = [grads.pop(0) for _ in zs[li]]
         us = [_patches(layer, _work(t)) for t, _ in inputs[li]]
         if any(u.shape[2] != s.shape[2] for u, s in zip(us, ds)):  # conv geometry not reproduced: don't guess
-            raise _Reroute({li})
+            raise Reroute({li})
         # Several calls of one module (weight sharing) are just more positions: concatenate along P.
         a_out.append(None if not us else us[0] if len(us) == 1 else torch.cat(us, dim=2))
         d_out.append(None if not ds else ds[0] if len(ds) == 1 else torch.cat(ds, dim=2))
@@ -348,54 +236,6 @@ def _fallback_grads(model: nn.Module, params: list[nn.Parameter], x: torch.Tenso
 # --------------------------------------------------------------------------------------------------
 # Grams between the captures of two sample blocks I and J.
 
-def _pair_gram(vI: torch.Tensor, vJ: torch.Tensor, full: bool) -> torch.Tensor:
-    """Gram of per-sample vectors (n, C, F): trace sums over c; full keeps (i c, j c') sample-major."""
-    if full:
-        return (vI.reshape(-1, vI.shape[-1]) @ vJ.reshape(-1, vJ.shape[-1]).T).double()
-    return (vI.reshape(vI.shape[0], -1) @ vJ.reshape(vJ.shape[0], -1).T).double()
-
-
-def _gram_route(aI, dI, aJ, dJ, full: bool) -> torch.Tensor:
-    """sum_{p,q} (delta_ip . delta_jq)(a_ip . a_jq): never forms a per-sample weight gradient."""
-    nI, g, P, C, dout = dI.shape
-    nJ = dJ.shape[0]
-    uJ = aJ.transpose(0, 1).reshape(g, nJ * P, -1)  # rows (j, q)
-    if full:  # rows (j, q, c): one matmul gives every output pair (c, c')
-        eJ = dJ.transpose(0, 1).reshape(g, nJ * P * C, dout)
-    else:  # trace: sum_c delta^c . delta^c is one dot product over the (c, out) axis (a view for g = 1)
-        eJ = dJ.transpose(0, 1).reshape(g, nJ * P, C * dout)
-    per_row = 3 * g * P * nJ * P * (C * C if full else 1) * dI.element_size()
-    rows = max(1, CHUNK_BYTES // per_row)
-    out = []
-    for s in range(0, nI, rows):
-        r = min(rows, nI - s)
-        uI = aI[s:s + r].transpose(0, 1).reshape(g, r * P, -1)
-        M = torch.bmm(uI, uJ.transpose(1, 2))  # (g, rP, nJ P) patch overlaps
-        if full:
-            eI = dI[s:s + r].transpose(0, 1).reshape(g, r * P * C, dout)
-            D = torch.bmm(eI, eJ.transpose(1, 2)).view(g, r, P, C, nJ, P, C)
-            k = (D * M.view(g, r, P, 1, nJ, P, 1)).sum((0, 2, 5)).reshape(r * C, nJ * C)  # (i c, j c')
-        else:
-            eI = dI[s:s + r].transpose(0, 1).reshape(g, r * P, C * dout)
-            k = (torch.bmm(eI, eJ.transpose(1, 2)) * M).view(g, r, P, nJ, P).sum((0, 2, 4))
-        out.append(k.double())
-    return torch.cat(out)
-
-
-def _psg_route(aI, dI, aJ, dJ, full: bool, same: bool) -> torch.Tensor:
-    """Per-sample weight gradients G_i = sum_p delta_ip a_ip^T (chunked over output units), and their Gram."""
-    nI, g, _, C, dout = dI.shape
-    nJ, din = dJ.shape[0], aI.shape[-1]
-    per_unit = (nI + nJ) * C * g * din * dI.element_size()
-    step = max(1, CHUNK_BYTES // per_unit)
-    K = 0
-    for o in range(0, dout, step):
-        GI = torch.einsum("igpco,igpd->icgod", dI[..., o:o + step], aI).reshape(nI, C, -1)
-        GJ = GI if same else torch.einsum("igpco,igpd->icgod", dJ[..., o:o + step], aJ).reshape(nJ, C, -1)
-        K = K + _pair_gram(GI, GJ, full)
-    return K
-
-
 def _route_costs(n: int, C: int, g: int, P: int, din: int, dout: int, full: bool) -> tuple[float, float]:
     """Flop estimates (gram, per-sample gradients) of one layer's weight Gram on blocks of n samples."""
     k = C * C if full else C
@@ -404,7 +244,7 @@ def _route_costs(n: int, C: int, g: int, P: int, din: int, dout: int, full: bool
     return float(gram), float(psg)
 
 
-def _block_gram(plan: _Plan, capI: _Capture, capJ: _Capture, full: bool, same: bool, device):
+def _block_gram(plan: RoutePlan, capI: _Capture, capJ: _Capture, full: bool, same: bool, device):
     """(layer-route Gram, fallback Gram) of blocks I x J, float64. All layer Grams are summed here."""
     k = capI.C if full else 1
     K = torch.zeros(capI.n * k, capJ.n * k, dtype=torch.float64, device=device)
@@ -415,14 +255,14 @@ def _block_gram(plan: _Plan, capI: _Capture, capJ: _Capture, full: bool, same: b
         if layer.weight is not None:
             aI, aJ = capI.a[li], capJ.a[li]
             if layer.route == "gram":
-                Kw = _gram_route(aI, dI, aJ, dJ, full)
+                Kw = gram_route(aI, dI, aJ, dJ, full)
             else:
-                Kw = _psg_route(aI, dI, aJ, dJ, full, same)
+                Kw = psg_route(aI, dI, aJ, dJ, full, same)
             K += layer.mult ** 2 * Kw
         if layer.bias is not None:
-            K += _pair_gram(dI.sum(2).transpose(1, 2).reshape(capI.n, capI.C, -1),  # db_i = sum_p delta_ip
+            K += pair_gram(dI.sum(2).transpose(1, 2).reshape(capI.n, capI.C, -1),  # db_i = sum_p delta_ip
                             dJ.sum(2).transpose(1, 2).reshape(capJ.n, capJ.C, -1), full)
-    Kfb = _pair_gram(capI.fb, capJ.fb, full) if capI.fb is not None else None
+    Kfb = pair_gram(capI.fb, capJ.fb, full) if capI.fb is not None else None
     return K, Kfb
 
 
@@ -443,21 +283,21 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     if outputs not in ("trace", "full"):
         raise ValueError(f"outputs must be 'trace' or 'full', not {outputs!r}")
     full = outputs == "full"
-    _check_no_batch_coupling(model)
+    check_no_batch_coupling(model)
     x = x.detach()
     n = x.shape[0]
     b = block_size or min(n, DEFAULT_BLOCK)
     blocks = [(s, min(s + b, n)) for s in range(0, n, b)]
-    plan = _Plan(model)
+    plan = RoutePlan(model)
     with torch.enable_grad():
         while True:
             try:
                 return _assemble(model, plan, x, blocks, full, reduce_fn)
-            except _Reroute as e:
+            except Reroute as e:
                 plan.demote(e.layer_ids)
 
 
-def _assemble(model, plan: _Plan, x, blocks, full: bool, reduce_fn) -> torch.Tensor:
+def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn) -> torch.Tensor:
     n = x.shape[0]
     K = Kfb = None
     for bi, (s0, e0) in enumerate(blocks):
@@ -481,7 +321,7 @@ def _assemble(model, plan: _Plan, x, blocks, full: bool, reduce_fn) -> torch.Ten
     return K if Kfb is None else K + Kfb
 
 
-def _choose_routes(plan: _Plan, cap: _Capture, full: bool) -> None:
+def _choose_routes(plan: RoutePlan, cap: _Capture, full: bool) -> None:
     for li, layer in enumerate(plan.layers):
         if layer.route is not None or cap.a[li] is None:
             continue
