@@ -8,6 +8,7 @@ import sys
 import warnings
 
 from overparam_dist.config import ConfigError, load_config, run_dir
+from overparam_dist.metrics import names
 
 EXIT_BAD_INPUT = 2
 
@@ -42,8 +43,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"preempted at step {summary['steps']} (checkpoint saved); rerun the same command to resume")
         print(f"outputs: {out}/")
         return 0
-    loss = summary.get("train/loss")
-    acc = summary.get("train/acc")
+    loss = summary.get(names.TRAIN_LOSS)
+    acc = summary.get(names.TRAIN_ACC)
     print(f"{summary['status']}: {summary['steps']} steps, train/loss {loss:.4g}"
           + (f", train/acc {acc:.3f}" if acc is not None else "") if loss is not None
           else f"{summary['status']} after {summary['steps']} steps")

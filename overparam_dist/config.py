@@ -128,13 +128,14 @@ def _first_line(exc: Exception) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _describe_omegaconf_error(exc: OmegaConfBaseException) -> str:
+def describe_omegaconf_error(exc: OmegaConfBaseException, what: str = "config key") -> str:
+    """One line naming the key of an OmegaConf error (also used for the sweep file's schema)."""
     key = getattr(exc, "full_key", None)
     msg = getattr(exc, "msg", None) or _first_line(exc)
     msg = msg.strip().splitlines()[0]
     if key:
-        return f"config key '{key}': {msg}"
-    return f"config: {msg}"
+        return f"{what} '{key}': {msg}"
+    return f"{what.split()[0]}: {msg}"
 
 
 def nest(settings: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             layers.append(OmegaConf.create(nest(settings)))
         except OmegaConfBaseException as exc:
-            raise ConfigError(_describe_omegaconf_error(exc)) from None
+            raise ConfigError(describe_omegaconf_error(exc)) from None
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -183,14 +184,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:  # one at a time, so a value YAML cannot parse is named
             layers.append(OmegaConf.from_dotlist([item]))
         except OmegaConfBaseException as exc:
-            raise ConfigError(_describe_omegaconf_error(exc)) from None
+            raise ConfigError(describe_omegaconf_error(exc)) from None
         except Exception as exc:
             raise ConfigError(f"config key '{key}': cannot parse the value ({_first_line(exc)})") from None
     try:
         merged = OmegaConf.merge(*layers)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_describe_omegaconf_error(exc)) from None
+        raise ConfigError(describe_omegaconf_error(exc)) from None
     validate(cfg)
     return cfg
 

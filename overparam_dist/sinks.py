@@ -230,7 +230,7 @@ class _OshTrigger:
 class WandbSink:
     """One W&B run per trial (rank 0 only): group = the sweep, job_type = "trial", config = the resolved config,
     id stable across restarts (`wandb_id` in the run directory) with resume="allow". Each logged row is one
-    committed W&B step with the DESIGN.md keys; summary.json goes into the run summary at the end.
+    committed W&B step with the metric keys of metrics/names.py; summary.json goes into the run summary at the end.
 
     Best effort: the first W&B error logs one WandbWarning and the sink turns itself off; JSONL (written
     before W&B, always) stays the record.

@@ -283,7 +283,7 @@ class Trainer:
             "seed": self.cfg.seed,
             "steps": step,
             "requested_steps": self.cfg.train.steps,
-            **{k: v for k, v in final_metrics.items() if not k.startswith("time/")},
+            **{k: v for k, v in final_metrics.items() if not k.startswith(names.TIME_PREFIX)},
             names.NTK_INIT_GAP: self.theory.init_gap,
             names.CONV_RATE: self.conv.rate(),
             names.CONV_STEPS_TO_FIT: self.conv.steps_to_fit,

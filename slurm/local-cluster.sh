@@ -19,7 +19,7 @@
 # find it; `stop` removes that copy again. An /etc/slurm/slurm.conf that is not ours is never touched: then use
 #   export SLURM_CONF=$OVERPARAM_SLURM_DIR/slurm.conf
 #
-# Facts it follows (measured, see DESIGN.md): munged runs as the munge user; slurmctld and slurmd are started with
+# Facts it follows (measured on this machine kind; docs/ARCHITECTURE.md, "Slurm"): munged runs as the munge user; slurmctld and slurmd are started with
 # setsid (no systemd); proctrack/linuxproc + task/none (no cgroups needed); cons_tres with CR_CPU_Memory and a
 # DefMemPerCPU, so several jobs share the node; RealMemory = 90% of what `slurmd -C` reports; no slurmdbd, so no
 # sacct: finished jobs stay visible to `scontrol show job` for MinJobAge seconds.

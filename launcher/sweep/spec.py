@@ -30,26 +30,52 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from overparam_dist.config import Config, ConfigError, load_config
+from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
-SWEEP_KEYS = ("name", "base", "overrides", "grid", "resources", "max_failures", "search")
-RESOURCE_KEYS = ("cpus", "gpus")
 SEARCH_KINDS = ("grid", "critical_width")
-CRITICAL_WIDTH_KEYS = ("kind", "widths", "k")
 DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
+
+
+# The sweep file's schema: OmegaConf checks the types (one line naming the key), the code below the meaning.
+@dataclass
+class ResourcesConfig:
+    cpus: float = 1.0  # per process of a trial (a trial has parallel.dp x parallel.tp processes)
+    gpus: float = 0.0
+
+
+@dataclass
+class SearchConfig:
+    kind: str = "grid"  # grid | critical_width
+    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))  # critical_width candidates
+    k: int = 0  # critical_width: probes in flight per cell + 1 (0: as many as there are free slots)
+
+
+@dataclass
+class SweepConfig:
+    name: Optional[str] = None  # default: the file's stem
+    base: Optional[str] = None  # an experiment preset, relative to configs/
+    overrides: dict[str, Any] = field(default_factory=dict)  # config key -> value, for every trial
+    grid: dict[str, Any] = field(default_factory=dict)  # config key -> list of values
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
+    search: SearchConfig = field(default_factory=SearchConfig)
+
+
+SWEEP_KEYS = tuple(f.name for f in fields(SweepConfig))
+CRITICAL_WIDTH_KEYS = tuple(f.name for f in fields(SearchConfig))
 SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group", "run.preempt_file")  # a sweep sets these per trial
-DEFAULT_MAX_FAILURES = 2
 
 # Preemption: SIGUSR1 to the driver creates runs/<sweep>/.preempt (every trial's run.preempt_file): running trials
 # checkpoint at once and end with status "preempted" (not finished: --resume reruns them from their checkpoints),
@@ -116,24 +142,13 @@ class Sweep:
         }
 
 
-_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _numbers(v: Any) -> Any:
-    """PyYAML reads 1e-3 as a string (YAML 1.1); read it as the number everyone means."""
-    if isinstance(v, str) and _FLOAT.fullmatch(v.strip()):
-        return float(v)
-    if isinstance(v, list):
-        return [_numbers(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _numbers(x) for k, x in v.items()}
-    return v
-
-
 def _parse_value(text: str) -> Any:
+    """A command-line value, read the way the trial config reads one (OmegaConf's YAML: 1e-3 is a float)."""
+    if not text.strip():
+        return ""
     try:
-        return _numbers(yaml.safe_load(text)) if text.strip() else ""
-    except yaml.YAMLError:
+        return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
+    except Exception:
         return text
 
 
@@ -228,14 +243,14 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
         if not path.is_file():
             raise ConfigError(f"sweep file '{path}' does not exist")
         try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
+            loaded = OmegaConf.to_container(OmegaConf.load(path))
+        except Exception as exc:
+            raise ConfigError(f"{where} is not valid YAML: {str(exc).strip().splitlines()[0]}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{where}: must be a mapping with keys {', '.join(SWEEP_KEYS)}")
-        raw = _numbers(loaded)
+        raw = loaded
     for key in raw:
         if key not in SWEEP_KEYS:
             raise _unknown(where, str(key), SWEEP_KEYS)
@@ -270,25 +285,19 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
             raise ConfigError(f"{where}: config key '{key}' is a grid axis; change the axis (grid.{key}=[...]) "
                               "instead of overriding it")
 
-    resources = raw.get("resources") or {}
-    if not isinstance(resources, dict):
-        raise ConfigError(f"{where}: 'resources' must be a mapping with keys {', '.join(RESOURCE_KEYS)}")
-    for key in resources:
-        if key not in RESOURCE_KEYS:
-            raise _unknown(f"{where}, resources", str(key), RESOURCE_KEYS)
-    res = {"cpus": resources.get("cpus", 1), "gpus": resources.get("gpus", 0)}
-    for key, lo in (("cpus", 0.0), ("gpus", 0.0)):
-        v = res[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo \
-                or (key == "cpus" and v <= 0):
+    search = _normalise_search(raw.get("search"), where)
+    typed = _typed(where, {"resources": raw.get("resources") or {}, "search": search,
+                           "max_failures": raw.get("max_failures", SweepConfig.max_failures)})
+    res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
+    for key, v in res.items():
+        if not math.isfinite(v) or v < 0 or (key == "cpus" and v <= 0):
             raise ConfigError(f"{where}: 'resources.{key}' = {v!r} must be a "
                               + ("positive number" if key == "cpus" else "number >= 0"))
-
-    max_failures = raw.get("max_failures", DEFAULT_MAX_FAILURES)
-    if isinstance(max_failures, bool) or not isinstance(max_failures, int) or max_failures < 0:
+    max_failures = typed.max_failures
+    if max_failures < 0:
         raise ConfigError(f"{where}: 'max_failures' = {max_failures!r} must be an integer >= 0")
 
-    search = _parse_search(raw.get("search"), where)
+    search = _check_search(typed.search, where)
     if search["kind"] == "critical_width" and "model.width" in grid:
         raise ConfigError(f"{where}: a critical_width search chooses model.width itself: remove it from 'grid' "
                           "(the candidates are search.widths)")
@@ -302,33 +311,41 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     return sweep
 
 
-def _parse_search(search: Any, where: str) -> dict[str, Any]:
+def _typed(where: str, sections: dict[str, Any]) -> SweepConfig:
+    """The sections merged into the schema: a wrong type or an unknown key is one line naming the key."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), sections))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {describe_omegaconf_error(exc, 'sweep key')}") from None
+
+
+def _normalise_search(search: Any, where: str) -> dict[str, Any]:
+    """`search: critical_width` and a mapping without `kind` (which means the critical-width search) -> a mapping."""
     if search is None or search == "grid":
         return {"kind": "grid"}
     if isinstance(search, str):
         search = {"kind": search}
     if not isinstance(search, dict):
         raise ConfigError(f"{where}: 'search' must be one of {', '.join(SEARCH_KINDS)} or a mapping with 'kind'")
-    kind = search.get("kind", "critical_width")
-    if kind not in SEARCH_KINDS:
-        raise ConfigError(f"{where}: 'search.kind' = {kind!r}: allowed values are {', '.join(SEARCH_KINDS)}")
-    if kind == "grid":
-        if set(search) - {"kind"}:
-            raise _unknown(f"{where}, search", sorted(set(search) - {"kind"})[0], ("kind",))
+    search = {"kind": "critical_width", **search}
+    if search["kind"] not in SEARCH_KINDS:
+        raise ConfigError(f"{where}: 'search.kind' = {search['kind']!r}: allowed values are {', '.join(SEARCH_KINDS)}")
+    if search["kind"] == "grid" and set(search) - {"kind"}:
+        raise _unknown(f"{where}, search", sorted(set(search) - {"kind"})[0], ("kind",))
+    return search
+
+
+def _check_search(search: SearchConfig, where: str) -> dict[str, Any]:
+    if search.kind == "grid":
         return {"kind": "grid"}
-    for key in search:
-        if key not in CRITICAL_WIDTH_KEYS:
-            raise _unknown(f"{where}, search", str(key), CRITICAL_WIDTH_KEYS)
-    widths = search.get("widths", DEFAULT_WIDTHS)
-    if not isinstance(widths, list) or len(widths) < 1 or any(
-            isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths):
+    widths = list(search.widths)
+    if len(widths) < 1 or any(w < 1 for w in widths):
         raise ConfigError(f"{where}: 'search.widths' must be a list of positive integers")
     if sorted(set(widths)) != widths:
         raise ConfigError(f"{where}: 'search.widths' must be strictly increasing")
-    k = search.get("k", 0)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0 or k == 1:
-        raise ConfigError(f"{where}: 'search.k' = {k!r} must be 0 (use the free slots) or an integer >= 2")
-    return {"kind": "critical_width", "widths": widths, "k": k}
+    if search.k < 0 or search.k == 1:
+        raise ConfigError(f"{where}: 'search.k' = {search.k!r} must be 0 (use the free slots) or an integer >= 2")
+    return {"kind": "critical_width", "widths": widths, "k": search.k}
 
 
 def _expand(sweep: Sweep, where: str) -> list[Trial]:

@@ -5,6 +5,7 @@ TRAIN_ACC = "train/acc"
 TRAIN_GRAD_NORM = "train/grad_norm"
 TRAIN_LR = "train/lr"  # effective step size of the hidden layers (paper: train.lr / width)
 
+TIME_PREFIX = "time/"  # timings: logged per row, left out of summary.json (they describe a moment)
 TIME_STEP = "time/step_s"
 TIME_SAMPLES = "time/samples_per_s"
 TIME_METRICS = "time/metrics_s"

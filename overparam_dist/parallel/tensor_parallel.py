@@ -16,8 +16,8 @@ read-out B is rowwise after a colwise layer and replicated after a rowwise one. 
 residual stream sharded (input colwise, hidden colwise_gather, output rowwise).
 
 Why not DTensor + parallelize_module: DTensor has no channel-sharded convolution, and DDP cannot wrap
-DTensor parameters (see DESIGN.md). Local shards keep one code path for linear and conv layers, plain
-DDP over the dp group, and shard-local metrics (each rank computes partial norms / Grams, one
+DTensor parameters (docs/ARCHITECTURE.md, "Parallelism"). Local shards keep one code path for linear and conv
+layers, plain DDP over the dp group, and shard-local metrics (each rank computes partial norms / Grams, one
 all-reduce completes them). Checkpoints wrap the shards as DTensors (see `state_dict`), so DCP
 reshards between tp sizes.
 """
