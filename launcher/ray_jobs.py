@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from overparam_dist.config import ConfigError
+from overparam_dist.rundir import atomic_write
 
 from .sweep.spec import REPO, load_sweep
 
@@ -43,9 +44,7 @@ def _remember(job_id: str, address: str, sweep: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         known = json.loads(path.read_text()) if path.is_file() else {}
         known[job_id] = {"address": address, "sweep": sweep, "submitted": time.time()}
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(known, indent=1))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(known, indent=1))
     except (OSError, json.JSONDecodeError):
         pass  # only a convenience for `overparam jobs` without --address
 

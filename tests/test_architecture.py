@@ -59,6 +59,17 @@ def test_library_never_imports_ray_or_the_launcher():
     assert bad == {}
 
 
+def test_inner_layering():
+    """parallel/ never imports metrics/ (both use parallel/shard_view.py); model files import only models/layers."""
+    modules = _modules()
+    deps = {name: _imports(name, path, modules) for name, path in modules.items()}
+    assert {n: sorted(d) for n, d in deps.items() if n.startswith("overparam_dist.parallel")
+            and any(m.startswith("overparam_dist.metrics") for m in d)} == {}
+    for arch in ("fc", "cnn", "resnet"):
+        internal = {m for m in deps[f"overparam_dist.models.{arch}"] if m.startswith("overparam_dist")}
+        assert internal <= {"overparam_dist.models.layers", "overparam_dist.models"}, (arch, internal)
+
+
 def test_library_import_loads_no_ray_at_runtime():
     """Import every library module (and run a tiny trial): neither ray nor launcher ends up in sys.modules."""
     code = (

@@ -37,6 +37,25 @@ def test_defaults_reach_full_train_accuracy(tmp_path):
     assert str(run) in res.stdout or run.name in res.stdout
 
 
+def test_on_log_gets_every_logged_row_as_written(tmp_path):
+    got = []
+    cfg = load_config(None, [f"run.dir={tmp_path / 'r'}", "train.steps=6", "metrics.every=2", "model.width=32",
+                             "data.n=16", "wandb.mode=disabled", "run.quiet=true"])
+    summary = run_trial(cfg, on_log=got.append)
+    rows = read_rows(tmp_path / "r")
+    assert [r["step"] for r in got] == [r["step"] for r in rows] == [0, 2, 4, 6]
+    assert got == rows  # the same keys and values as metrics.jsonl
+    assert summary["train/loss"] == rows[-1]["train/loss"]
+
+    def broken(row):
+        raise RuntimeError("sink down")
+
+    with pytest.warns(UserWarning, match="on_log callback failed"):  # one warning, and training goes on
+        summary = run_trial(load_config(None, [f"run.dir={tmp_path / 'b'}", "train.steps=4", "model.width=32",
+                                               "data.n=16", "wandb.mode=disabled", "run.quiet=true"]), on_log=broken)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+
+
 @pytest.mark.slow
 def test_paper_default_lr_is_stable_at_every_width(tmp_path):
     for width, steps in [(64, 30), (256, 30), (1024, 20), (4096, 5), (8192, 3)]:
