@@ -26,7 +26,8 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from overparam_dist.data import check_available
-    from overparam_dist.rundir import check_run_dir
+    from overparam_dist.parallel.distributed import check_backend
+    from overparam_dist.rundir import check_run_dir, check_unlocked, finished_summary
 
     from .local import launch_trial
 
@@ -34,7 +35,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.quiet:
         cfg.run.quiet = True
     check_available(cfg)
+    check_backend(cfg)
     check_run_dir(cfg)
+    check_unlocked(run_dir(cfg))  # before any process starts: one line, not a worker's traceback
+    done = finished_summary(run_dir(cfg), cfg)
+    if done is not None:
+        print(f"already finished in {run_dir(cfg)}/: {done['status']} at step {done['steps']} of "
+              f"{done['requested_steps']} (dp={done.get('dp')}, tp={done.get('tp')}); nothing was trained. Change "
+              "train.steps, train.stop_at_fit or train.target_loss to continue it, or run.name for a new trial")
+        return 0
     summary = launch_trial(cfg)
     if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0":
         return 0  # under torchrun / srun every rank runs this: rank 0 reports

@@ -33,6 +33,9 @@ WORKING_DIR_EXCLUDES = [".venv", ".git", "runs", "data", "wandb", "**/__pycache_
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
+FORWARDED_ENV = ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY")  # settings only; see cmd_submit
+
+
 def _state_file() -> Path:
     root = os.environ.get("OVERPARAM_STATE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "overparam")
     return Path(root) / "ray_jobs.json"
@@ -143,7 +146,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     c = client(args.address)
     address = _normalise(args.address or os.environ["RAY_ADDRESS"])
     runtime_env = {"working_dir": str(REPO), "excludes": WORKING_DIR_EXCLUDES}
-    env_vars = {k: os.environ[k] for k in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT") if k in os.environ}
+    # Never a secret: runtime_env is returned in plain text by the dashboard's job API and written to Ray's logs.
+    # Cluster nodes get W&B credentials from ~/.netrc on the shared file system (`wandb login`) or their own
+    # environment (README, "Ray Jobs and the dashboard").
+    env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     if env_vars:
         runtime_env["env_vars"] = env_vars
     try:

@@ -1,8 +1,10 @@
 """Distributed checkpoints (torch.distributed.checkpoint), written atomically.
 
-Layout: <run.dir>/checkpoints/step_<N>/ holds the DCP shards plus `trainer_state.json`, which is
-written last. A save goes to a hidden temporary directory that is renamed into place only when
-complete, so an interrupted save never replaces (or masquerades as) the last good checkpoint.
+Layout: <run.dir>/checkpoints/step_<N>/ holds the DCP shards, `trainer_state.json`, and `manifest.json`
+(the SHA-256 and size of every other file), written last. A save goes to a hidden temporary directory that
+is renamed into place only when complete, so an interrupted save never replaces (or masquerades as) the last
+good checkpoint. Before anything of a checkpoint is loaded or unpickled its manifest is verified; a bad or
+incomplete one is one warning line naming it, and the previous one is used. The last `checkpoint.keep` stay.
 DCP stores tensors by their global names and shapes (tensor-parallel shards are wrapped as DTensors,
 see parallel/tensor_parallel.py), so a run saved at one (dp, tp) loads at another.
 
@@ -11,9 +13,11 @@ Only the model is saved: the optimizer is plain SGD without momentum, which has 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,7 +29,7 @@ from .parallel.distributed import World
 from .rundir import atomic_write
 
 STATE_FILE = "trainer_state.json"
-KEEP = 2  # completed checkpoints kept on disk
+MANIFEST_FILE = "manifest.json"
 
 
 @contextmanager
@@ -40,7 +44,7 @@ def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
     out = []
     if ckpt_root.is_dir():
         for p in ckpt_root.iterdir():
-            if p.name.startswith("step_") and (p / STATE_FILE).is_file():
+            if p.name.startswith("step_") and p.is_dir():
                 try:
                     out.append((int(p.name[5:]), p))
                 except ValueError:
@@ -48,13 +52,61 @@ def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def latest(ckpt_root: Path) -> Path | None:
-    dirs = _step_dirs(ckpt_root)
-    return dirs[-1][1] if dirs else None
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _files(d: Path) -> list[Path]:
+    return sorted(p for p in d.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def _write_manifest(d: Path) -> None:
+    files = {str(p.relative_to(d)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(d)}
+    atomic_write(d / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+
+
+def verify(d: Path) -> str | None:
+    """Why checkpoint directory `d` cannot be trusted, or None when every file matches its manifest."""
+    try:
+        files = json.loads((d / MANIFEST_FILE).read_text())["files"]
+    except FileNotFoundError:
+        return "no manifest"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable manifest"
+    if STATE_FILE not in files:
+        return f"the manifest lists no {STATE_FILE}"
+    for rel, want in files.items():
+        p = d / rel
+        if not p.is_file():
+            return f"{rel} is missing"
+        if p.stat().st_size != want.get("bytes"):
+            return f"{rel} has {p.stat().st_size} bytes, the manifest says {want.get('bytes')}"
+        if _sha256(p) != want.get("sha256"):
+            return f"{rel} does not match its SHA-256"
+    return None
+
+
+def latest(ckpt_root: Path, world: World) -> Path | None:
+    """The newest checkpoint whose files all match their manifest (checked on rank 0, agreed by every rank)."""
+    step = -1
+    if world.is_main:
+        for s, d in reversed(_step_dirs(ckpt_root)):
+            reason = verify(d)
+            if reason is None:
+                step = s
+                break
+            print(f"overparam: warning: checkpoint {d} is unusable ({reason}); trying the one before it",
+                  file=sys.stderr, flush=True)
+    step = world.from_main(step)
+    return None if step < 0 else ckpt_root / f"step_{step:08d}"
 
 
 def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], trainer_state: dict,
-         world: World) -> Path:
+         world: World, keep: int) -> Path:
     final = ckpt_root / f"step_{step:08d}"
     tmp = ckpt_root / f".tmp_step_{step:08d}"
     if world.is_main:
@@ -67,17 +119,19 @@ def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], train
     world.barrier()
     if world.is_main:
         atomic_write(tmp / STATE_FILE, json.dumps(trainer_state))
+        _write_manifest(tmp)  # last: a directory without a valid manifest is never trusted
         if final.exists():  # same step saved before (a resumed run): replace it whole
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for _, old in _step_dirs(ckpt_root)[:-KEEP]:
+        for _, old in _step_dirs(ckpt_root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     world.barrier()
     return final
 
 
 def load(path: Path, model_state: dict[str, torch.Tensor]) -> dict:
-    """Load the model state in place (into the tensors of `model_state`); return the trainer state."""
+    """Load the model state in place (into the tensors of `model_state`); return the trainer state.
+    `path` comes from `latest`, which verified it."""
     with _quiet_single_process():
         dcp.load({"model": model_state}, checkpoint_id=str(path))
     with open(path / STATE_FILE) as f:

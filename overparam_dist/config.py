@@ -77,6 +77,7 @@ class ParallelConfig:
 class CheckpointConfig:
     every: int = 100  # steps between checkpoints (0 = only at the end)
     resume: bool = True  # resume from the latest checkpoint in run.dir
+    keep: int = 2  # checkpoints kept on disk (a bad newest one falls back to the one before)
 
 
 @dataclass
@@ -109,6 +110,7 @@ class Config:
 
 
 # Base learning rates that train the defaults stably (measured on widths 64..8192, see README).
+MAX_NAME_BYTES = 200  # run.name: a directory name, with room for the suffixes we add (.slurm, .lock)
 DEFAULT_LR = {"paper": 8.0, "ntk": 4.0, "standard": 0.5, "mup": 0.5}
 
 CHOICES = {
@@ -166,7 +168,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             loaded = OmegaConf.load(path)
         except Exception as exc:  # yaml errors
             raise ConfigError(f"config file '{path}' is not valid YAML: {_first_line(exc)}") from None
-        if isinstance(loaded, DictConfig) and "derived" in loaded:
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"config file '{path}' must be a mapping of sections (model:, data:, train:, ...), "
+                              f"not a {'list' if loaded is not None else 'empty document'}")
+        if "derived" in loaded:
             # A run's config.yaml carries derived facts (effective lrs, data info): not inputs.
             loaded.pop("derived")
         layers.append(loaded)
@@ -278,6 +283,8 @@ def validate(cfg: Config) -> None:
         bad("metrics.window", "must be >= 2")
     if cfg.checkpoint.every < 0:
         bad("checkpoint.every", "must be >= 0 (0 = only at the end)")
+    if cfg.checkpoint.keep < 1:
+        bad("checkpoint.keep", "must be >= 1")
     p = cfg.parallel
     if p.dp < 1:
         bad("parallel.dp", "must be >= 1")
@@ -292,8 +299,13 @@ def validate(cfg: Config) -> None:
         )
     if m.width % p.tp != 0:
         bad("parallel.tp", f"must divide model.width ({m.width})")
-    if any(c in cfg.run.name for c in "/\\\n\r\0"):
-        bad("run.name", "must not contain '/', '\\' or control characters")
+    if any(c in cfg.run.name for c in "/\\") or any(ord(c) < 32 for c in cfg.run.name) or cfg.run.name in (".", ".."):
+        bad("run.name", "must be a plain name: not '.' or '..', no '/', '\\' or control characters")
+    if len(cfg.run.name.encode()) > MAX_NAME_BYTES:
+        raise ConfigError(f"config key 'run.name' is {len(cfg.run.name.encode())} bytes long: at most "
+                          f"{MAX_NAME_BYTES} (file names on most file systems stop at 255)")
+    if any(ord(c) < 32 for c in cfg.run.dir):
+        bad("run.dir", "must not contain control characters")
 
 
 def base_lr(cfg: Config) -> float:
@@ -312,6 +324,7 @@ def default_run_name(cfg: Config) -> str:
 
 
 def run_dir(cfg: Config) -> Path:
-    if cfg.run.dir:
-        return Path(cfg.run.dir)
-    return Path("runs") / (cfg.run.name or default_run_name(cfg))
+    """The trial's directory, resolved (symlinks followed, '..' removed) before anything checks or writes it: a
+    path written as nothere/../userdir is userdir, and is checked as userdir."""
+    path = Path(cfg.run.dir).expanduser() if cfg.run.dir else Path("runs") / (cfg.run.name or default_run_name(cfg))
+    return path.resolve()

@@ -15,9 +15,14 @@ a rerun of that exact trial then returns the summary instead of training again.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import socket
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -31,6 +36,7 @@ WANDB_DIR = "wandb"
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.yaml"
 REPORT_DIR = "report"
+LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the directory, under an exclusive flock
 
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further
 # Keys whose change makes an existing run directory a different experiment.
@@ -58,12 +64,33 @@ def _identity(cfg_dict: dict) -> dict:
     return {k: v for k, v in flat.items() if k not in IDENTITY_EXEMPT}
 
 
+def check_writable_dir(out: Path, what: str = "run directory") -> None:
+    """One line, before anything is written, for a path that cannot become a directory we write into."""
+    for part in out.parts:
+        if len(part.encode()) > 255:
+            raise ConfigError(f"{what} '{out}': the name '{part[:40]}...' is {len(part.encode())} bytes long, "
+                              "more than a file name may be (255)")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} '{out}': '{existing}' is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} '{out}': '{existing}' is not writable by this user")
+
+
+def empty_but_lock(directory: Path) -> bool:
+    """True for a directory holding nothing, or only our lock file (what a refused or failed start leaves)."""
+    return all(p.name == LOCK_FILE for p in directory.iterdir())
+
+
 def check_run_dir(cfg: Config) -> None:
     """Refuse to reuse a run directory that holds a different experiment (nothing is overwritten)."""
     out = run_dir(cfg)
+    check_writable_dir(out)
     cfg_file = out / CONFIG_FILE
     if not cfg_file.is_file():
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and not empty_but_lock(out):
             raise ConfigError(f"run directory '{out}' exists and is not a run of ours; choose another run.dir")
         return
     with open(cfg_file) as f:
@@ -78,8 +105,17 @@ def check_run_dir(cfg: Config) -> None:
             )
 
 
-def finished_summary(out: Path, requested_steps: int) -> dict | None:
-    """summary.json of the trial in `out` when it already finished with this step budget, else None."""
+def stop_rules(cfg: Config) -> dict:
+    """How a trial decides to stop: recorded in summary.json, compared on a rerun."""
+    return {"steps": cfg.train.steps, "stop_at_fit": cfg.train.stop_at_fit, "target_loss": cfg.train.target_loss}
+
+
+def finished_summary(out: Path, cfg: Config) -> dict | None:
+    """summary.json of the trial in `out` when it already finished under the same stopping rules, else None.
+
+    A rerun with other rules (more steps, stop_at_fit off, a lower target_loss, ...) is not finished: it resumes
+    from the final checkpoint and trains (or stops at once) under the new rules, and its summary says which.
+    """
     path = Path(out) / SUMMARY_FILE
     if not (path.is_file() and (Path(out) / CONFIG_FILE).is_file()):
         return None
@@ -87,7 +123,9 @@ def finished_summary(out: Path, requested_steps: int) -> dict | None:
         done = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if done.get("status") in FINISHED and done.get("requested_steps") == requested_steps:
+    rules = stop_rules(cfg)
+    recorded = done.get("stop_rules") or {"steps": done.get("requested_steps")}
+    if done.get("status") in FINISHED and all(recorded.get(k, v) == v for k, v in rules.items()):
         return done
     return None
 
@@ -98,3 +136,55 @@ def write_config(out: Path, cfg: Config, derived: dict) -> Path:
 
 def write_summary(out: Path, summary: dict) -> Path:
     return atomic_write(Path(out) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+class RunDirLocked(ConfigError):
+    """Another live process trains in (or drives) this directory."""
+
+
+@contextlib.contextmanager
+def exclusive(directory: Path, what: str = "run directory") -> Iterator[None]:
+    """Hold an exclusive OS lock (flock) on `directory` while the block runs; the second process gets one line
+    naming the holder's PID and host. The kernel drops the lock when the holder dies, however it dies, so a
+    killed or requeued trial takes it again at once. Directories this call creates are removed again if the
+    block leaves nothing in them (a refused start leaves nothing behind)."""
+    directory = Path(directory)
+    outermost = None
+    for parent in (directory, *directory.parents):
+        if parent.exists():
+            break
+        outermost = parent
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+            who = f"PID {holder[0]} on {holder[1]}" if len(holder) >= 2 else "another process"
+            raise RunDirLocked(f"{what} '{directory}' is in use by {who}; wait for it to finish, or stop it "
+                               "(a killed process releases it at once)") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            if outermost is not None and empty_but_lock(directory):
+                path.unlink(missing_ok=True)
+                for d in (directory, *directory.parents):
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
+                    if d == outermost:
+                        break
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_unlocked(directory: Path, what: str = "run directory") -> None:
+    """The same one line as `exclusive`, now, if a live process holds the directory (nothing is created)."""
+    if (directory / LOCK_FILE).is_file():
+        with exclusive(directory, what):
+            pass

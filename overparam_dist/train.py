@@ -11,6 +11,7 @@ gradient descent pays no extra forward pass for its metrics.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 
@@ -38,11 +39,20 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
         # Inputs first: a bad data set or a foreign run directory fails before anything is written.
         ds = build_dataset(cfg)
         rundir.check_run_dir(cfg)
-        done = rundir.finished_summary(run_dir(cfg), cfg.train.steps)
-        if done is not None:
-            return done  # this exact trial already finished: a rerun is a no-op
-        world.barrier()
-        return Trainer(cfg, world, ds, on_log).train()
+        with contextlib.ExitStack() as held:
+            refused = None
+            if world.is_main:  # one trainer per directory: a second process gets one line, on every rank
+                try:
+                    held.enter_context(rundir.exclusive(run_dir(cfg)))
+                except rundir.RunDirLocked as exc:
+                    refused = exc
+            if world.any_rank(refused is not None):
+                raise refused or rundir.RunDirLocked(f"run directory '{run_dir(cfg)}' is in use by another process")
+            done = rundir.finished_summary(run_dir(cfg), cfg)
+            if done is not None:
+                return done  # this exact trial already finished: a rerun is a no-op
+            world.barrier()
+            return Trainer(cfg, world, ds, on_log).train()
     finally:
         world.close()
 
@@ -114,7 +124,7 @@ class Trainer:
     def _resume(self) -> tuple[int, bool]:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
         self.ckpt_root = self.out / rundir.CHECKPOINTS_DIR
-        if self.cfg.checkpoint.resume and (last := checkpoint.latest(self.ckpt_root)) is not None:
+        if self.cfg.checkpoint.resume and (last := checkpoint.latest(self.ckpt_root, self.world)) is not None:
             state = checkpoint.load(last, self.par.state_dict(self.model))
             self.conv.load(state["conv"])
             self.theory.load(state.get("theory", {}))
@@ -218,7 +228,8 @@ class Trainer:
 
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "conv": self.conv.state(), "theory": self.theory.state()}
-        checkpoint.save(self.ckpt_root, step, self.par.state_dict(self.model), state, self.world)
+        checkpoint.save(self.ckpt_root, step, self.par.state_dict(self.model), state, self.world,
+                        self.cfg.checkpoint.keep)
         self.saved_at = step
 
     # -- the loop ------------------------------------------------------------------------------------------
@@ -283,6 +294,7 @@ class Trainer:
             "seed": self.cfg.seed,
             "steps": step,
             "requested_steps": self.cfg.train.steps,
+            "stop_rules": rundir.stop_rules(self.cfg),
             **{k: v for k, v in final_metrics.items() if not k.startswith(names.TIME_PREFIX)},
             names.NTK_INIT_GAP: self.theory.init_gap,
             names.CONV_RATE: self.conv.rate(),

@@ -74,7 +74,7 @@ def ray_head(tmp_path):
             assert head.poll() is None, (tmp_path / "ray-head.log").read_text()[-3000:]
             assert time.time() < deadline, "the Ray head did not come up"
             time.sleep(0.5)
-        yield url
+        yield url, temp
     finally:
         head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
         try:
@@ -101,7 +101,10 @@ def ray_head(tmp_path):
 
 @pytest.mark.slow
 def test_submit_quickstart_as_ray_job(ray_head, tmp_path):
-    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "OVERPARAM_STATE_DIR": str(tmp_path / "state")}
+    ray_head, temp = ray_head
+    secret = f"wandbkey{os.getpid()}x{time.time_ns()}"  # set where we submit: must reach no job info or log
+    env = {"RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": "", "OVERPARAM_STATE_DIR": str(tmp_path / "state"),
+           "WANDB_API_KEY": secret}
     runs = tmp_path / "runs"
     res = run_cli("submit", "ray", "--address", ray_head, "--config", "configs/sweep/quickstart.yaml",
                   "--runs-dir", str(runs), "name=jobq", "grid.model.width=[16,32]", "grid.model.depth=[1]",
@@ -123,6 +126,10 @@ def test_submit_quickstart_as_ray_job(ray_head, tmp_path):
 
     code, body = _get(f"{ray_head}/api/jobs/")
     assert code == 200 and job_id in [j.get("submission_id") for j in json.loads(body)]
+    assert secret.encode() not in body and secret not in logs.stdout
+    leaked = [str(p) for p in Path(temp).rglob("*") if p.is_file() and not p.is_symlink()
+              and secret.encode() in p.read_bytes()]
+    assert leaked == []
     assert logs.returncode == 0 and "results:" in logs.stdout and "done 2/2" in logs.stdout, logs.stdout[-2000:]
     rows = (runs / "jobq" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",completed," in r for r in rows[1:])

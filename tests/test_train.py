@@ -156,10 +156,12 @@ def test_torchrun_joins_the_process_group(tmp_path):
 def _final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from overparam_dist import checkpoint
     from overparam_dist.models import build_model
+    from overparam_dist.parallel import distributed
 
     cfg = load_config(run_dir / "config.yaml")
     model, _ = build_model(cfg, (cfg.data.dim,), cfg.data.classes)
-    state = checkpoint.load(checkpoint.latest(run_dir / "checkpoints"), dict(model.named_parameters()))
+    latest = checkpoint.latest(run_dir / "checkpoints", distributed.setup(cfg))
+    state = checkpoint.load(latest, dict(model.named_parameters()))
     assert state["step"] == cfg.train.steps
     return {k: v.clone() for k, v in model.state_dict().items()}
 

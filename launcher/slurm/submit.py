@@ -45,17 +45,9 @@ def submit(ns: argparse.Namespace) -> int:
 
 def submit_sweep(args: SlurmOptions) -> int:
     """`overparam submit slurm --config SWEEP.yaml`: a Ray cluster in one job, the sweep driver inside it."""
-    from overparam_dist.data import check_available
-
     sweep = _load_sweep(args)
     script, sdir = sweep_script(args, sweep)
-    checked: set[str] = set()
-    for t in sweep.trials:  # what the driver checks before Ray starts, checked here before anything is queued
-        key = repr(t.cfg.data)
-        if key not in checked:
-            check_available(t.cfg)
-            checked.add(key)
-        check_run_dir(t.cfg)
+    sweep.check_inputs()  # what the driver checks before Ray starts, checked here before anything is queued
     if args.dry_run:
         return _dry_run(script, sdir)
     job_id, script_file = _sbatch(script, sdir)

@@ -12,7 +12,15 @@ from typing import Any
 import yaml
 
 from overparam_dist.config import ConfigError
-from overparam_dist.rundir import RESULTS_FILE, SWEEP_FILE, atomic_write, check_run_dir
+from overparam_dist.rundir import (
+    RESULTS_FILE,
+    SWEEP_FILE,
+    atomic_write,
+    check_unlocked,
+    check_writable_dir,
+    empty_but_lock,
+    exclusive,
+)
 
 from .cluster import check_reachable, ray_connected, ray_session
 from .plans import make_plan
@@ -45,11 +53,12 @@ class Outcome:
 def prepare(sweep: Sweep, resume: bool) -> dict[str, dict]:
     """Check the sweep directory before Ray starts; return {trial: summary} of already finished trials."""
     sdir = sweep.dir
-    if sdir.exists() and any(sdir.iterdir()) and not resume:
+    check_writable_dir(sdir, "sweep directory")
+    check_unlocked(sdir, "sweep directory")  # a --resume while the first driver still runs
+    if sdir.exists() and not empty_but_lock(sdir) and not resume:
         raise ConfigError(f"sweep directory '{sdir}' exists: pass --resume to continue that sweep, "
                           "or give this one another name (name=...)")
-    for t in sweep.trials:
-        check_run_dir(t.cfg)  # a run directory holding another experiment: one line, nothing overwritten
+    sweep.check_inputs()
     return {t.name: s for t in sweep.trials if (s := t.finished_summary()) is not None}
 
 
@@ -61,7 +70,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, resume: bool = False,
     done = prepare(sweep, resume)
     if resume:
         (sweep.dir / PREEMPT_FILE).unlink(missing_ok=True)  # a preempted run's flag: this run goes on
-    with preemption_handler(sweep):
+    with exclusive(sweep.dir, "sweep directory"), preemption_handler(sweep):
         return _run_sweep(sweep, done, address, resume, progress_every, out, num_cpus)
 
 
@@ -85,11 +94,12 @@ def _run_sweep(sweep: Sweep, done: dict[str, dict], address: str | None, resume:
             print(f"[{sweep.name}] {len(done)} trial(s) already finished in {sweep.dir}/: not run again", file=out)
 
     if plan.total > 0 and not plan.resolved():
-        from .tune import run_tune  # Ray is imported only when there is something to run
+        from .tune import max_concurrent, run_tune  # Ray is imported only when there is something to run
 
         with ray_session(address, num_cpus=num_cpus) as info:
+            slots = max_concurrent(sweep, plan.candidates())  # a trial too big for the cluster: nothing written
             start_outputs()
-            run_tune(sweep, plan, book, info, progress_every, out)
+            run_tune(sweep, plan, book, info, slots, progress_every, out)
     else:
         start_outputs()
     book.maybe_print(progress_every, force=True)

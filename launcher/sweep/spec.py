@@ -110,7 +110,7 @@ class Trial:
 
     def finished_summary(self) -> dict | None:
         """The trial's summary.json when this exact trial already finished (what run_trial would return)."""
-        return finished_summary(self.run_dir, self.cfg.train.steps)
+        return finished_summary(self.run_dir, self.cfg)
 
 
 @dataclass
@@ -133,6 +133,19 @@ class Sweep:
     @property
     def kind(self) -> str:
         return self.search["kind"]
+
+    def check_inputs(self) -> None:
+        """What can be checked before Ray starts or a job is queued: every data set (once per data config) and
+        every trial directory (one holding another experiment is refused). One ConfigError line."""
+        from overparam_dist.data import check_available
+        from overparam_dist.rundir import check_run_dir
+
+        checked: set[str] = set()
+        for t in self.trials:
+            if (key := repr(t.cfg.data)) not in checked:
+                check_available(t.cfg)
+                checked.add(key)
+            check_run_dir(t.cfg)
 
     def to_yaml_dict(self) -> dict:
         return {
@@ -301,8 +314,8 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     if search["kind"] == "critical_width" and "model.width" in grid:
         raise ConfigError(f"{where}: a critical_width search chooses model.width itself: remove it from 'grid' "
                           "(the candidates are search.widths)")
-    if search["kind"] == "grid" and not grid and path is not None and "grid" not in raw:
-        raise ConfigError(f"{where}: needs a 'grid' (config key -> list of values) or a 'search'")
+    if search["kind"] == "grid" and not grid and (path is not None or "grid" in raw):
+        raise ConfigError(f"{where}: needs a non-empty 'grid' (config key -> list of values) or a 'search'")
 
     sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
                   grid=grid, resources=res, max_failures=max_failures, search=search,

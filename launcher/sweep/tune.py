@@ -265,12 +265,11 @@ def max_concurrent(sweep: Sweep, trials: list[Trial]) -> int:
     return max(1, slots)
 
 
-def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, progress_every: float, out) -> None:
-    """Run the plan's trials on Tune until the plan is finished (or preempted)."""
+def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, slots: int, progress_every: float, out) -> None:
+    """Run the plan's trials on Tune, `slots` at a time (max_concurrent), until the plan is finished or preempted."""
     from ray import tune
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
-    slots = max_concurrent(sweep, plan.candidates())
     where = f"Ray at {info.address}" + (" (private, stopped at the end)" if info.embedded else "")
     what = plan.describe()
     print(f"[{sweep.name}] {what}, up to {slots} at a time, on {where}", file=out)

@@ -50,6 +50,13 @@ def resolve_device(cfg: Config, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def check_backend(cfg: Config) -> None:
+    """nccl needs CUDA here: one line before any process starts (a login node may submit nccl jobs elsewhere)."""
+    if cfg.parallel.backend == "nccl" and not torch.cuda.is_available():
+        raise ConfigError("config key 'parallel.backend' = 'nccl': no CUDA device is available here; "
+                          "use gloo (or auto, which picks gloo on CPU)")
+
+
 @dataclass
 class World:
     """The processes of one trial as this rank sees them: its place in the mesh, its device, the collectives."""
@@ -109,6 +116,14 @@ class World:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
+    def from_main(self, value: int) -> int:
+        """Rank 0's integer, on every rank."""
+        if self.size == 1:
+            return value
+        t = torch.tensor([value if self.is_main else 0], dtype=torch.int64, device=self.device)
+        dist.all_reduce(t)
+        return int(t.item())
+
     def barrier(self) -> None:
         if self.size > 1:
             dist.barrier()
@@ -132,6 +147,7 @@ def setup(cfg: Config) -> World:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     local_world = int(os.environ["LOCAL_WORLD_SIZE"]) if "LOCAL_WORLD_SIZE" in os.environ else None
     dims.check_fits(world, local_world)
+    check_backend(cfg)
     device = resolve_device(cfg, local_rank)
 
     if world > 1 and not dist.is_initialized():

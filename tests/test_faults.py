@@ -1,0 +1,225 @@
+"""Issue 11: a careless or hostile user. Bad inputs give one line and exit 2 with nothing written; nothing the
+user had is overwritten; one directory has one trainer. Everything runs the real CLI in real processes."""
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, read_rows, read_summary, run_cli
+
+from overparam_dist.rundir import LOCK_FILE, exclusive
+
+QUICK = ["--quiet", "wandb.mode=disabled", "model.width=32", "data.n=16"]
+
+
+def _tree(root: Path) -> dict[str, str]:
+    """Every file under root with the SHA-256 of its bytes."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _one_line_exit_2(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert lines[0].startswith("overparam: error:")
+    return lines[0]
+
+
+def test_dotdot_run_dir_never_touches_user_files(tmp_path):
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "config.yaml").write_text("my: own\n")
+    (user / "metrics.jsonl").write_text('{"mine": 1}\n')
+    (user / "summary.json").write_text('{"status": "completed", "requested_steps": 20}\n')
+    before = _tree(tmp_path)
+    line = _one_line_exit_2(run_cli("train", *QUICK, "run.dir=nothere/../userdir", cwd=tmp_path))
+    assert str(user) in line  # checked as the directory it really is
+    assert _tree(tmp_path) == before and not (tmp_path / "nothere").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "."])
+def test_dot_names_are_refused(tmp_path, name):
+    line = _one_line_exit_2(run_cli("train", *QUICK, f"run.name={name}", cwd=tmp_path))
+    assert "run.name" in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def _bad_trial_input(tmp_path: Path, case: str) -> list[str]:
+    if case == "list_yaml":
+        (tmp_path / "list.yaml").write_text("- model\n- data\n")
+        return ["--config", "list.yaml"]
+    if case == "run_dir_is_a_file":
+        (tmp_path / "afile").write_text("keep me\n")
+        return ["run.dir=afile"]
+    if case == "long_name":
+        return ["run.name=" + "a" * 300]
+    if case == "long_dir_component":
+        return ["run.dir=" + "b" * 300 + "/x"]
+    if case == "nccl_without_cuda":
+        return ["parallel.backend=nccl", "parallel.dp=2"]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case, expect", [("list_yaml", "list.yaml"), ("run_dir_is_a_file", "is a file"),
+                                          ("long_name", "run.name"), ("long_dir_component", "255"),
+                                          ("nccl_without_cuda", "parallel.backend")])
+def test_bad_trial_input_is_one_line(tmp_path, case, expect):
+    args = _bad_trial_input(tmp_path, case)
+    before = _tree(tmp_path)
+    line = _one_line_exit_2(run_cli("train", *QUICK, *args, cwd=tmp_path))
+    assert expect in line
+    assert _tree(tmp_path) == before and not (tmp_path / "runs").exists()
+
+
+def _sweep_file(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("case, expect", [("empty_grid", "grid"), ("runs_dir_is_a_file", "is a file"),
+                                          ("missing_mnist", "mnist")])
+def test_bad_sweep_input_is_one_line_before_ray(tmp_path, case, expect):
+    spec = {"grid": {"model.width": [16, 32]}, "overrides": {"train.steps": 2}}
+    runs = tmp_path / "runs"
+    if case == "empty_grid":
+        spec["grid"] = {}
+    elif case == "runs_dir_is_a_file":
+        runs.write_text("a file\n")
+    elif case == "missing_mnist":
+        spec["overrides"].update({"data.name": "mnist", "data.root": str(tmp_path / "no-data")})
+    path = _sweep_file(tmp_path, spec)
+    before = _tree(tmp_path)
+    t0 = time.monotonic()
+    line = _one_line_exit_2(run_cli("sweep", "--config", str(path), "--runs-dir", str(runs),
+                                    env={"RAY_ADDRESS": ""}))
+    assert expect in line
+    assert _tree(tmp_path) == before
+    assert time.monotonic() - t0 < 30  # refused before any Ray starts (a private Ray takes longer on 2 cores)
+
+
+@pytest.mark.slow
+def test_sweep_too_big_for_the_cluster_leaves_no_directory(tmp_path, ray_address):
+    path = _sweep_file(tmp_path, {"grid": {"model.width": [16]}, "overrides": {"train.steps": 2},
+                                  "resources": {"cpus": 100}})
+    line = _one_line_exit_2(run_cli("sweep", "--config", str(path), "--runs-dir", str(tmp_path / "runs"),
+                                    "--address", ray_address))
+    assert "more than the cluster has" in line
+    assert not (tmp_path / "runs").exists()
+
+
+def _wait_for_lock(run: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not ((run / LOCK_FILE).is_file() and (run / LOCK_FILE).read_text().split()[:1] == [str(proc.pid)]):
+        assert proc.poll() is None and time.time() < deadline, "the first trainer never took the lock"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_one_trainer_per_run_dir_and_a_kill_releases_it(tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "launcher", "train", *QUICK, f"run.dir={run}", "train.steps=100000",
+            "train.stop_at_fit=false", "checkpoint.every=200", "metrics.every=200"]
+    first = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_lock(run, first)
+        line = _one_line_exit_2(run_cli("train", *QUICK, f"run.dir={run}", "train.steps=100000",
+                                        "train.stop_at_fit=false", "checkpoint.every=200", "metrics.every=200"))
+        assert f"PID {first.pid} on {socket.gethostname()}" in line
+        while not (run / "checkpoints").is_dir():  # let it write a checkpoint, then kill it
+            assert first.poll() is None
+            time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The kernel released the lock: a rerun takes it and resumes from the last checkpoint.
+    last = max(int(p.name[5:]) for p in (run / "checkpoints").glob("step_*"))
+    res = run_cli("train", *QUICK, f"run.dir={run}", f"train.steps={last + 200}", "train.stop_at_fit=false",
+                  "checkpoint.every=200", "metrics.every=200")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert read_summary(run)["steps"] == last + 200 and read_summary(run)["status"] == "completed"
+
+
+def test_a_second_sweep_driver_is_refused(tmp_path):
+    path = _sweep_file(tmp_path, {"name": "held", "grid": {"model.width": [16]}, "overrides": {"train.steps": 2}})
+    sdir = tmp_path / "runs" / "held"
+    with exclusive(sdir, "sweep directory"):  # this process holds it, as a running driver would
+        line = _one_line_exit_2(run_cli("sweep", "--config", str(path), "--runs-dir", str(tmp_path / "runs"),
+                                        "--resume", env={"RAY_ADDRESS": ""}))
+    assert f"PID {os.getpid()}" in line and "sweep directory" in line
+    assert not sdir.exists()  # created only for the lock, and removed with it
+
+
+def test_rerun_with_other_stop_rules_continues_or_says_so(tmp_path):
+    run = tmp_path / "run"
+    common = [*QUICK, f"run.dir={run}", "train.steps=60", "metrics.every=10", "data.target=regression",
+              "train.target_loss=0.05"]
+    assert run_cli("train", *common).returncode == 0
+    first = read_summary(run)
+    assert first["steps"] < 60 and first["stop_rules"]["target_loss"] == 0.05  # stopped at the target
+
+    same = run_cli("train", *common)  # the same rules: nothing to do, and it says so
+    assert same.returncode == 0 and "already finished" in same.stdout and "nothing was trained" in same.stdout
+    assert read_summary(run) == first
+
+    res = run_cli("train", *common, "train.target_loss=0")  # the new rules ask for more: it trains on
+    assert res.returncode == 0, res.stderr[-2000:]
+    after = read_summary(run)
+    assert after["steps"] == 60 and after["stop_rules"] == {"steps": 60, "stop_at_fit": True, "target_loss": 0.0}
+    steps = [r["step"] for r in read_rows(run)]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # each step once, continued from the checkpoint
+
+
+def _corrupt(step_dir: Path, how: str) -> None:
+    if how == "truncated_distcp":
+        f = next(step_dir.glob("*.distcp"))
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    elif how == "bad_metadata":
+        (step_dir / ".metadata").write_bytes(b"not a pickle")
+    elif how == "bad_trainer_state":
+        (step_dir / "trainer_state.json").write_text('{"step": 20, "conv": ')
+    elif how == "flipped_byte":
+        f = next(step_dir.glob("*.distcp"))
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x40  # inside the tensor data: loads without error, unless verified
+        f.write_bytes(bytes(data))
+    elif how == "no_manifest":
+        (step_dir / "manifest.json").unlink()
+    else:
+        raise AssertionError(how)
+
+
+CKPT = [*QUICK, "data.target=regression", "train.stop_at_fit=false", "checkpoint.every=10", "metrics.every=5",
+        "model.width=64", "checkpoint.keep=3"]
+
+
+@pytest.mark.slow
+def test_bad_checkpoints_fall_back_to_the_previous_one(tmp_path):
+    import shutil
+
+    ref = tmp_path / "ref"
+    assert run_cli("train", *CKPT, f"run.dir={ref}", "train.steps=30").returncode == 0
+    base = tmp_path / "base"  # checkpoints at 10 and 20; the rerun with train.steps=30 resumes from 20
+    assert run_cli("train", *CKPT, f"run.dir={base}", "train.steps=20").returncode == 0
+    assert sorted(p.name for p in (base / "checkpoints").iterdir()) == ["step_00000010", "step_00000020"]
+    want = read_summary(ref)
+    for how in ("truncated_distcp", "bad_metadata", "bad_trainer_state", "flipped_byte", "no_manifest"):
+        run = tmp_path / how
+        shutil.copytree(base, run)
+        _corrupt(run / "checkpoints" / "step_00000020", how)
+        res = run_cli("train", *CKPT, f"run.dir={run}", "train.steps=30")
+        assert res.returncode == 0, (how, res.stderr[-2000:])
+        warnings = [ln for ln in res.stderr.splitlines() if "warning" in ln]
+        assert len(warnings) == 1 and "step_00000020" in warnings[0], (how, res.stderr)
+        got = read_summary(run)
+        assert got["steps"] == 30 and got["train/loss"] == want["train/loss"], how  # as if never interrupted
+        assert [r["step"] for r in read_rows(run)] == [r["step"] for r in read_rows(ref)], how
+        assert [r["train/loss"] for r in read_rows(run)] == [r["train/loss"] for r in read_rows(ref)], how
