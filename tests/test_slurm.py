@@ -21,7 +21,7 @@ import yaml
 from conftest import ROOT, read_rows, run_cli
 
 from launcher import slurm
-from overparam_dist.config import ConfigError
+from overparam_dist.config import ConfigError, load_config
 
 pytestmark = pytest.mark.slow
 
@@ -260,6 +260,31 @@ def test_unknown_job_is_one_line_exit_2(tmp_path, slurm_cluster):
     assert "not a Slurm job id" in one_error_line(overparam("jobs", "status", "abc", "--backend", "slurm",
                                                             cwd=tmp_path))
     assert "unknown" in one_error_line(overparam("jobs", "logs", "999999", cwd=tmp_path))
+
+
+@pytest.mark.parametrize("flag", ["--partition", "--account", "--qos", "--constraint"])
+def test_hostile_sbatch_option_values_are_refused(tmp_path, flag):
+    hostile = "x\\' --output=/tmp/CLOBBER --comment=pwned #"
+    assert flag in one_error_line(submit("--dry-run", f"{flag}={hostile}", cwd=tmp_path))
+    assert "--sbatch-arg" in one_error_line(submit("--dry-run", f"--sbatch-arg=--comment={hostile}", cwd=tmp_path))
+
+
+def test_hostile_run_dir_reaches_sbatch_as_one_argument(tmp_path, jobs):
+    """A run.dir that breaks out of shell quoting on a #SBATCH line (sbatch honours a backslash inside single
+    quotes): submitted held to the real Slurm, the job has exactly the intended options and log path."""
+    tag = secrets.token_hex(4)
+    clobber = Path(f"/tmp/CLOBBER-{tag}")
+    hostile = f"runs/x\\'\" --output={clobber} --comment=pwned-{tag} #"
+    res = submit("--sbatch-arg=--hold", f"run.dir={hostile}", "train.steps=2", "model.width=16", cwd=tmp_path)
+    job_id = job_id_of(res)
+    jobs.append(job_id)
+    info = slurm.job_info(job_id)
+    assert info["JobState"] == "PENDING"  # held
+    assert info.get("Comment", "(null)") == "(null)"  # the smuggled --comment never became an option
+    want = (tmp_path / load_config(None, [f"run.dir={hostile}"]).run.dir).resolve()  # as the config reads it
+    assert info["StdOut"] == str(want.parent / (want.name + ".slurm") / f"{job_id}.out")
+    assert not clobber.exists()
+    assert overparam("jobs", "stop", job_id, cwd=tmp_path).returncode == 0
 
 
 def test_render_quotes_every_value_and_checks_placeholders():

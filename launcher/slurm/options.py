@@ -16,6 +16,15 @@ RAY_AUTH_MODES = ("token", "disabled")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
 _MEM = re.compile(r"^[0-9]+[KMGT]?$")
+# What a user-given value on a #SBATCH line may be: sbatch unquotes those lines by its own rules, so anything
+# beyond these characters is refused rather than quoted.
+STRICT = {  # option -> (pattern, what it allows, for the error line)
+    "partition": (re.compile(r"^[A-Za-z0-9_.-]+(,[A-Za-z0-9_.-]+)*$"), "letters, digits, _ . - (a list: ,)"),
+    "account": (re.compile(r"^[A-Za-z0-9_.-]+$"), "letters, digits, _ . -"),
+    "qos": (re.compile(r"^[A-Za-z0-9_.-]+$"), "letters, digits, _ . -"),
+    "constraint": (re.compile(r"^[A-Za-z0-9_.&|,:*!\[\]()-]+$"), "letters, digits, _ . - and & | , : * ! [ ] ( )"),
+}
+SBATCH_ARG = re.compile(r"^--[a-z][a-z0-9-]*(=[A-Za-z0-9_.,:@/+=*-]+)?$")
 
 
 def _opt(default, help: str, **extra):
@@ -80,14 +89,17 @@ class SlurmOptions:
                 raise ConfigError(f"--signal-seconds {signal_s} must be shorter than the time limit "
                                   f"--time {self.time}")
             options.append(f"--time={self.time}")
-        for flag in ("partition", "account", "qos", "constraint"):
+        for flag, (pattern, allowed) in STRICT.items():
             value = plain(f"--{flag}", getattr(self, flag))
             if value is not None:
+                if not pattern.match(value):
+                    raise ConfigError(f"--{flag} {value!r}: may hold only {allowed}")
                 options.append(f"--{flag}={value}")
         for extra in self.sbatch_arg:
             plain("--sbatch-arg", extra)
-            if not re.match(r"^--?[A-Za-z]", extra):
-                raise ConfigError(f"--sbatch-arg {extra!r}: must be an sbatch option, e.g. --exclusive or "
+            if not SBATCH_ARG.match(extra):
+                raise ConfigError(f"--sbatch-arg {extra!r}: must be one long sbatch option, --name or --name=VALUE "
+                                  "(VALUE: letters, digits and _ . , : @ / + = * -), e.g. --exclusive or "
                                   "--mail-type=END")
             options.append(extra)
         return options

@@ -111,6 +111,16 @@ def _check_path(what: str, path: Path) -> Path:
     return path
 
 
+def sbatch_argv(sdir: Path) -> list[str]:
+    """Options passed to sbatch as arguments, not as #SBATCH lines: those that carry a user-controlled path.
+
+    sbatch reads #SBATCH lines by its own rules (a backslash escapes even inside single quotes), so no shell
+    quoting protects a value there; an argument reaches sbatch whole. Every other #SBATCH value is an integer
+    or matches a strict pattern for its option (options.py).
+    """
+    return [f"--output={sdir / '%j.out'}"]
+
+
 def _template(path: Path) -> str:
     try:
         return path.read_text()
@@ -151,7 +161,6 @@ def trial_script(args: SlurmOptions, cfg: Config) -> tuple[str, Path]:
         "nodes": nodes,
         "tasks_per_node": per_node,
         "cpus_per_task": cpus,
-        "log": str(sdir / "%j.out"),
         "signal_seconds": signal_s,
         "workdir": str(workdir),
         "python": sys.executable,
@@ -214,7 +223,6 @@ def sweep_script(args: SlurmOptions, sweep) -> tuple[str, Path]:
         "nodes": nodes,
         "cpus_per_node": cpus,
         "gpus_per_node": gpus,
-        "log": str(sdir / "%j.out"),
         "signal_seconds": signal_s,
         "workdir": str(workdir),
         "ray": str(_ray_executable()),

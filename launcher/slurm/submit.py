@@ -4,6 +4,7 @@ sbatch (or print it with --dry-run), and say how to watch the job."""
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from overparam_dist.rundir import check_run_dir
 from ..sweep.spec import load_sweep
 from .client import JOB_ID, slurm_cmd
 from .options import SlurmOptions, add_submit_args
-from .scripts import sweep_script, trial_script
+from .scripts import sbatch_argv, sweep_script, trial_script
 
 
 def submit(ns: argparse.Namespace) -> int:
@@ -69,7 +70,8 @@ def submit_sweep(args: SlurmOptions) -> int:
 def _dry_run(script: str, sdir: Path) -> int:
     sys.stdout.write(script)
     sys.stdout.flush()
-    print(f"(dry run: a submission writes this to {sdir}/<job id>.sbatch and runs sbatch on it; "
+    print(f"(dry run: a submission writes this to {sdir}/<job id>.sbatch and runs "
+          f"`{shlex.join(['sbatch', '--parsable', *sbatch_argv(sdir)])}` on it; "
           "nothing was submitted)", file=sys.stderr)
     return 0
 
@@ -82,7 +84,7 @@ def _sbatch(script: str, sdir: Path) -> tuple[str, Path]:
     created = None if sdir.exists() else created
     sdir.mkdir(parents=True, exist_ok=True)  # Slurm opens the log there: it must exist before the job starts
     try:
-        out = slurm_cmd(["sbatch", "--parsable"], input=script, cwd=Path.cwd())
+        out = slurm_cmd(["sbatch", "--parsable", *sbatch_argv(sdir)], input=script, cwd=Path.cwd())
     except ConfigError:
         if created is not None:
             shutil.rmtree(created, ignore_errors=True)
