@@ -42,6 +42,7 @@ class DataConfig:
     label_noise: float = 0.0  # fraction of labels replaced by random ones, in [0, 1]
     root: str = "data"  # where mnist / cifar10 live
     download: bool = False  # allow torchvision to download mnist / cifar10 into data.root
+    verify: bool = True  # check mnist / cifar10 files against their published MD5s before reading them
 
 
 @dataclass

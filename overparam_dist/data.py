@@ -8,16 +8,14 @@ normalised per sample to unit norm, and subsampled to `data.n` with the seed.
 
 from __future__ import annotations
 
-import gzip
 import math
-import pickle
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .config import Config, ConfigError
+from .data_files import CIFAR10_MD5, MNIST_MD5, read_cifar_batch, read_idx, verify_file
 
 DATA_SEED_OFFSET = 1_000_003  # data and weights use different streams of the same seed
 
@@ -62,19 +60,8 @@ def _teacher_targets(x: torch.Tensor, classes: int, g: torch.Generator, width: i
     return y.float()
 
 
-def _read_idx(path: Path) -> torch.Tensor:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if dtype_code != 0x08:
-        raise ConfigError(f"data file '{path}' is not an unsigned-byte IDX file")
-    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
-    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
-
-
 def _find(root: Path, stem: str) -> Path | None:
-    for candidate in (root / stem, root / (stem + ".gz")):
+    for candidate in (root / (stem + ".gz"), root / stem):  # the compressed original first: it has a checksum
         if candidate.is_file():
             return candidate
     return None
@@ -106,7 +93,8 @@ def check_available(cfg: Config) -> None:
     name, root = cfg.data.name, Path(cfg.data.root)
     if name == "mnist" and not cfg.data.download:
         d = _mnist_dir(root)
-        if _find(d, "train-images-idx3-ubyte") is None or _find(d, "train-labels-idx1-ubyte") is None:
+        files = [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
+        if None in files:
             raise ConfigError(
                 f"data.name=mnist: no MNIST training files in '{d}' "
                 "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]); set data.root, or data.download=true"
@@ -123,6 +111,27 @@ def check_available(cfg: Config) -> None:
             import sklearn  # noqa: F401
         except ImportError:
             raise ConfigError("data.name=digits needs scikit-learn (pip install scikit-learn)") from None
+    if not cfg.data.download:
+        _verify(cfg)
+
+
+def _files(cfg: Config) -> list[Path]:
+    root = Path(cfg.data.root)
+    if cfg.data.name == "mnist":
+        d = _mnist_dir(root)
+        return [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
+    if cfg.data.name == "cifar10":
+        d = _cifar_dir(root)
+        return [p for i in range(1, 6) if (p := d / f"data_batch_{i}").is_file()]
+    return []
+
+
+def _verify(cfg: Config) -> None:
+    """The files against their published checksums, before anything reads them (data_files.py)."""
+    if cfg.data.verify:
+        known = MNIST_MD5 if cfg.data.name == "mnist" else CIFAR10_MD5
+        for path in _files(cfg):
+            verify_file(path, known)
 
 
 def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -136,21 +145,11 @@ def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
         bunch = load_digits()
         x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8)
         return x, torch.tensor(bunch.target, dtype=torch.int64), 10
+    _verify(cfg)  # again after a download: what is read is what was checked
     if name == "mnist":
-        d = _mnist_dir(root)
-        x = _read_idx(_find(d, "train-images-idx3-ubyte")).float().unsqueeze(1)
-        y = _read_idx(_find(d, "train-labels-idx1-ubyte")).long()
-        return x, y, 10
-    d = _cifar_dir(root)
-    xs, ys = [], []
-    for i in range(1, 6):
-        path = d / f"data_batch_{i}"
-        if not path.is_file():
-            continue
-        with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        xs.append(torch.tensor(batch["data"], dtype=torch.uint8).reshape(-1, 3, 32, 32))
-        ys.append(torch.tensor(batch["labels"], dtype=torch.int64))
+        images, labels = _files(cfg)
+        return read_idx(images).float().unsqueeze(1), read_idx(labels).long(), 10
+    xs, ys = zip(*(read_cifar_batch(path) for path in _files(cfg)))
     return torch.cat(xs).float(), torch.cat(ys), 10
 
 

@@ -41,7 +41,7 @@ LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the direc
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further
 # Keys whose change makes an existing run directory a different experiment.
 IDENTITY_SECTIONS = ("seed", "model", "data", "train")
-IDENTITY_EXEMPT = {"train.steps", "train.device", "train.stop_at_fit", "train.target_loss"}
+IDENTITY_EXEMPT = {"train.steps", "train.device", "train.stop_at_fit", "train.target_loss", "data.verify"}
 
 
 def atomic_write(path: Path, text: str | bytes) -> Path:

@@ -1,5 +1,6 @@
 import gzip
 import math
+import os
 import pickle
 import struct
 
@@ -66,7 +67,8 @@ def test_mnist_and_cifar_files_are_read_from_root(tmp_path):
     labels = rng.integers(0, 10, 50)
     _write_idx(raw / "train-images-idx3-ubyte.gz", images)
     _write_idx(raw / "train-labels-idx1-ubyte.gz", labels)
-    ds = build_dataset(load_config(None, ["data.name=mnist", f"data.root={tmp_path}", "data.n=50"]))
+    ds = build_dataset(load_config(None, ["data.name=mnist", f"data.root={tmp_path}", "data.n=50",
+                                          "data.verify=false"]))  # our own copy: not the published files
     order = torch.argsort(ds.y, stable=True)
     assert ds.x.shape == (50, 784) and sorted(ds.y.tolist()) == sorted(labels.tolist())
     assert order.numel() == 50
@@ -74,8 +76,46 @@ def test_mnist_and_cifar_files_are_read_from_root(tmp_path):
     cif.mkdir()
     with open(cif / "data_batch_1", "wb") as f:
         pickle.dump({"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), "labels": list(range(10)) * 2}, f)
-    ds = build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.n=20", "model.arch=cnn"]))
+    ds = build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.n=20", "model.arch=cnn",
+                                          "data.verify=false"]))
     assert ds.x.shape == (20, 3, 32, 32)
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):  # what a crafted batch does: call a function of its choice while it is unpickled
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_data_files_are_verified_and_never_run_code(tmp_path):
+    from conftest import run_cli
+
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    _write_idx(raw / "train-images-idx3-ubyte.gz", rng.integers(0, 255, (50, 28, 28)))
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 50))
+    with pytest.raises(ConfigError, match="train-images-idx3-ubyte.gz' is not the published file.*MD5"):
+        build_dataset(load_config(None, ["data.name=mnist", f"data.root={tmp_path}", "data.n=50"]))
+    (raw / "train-images-idx3-ubyte.gz").rename(raw / "train-images-idx3-ubyte")  # uncompressed: no checksum
+    with pytest.raises(ConfigError, match="no published checksum"):
+        build_dataset(load_config(None, ["data.name=mnist", f"data.root={tmp_path}", "data.n=50"]))
+
+    marker = tmp_path / "pwned"
+    cif = tmp_path / "cifar-10-batches-py"
+    cif.mkdir()
+    with open(cif / "data_batch_1", "wb") as f:
+        pickle.dump({"data": _RunsCode(marker), "labels": [0]}, f)
+    for verify in ("true", "false"):  # refused by its checksum, or by the loader: never executed
+        res = run_cli("train", "--quiet", "data.name=cifar10", f"data.root={tmp_path}", "model.arch=cnn",
+                      "data.n=1", "train.batch_size=0", f"data.verify={verify}", "wandb.mode=disabled",
+                      f"run.dir={tmp_path / 'run'}", cwd=tmp_path)
+        lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+        assert res.returncode == 2 and len(lines) == 1 and "data_batch_1" in lines[0], res.stderr
+        assert ("published" if verify == "true" else "refused global") in lines[0]
+        assert not marker.exists() and not (tmp_path / "run").exists()
 
 
 def test_missing_dataset_is_a_clear_error(tmp_path):

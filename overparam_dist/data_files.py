@@ -1,0 +1,102 @@
+"""MNIST and CIFAR-10 files, checked before they are read: a data file is input from outside, and a CIFAR-10
+batch is a pickle, which can run any code when loaded the ordinary way.
+
+- With `data.verify=true` (the default) every file is compared with the MD5 that its publishers (and
+  torchvision) give before anything reads it; another file is one line naming it.
+- Whatever `data.verify` says, a CIFAR-10 batch is unpickled by `_ArraysOnly`, which builds plain containers
+  and numpy arrays and refuses every other global: a crafted pickle is an error, never code that runs.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import pickle
+import struct
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError
+
+# Published checksums (the files as distributed; torchvision checks the same ones).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+}
+CIFAR10_MD5 = {
+    "data_batch_1": "c99cafc152244af753f735de768cd75f",
+    "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
+    "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
+    "data_batch_4": "634d18415352ddfa80567beed471001a",
+    "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+}
+_HOW_TO_SKIP = "set data.verify=false to read your own copy"
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def verify_file(path: Path, known: dict[str, str]) -> None:
+    """One ConfigError line unless `path` is the published file of its name."""
+    want = known.get(path.name)
+    if want is None:
+        raise ConfigError(f"data file '{path}' has no published checksum (only {', '.join(sorted(known))}: keep the "
+                          f"original compressed files); {_HOW_TO_SKIP}")
+    got = _md5(path)
+    if got != want:
+        raise ConfigError(f"data file '{path}' is not the published file (MD5 {got}, published {want}); "
+                          f"{_HOW_TO_SKIP}")
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An unsigned-byte IDX array (MNIST), its header checked against its size."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise ConfigError(f"data file '{path}' cannot be read: {exc}") from None
+    if len(data) < 4:
+        raise ConfigError(f"data file '{path}' is not an IDX file")
+    _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if dtype_code != 0x08:
+        raise ConfigError(f"data file '{path}' is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
+    body = data[4 + 4 * ndim:]
+    if len(body) != torch.Size(shape).numel():
+        raise ConfigError(f"data file '{path}' holds {len(body)} bytes for an array of shape {tuple(shape)}")
+    return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays; any other global is refused."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, 32, 32) uint8, labels (N,)) of one CIFAR-10 python batch."""
+    try:
+        batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+        data, labels = batch["data"], batch["labels"]
+        return (torch.tensor(data, dtype=torch.uint8).reshape(-1, 3, 32, 32),
+                torch.tensor(labels, dtype=torch.int64))
+    except Exception as exc:  # a crafted or damaged pickle: one line, nothing ran
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"data file '{path}' is not a CIFAR-10 batch ({msg})") from None
