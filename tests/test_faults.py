@@ -1,6 +1,7 @@
 """Issue 11: a careless or hostile user. Bad inputs give one line and exit 2 with nothing written; nothing the
 user had is overwritten; one directory has one trainer. Everything runs the real CLI in real processes."""
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -223,3 +224,48 @@ def test_bad_checkpoints_fall_back_to_the_previous_one(tmp_path):
         assert got["steps"] == 30 and got["train/loss"] == want["train/loss"], how  # as if never interrupted
         assert [r["step"] for r in read_rows(run)] == [r["step"] for r in read_rows(ref)], how
         assert [r["train/loss"] for r in read_rows(run)] == [r["train/loss"] for r in read_rows(ref)], how
+
+
+def _listening(pids: set[int]) -> list[str]:
+    """Local addresses of the TCP listeners owned by these processes (ss -ltnp)."""
+    import re
+
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, timeout=30).stdout
+    return [line.split()[3] for line in out.splitlines()
+            if any(int(p) in pids for p in re.findall(r"pid=(\d+)", line))]
+
+
+@pytest.mark.slow
+def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_path):
+    import glob
+
+    from launcher.sweep.cluster import DRIVER_FILE, EMBEDDED_PREFIX, _pids_mentioning, reap_stale_embedded
+
+    path = _sweep_file(tmp_path, {"name": "net", "grid": {"model.width": [64]},
+                                  "overrides": {"train.steps": 10**7, "train.stop_at_fit": False, "train.lr": 0.01,
+                                                "metrics.every": 50, "data.n": 16}})
+    driver = subprocess.Popen([sys.executable, "-m", "launcher", "sweep", "--config", str(path), "--runs-dir",
+                               str(tmp_path / "runs")], cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, temp = time.time() + 240, None
+        metrics = tmp_path / "runs" / "net" / "trial" / "metrics.jsonl"
+        while not (temp and metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert driver.poll() is None and time.time() < deadline, "the sweep never started training"
+            for d in glob.glob(f"{EMBEDDED_PREFIX}*"):
+                with contextlib.suppress(OSError):
+                    if Path(d, DRIVER_FILE).read_text().split()[0] == str(driver.pid):
+                        temp = d
+            time.sleep(0.2)
+        addresses = _listening(set(_pids_mentioning(temp)) | {driver.pid})
+        assert len(addresses) >= 4  # gcs_server, raylet, workers, dashboard: all of them seen
+        assert [a for a in addresses if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))] == []
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+    assert temp in reap_stale_embedded()  # what the next sweep does first
+    deadline = time.time() + 15
+    while _pids_mentioning(temp):
+        assert time.time() < deadline, "processes of the killed driver's Ray survived"
+        time.sleep(0.2)
+    assert not Path(temp).exists()

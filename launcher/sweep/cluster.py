@@ -7,8 +7,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlparse
 
@@ -39,6 +41,76 @@ def check_reachable(address: str) -> None:
         raise ConfigError(f"cannot reach a Ray cluster at '{address}': {exc.strerror or exc}") from None
 
 
+EMBEDDED_PREFIX = "/tmp/opr-"  # the private Ray's temp dir: /tmp/opr-<6 hex>/
+DRIVER_FILE = "driver.pid"  # in it: the PID of the sweep driver that owns it
+
+
+def _loopback_only() -> None:
+    """Make the private Ray listen on 127.0.0.1 only.
+
+    Ray turns a node IP of 127.0.0.1 into the host's external address, and its servers bind to the node IP, so
+    `_node_ip_address="127.0.0.1"` alone leaves gcs_server, raylet and the workers reachable from the network.
+    Ray's own switch for a loopback-only node is RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (what it does on macOS):
+    its processes read it when they start; in a process that imported Ray already, the constant it was read
+    into is set too (a private name, kept in this one place).
+    """
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    import sys
+
+    constants = sys.modules.get("ray._private.ray_constants")
+    if constants is not None:
+        constants.ENABLE_RAY_CLUSTER = False
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and int(d.name) != os.getpid():
+            try:
+                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reap_stale_embedded() -> list[str]:
+    """Remove what a killed driver's private Ray left: its processes (found by their temp dir, by PID) and the
+    temp dir itself. Only directories whose driver.pid names a dead process; another live sweep's is untouched."""
+    import glob
+
+    reaped = []
+    for d in glob.glob(f"{EMBEDDED_PREFIX}*"):
+        try:
+            pid = int(Path(d, DRIVER_FILE).read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue  # not ours (or a Ray we did not start): leave it
+        if _alive(pid):
+            continue
+        for p in _pids_mentioning(d):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        shutil.rmtree(d, ignore_errors=True)
+        reaped.append(d)
+    return reaped
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -50,13 +122,15 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
 
     A process that is already connected (ray.is_initialized()) keeps its connection and is not shut down.
     """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not address:
+        _loopback_only()  # before Ray is imported: the processes it starts read it at their import
     import ray
 
     if ray.is_initialized():
         ctx = ray.get_runtime_context()
         yield RayInfo(address=ctx.gcs_address, dashboard_url=None, embedded=False)
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     tmp = None
     if address:
         check_reachable(address)
@@ -70,10 +144,14 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
             raise ConfigError(f"cannot connect to the Ray cluster at '{address}': {msg}") from None
         info = RayInfo(address=address, dashboard_url=_url(ctx.dashboard_url), embedded=False)
     else:
-        tmp = f"/tmp/opr-{secrets.token_hex(3)}"  # AF_UNIX socket paths must stay short
+        reap_stale_embedded()
+        tmp = f"{EMBEDDED_PREFIX}{secrets.token_hex(3)}"  # AF_UNIX socket paths must stay short
+        os.makedirs(tmp)
+        with open(os.path.join(tmp, DRIVER_FILE), "w") as f:
+            f.write(f"{os.getpid()}\n")
         ctx = ray.init(address="local", _temp_dir=tmp, num_cpus=num_cpus, include_dashboard=True,
-                       dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", logging_level="ERROR",
-                       log_to_driver=False)
+                       dashboard_host="127.0.0.1", dashboard_port=_free_port(), _node_ip_address="127.0.0.1",
+                       logging_level="ERROR", log_to_driver=False)
         info = RayInfo(address=ray.get_runtime_context().gcs_address, dashboard_url=_url(ctx.dashboard_url),
                        embedded=True)
     try:
