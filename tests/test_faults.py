@@ -260,6 +260,8 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
         addresses = _listening(set(_pids_mentioning(temp)) | {driver.pid})
         assert len(addresses) >= 4  # gcs_server, raylet, workers, dashboard: all of them seen
         assert [a for a in addresses if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))] == []
+        assert [a for a in addresses if a.endswith(":52365")] == []  # the agent's default port is not fixed
+        print("listeners of the private Ray:", sorted(addresses))
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()

@@ -62,6 +62,25 @@ def _loopback_only() -> None:
         constants.ENABLE_RAY_CLUSTER = False
 
 
+def _agent_port_free() -> None:
+    """Let the private Ray's dashboard agent pick a free HTTP port instead of Ray's fixed 52365.
+
+    A second Ray on the host already holds 52365, and then job submission to ours fails. `ray.init` has no
+    argument for this port (`ray start` has --dashboard-agent-listen-port); RayParams takes it with a default
+    of 52365, and Ray's node code turns 0 into "any free port", as it does for the agent's other ports. So the
+    default is set to 0 here, in this one place, because no public API reaches it.
+    """
+    import inspect
+
+    from ray._private.parameter import RayParams
+
+    init = RayParams.__init__
+    names = [n for n, p in inspect.signature(init).parameters.items() if p.default is not inspect.Parameter.empty]
+    defaults = list(init.__defaults__)
+    defaults[names.index("dashboard_agent_listen_port")] = 0
+    init.__defaults__ = tuple(defaults)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,6 +164,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
         info = RayInfo(address=address, dashboard_url=_url(ctx.dashboard_url), embedded=False)
     else:
         reap_stale_embedded()
+        _agent_port_free()
         tmp = f"{EMBEDDED_PREFIX}{secrets.token_hex(3)}"  # AF_UNIX socket paths must stay short
         os.makedirs(tmp)
         with open(os.path.join(tmp, DRIVER_FILE), "w") as f:
