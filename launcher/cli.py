@@ -26,6 +26,7 @@ class _Parser(argparse.ArgumentParser):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from overparam_dist.data import check_available
+    from overparam_dist.footprint import check_fits_memory
     from overparam_dist.parallel.distributed import check_backend
     from overparam_dist.rundir import check_run_dir, check_unlocked, finished_summary
 
@@ -36,6 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.run.quiet = True
     check_available(cfg)
     check_backend(cfg)
+    check_fits_memory(cfg)
     check_run_dir(cfg)
     check_unlocked(run_dir(cfg))  # before any process starts: one line, not a worker's traceback
     done = finished_summary(run_dir(cfg), cfg)

@@ -2,28 +2,50 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
-from overparam_dist.config import Config, from_dict, to_dict
+from overparam_dist.config import Config, ConfigError, from_dict, to_dict
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.parallel.distributed import env_world_size
+
+_CONFIG_ERROR = "ConfigError: "
 
 
 def _worker(cfg_dict: dict) -> dict:
     from overparam_dist.train import run_trial
 
-    return run_trial(from_dict(cfg_dict))
+    try:
+        return run_trial(from_dict(cfg_dict))
+    except ConfigError as exc:  # reaches the parent as "ConfigError: <line>" (see spawn_local)
+        raise ConfigError(str(exc)) from None
 
 
 def spawn_local(nprocs: int, fn, *args) -> dict:
     """Run fn(*args) in nprocs local processes with torch's elastic launcher (a standalone rendezvous
     on a free loopback port, as `torchrun --standalone`); returns {rank: return value}."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                           run_id=f"overparam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1, start_method="spawn")
-    return elastic_launch(launch, fn)(*args)
+    # A failed worker's traceback (and its siblings' SIGTERM) are re-raised below, or become one line.
+    logs = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [log.level for log in logs]
+    for log in logs:
+        log.setLevel(logging.CRITICAL)
+    try:
+        return elastic_launch(launch, fn)(*args)
+    except ChildFailedError as exc:
+        for _, failure in sorted(exc.failures.items()):
+            text = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
+            if text.startswith(_CONFIG_ERROR):  # bad input found inside a worker: the same one line as here
+                raise ConfigError(text[len(_CONFIG_ERROR):]) from None
+        raise
+    finally:
+        for log, level in zip(logs, levels):
+            log.setLevel(level)
 
 
 def launch_trial(cfg: Config) -> dict:

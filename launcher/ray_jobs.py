@@ -134,6 +134,14 @@ def entrypoint(config_rel: str, overrides: list[str], runs_dir: str | None, resu
     return " ".join(shlex.quote(c) for c in cmd)
 
 
+def _existing_job(c, job_id: str) -> str | None:
+    """The status of the job with this submission id on the cluster, or None when there is none."""
+    try:
+        return str(c.get_job_info(job_id).status).split(".")[-1]
+    except Exception:  # noqa: BLE001 - the SDK raises a plain RuntimeError for "does not exist"
+        return None
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     config = Path(args.config).resolve()
     # Validate here, before anything is uploaded: the same checks the job's driver will make.
@@ -145,6 +153,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
                           "(e.g. configs/sweep/)") from None
     c = client(args.address)
     address = _normalise(args.address or os.environ["RAY_ADDRESS"])
+    if args.job_id and (taken := _existing_job(c, args.job_id)) is not None:
+        # Before the upload: Ray's own refusal is a 500 with a server traceback, after the packaging noise.
+        raise ConfigError(f"--job-id '{args.job_id}' already exists on {address} ({taken}); choose another id, "
+                          "or omit --job-id for a fresh one")
     runtime_env = {"working_dir": str(REPO), "excludes": WORKING_DIR_EXCLUDES}
     # Never a secret: runtime_env is returned in plain text by the dashboard's job API and written to Ray's logs.
     # Cluster nodes get W&B credentials from ~/.netrc on the shared file system (`wandb login`) or their own

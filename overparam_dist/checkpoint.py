@@ -114,17 +114,22 @@ def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], train
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     world.barrier()
-    with _quiet_single_process():
-        dcp.save({"model": model_state}, checkpoint_id=str(tmp))
-    world.barrier()
-    if world.is_main:
-        atomic_write(tmp / STATE_FILE, json.dumps(trainer_state))
-        _write_manifest(tmp)  # last: a directory without a valid manifest is never trusted
-        if final.exists():  # same step saved before (a resumed run): replace it whole
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for _, old in _step_dirs(ckpt_root)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        with _quiet_single_process():
+            dcp.save({"model": model_state}, checkpoint_id=str(tmp))
+        world.barrier()
+        if world.is_main:
+            atomic_write(tmp / STATE_FILE, json.dumps(trainer_state))
+            _write_manifest(tmp)  # last: a directory without a valid manifest is never trusted
+            if final.exists():  # same step saved before (a resumed run): replace it whole
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for _, old in _step_dirs(ckpt_root)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        if world.is_main:  # a failed save (a full disk) frees what it took; the previous checkpoints stay
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     world.barrier()
     return final
 

@@ -51,11 +51,15 @@ def atomic_write(path: Path, text: str | bytes) -> Path:
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(text.encode() if isinstance(text, str) else text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(text.encode() if isinstance(text, str) else text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves the old file, and no debris
+        raise
     return path
 
 
@@ -76,7 +80,8 @@ def check_writable_dir(out: Path, what: str = "run directory") -> None:
     if not existing.is_dir():
         raise ConfigError(f"{what} '{out}': '{existing}' is a file, not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what} '{out}': '{existing}' is not writable by this user")
+        raise ConfigError(f"{what} '{out}': '{existing}' is not writable by this user "
+                          "(permissions, or a read-only file system)")
 
 
 def empty_but_lock(directory: Path) -> bool:
@@ -136,6 +141,39 @@ def write_config(out: Path, cfg: Config, derived: dict) -> Path:
 
 def write_summary(out: Path, summary: dict) -> Path:
     return atomic_write(Path(out) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",
+           errno.EROFS: "the file system is read-only"}
+
+
+@contextlib.contextmanager
+def out_of_room_is_one_line(out: Path) -> Iterator[None]:
+    """A full disk, an exceeded quota or a file system remounted read-only while a trial writes becomes one
+    line (a ConfigError: the CLI exits 2). What was written before stays: the last complete checkpoint and
+    metrics.jsonl up to it, so the same command resumes once there is room."""
+    try:
+        yield
+    except BaseException as exc:  # DCP wraps each rank's OSError in a CheckpointException (a BaseException)
+        cause = _room_error(exc)
+        if cause is None:
+            raise
+        where = f" ('{cause.filename}')" if cause.filename else ""
+        raise ConfigError(f"run directory '{out}': {NO_ROOM[cause.errno]}{where}; nothing earlier is lost: make "
+                          "room and rerun the same command to resume from the last checkpoint") from None
+
+
+def _room_error(exc: BaseException, depth: int = 0) -> OSError | None:
+    """The OSError of a full or read-only disk in `exc`, its causes, or the per-rank failures DCP collects."""
+    if isinstance(exc, OSError) and exc.errno in NO_ROOM:
+        return exc
+    if depth > 4:
+        return None
+    inner = [pair[0] for pair in getattr(exc, "failures", {}).values() if isinstance(pair, tuple) and pair]
+    for e in (*inner, exc.__cause__, exc.__context__):
+        if e is not None and (found := _room_error(e, depth + 1)) is not None:
+            return found
+    return None
 
 
 class RunDirLocked(ConfigError):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import checkpoint, rundir
 from .config import Config, ConfigError, base_lr, default_run_name, effective_train_outer, run_dir
 from .data import Dataset, build_dataset
+from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
 from .metrics.tracker import TheoryMetrics, label_complexity_targets
@@ -34,6 +35,7 @@ from .sinks import OnLog, Sinks
 def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
     """Train one trial and return its summary. Rank 0 hands every logged row to `on_log` (a launcher's hook,
     e.g. a Ray sweep reporting to Tune); the rows always go to metrics.jsonl and W&B."""
+    check_fits_memory(cfg)  # before the process group and any allocation: one line, not an allocator's traceback
     world = setup(cfg)
     try:
         # Inputs first: a bad data set or a foreign run directory fails before anything is written.
@@ -52,7 +54,8 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
             if done is not None:
                 return done  # this exact trial already finished: a rerun is a no-op
             world.barrier()
-            return Trainer(cfg, world, ds, on_log).train()
+            with rundir.out_of_room_is_one_line(run_dir(cfg)):
+                return Trainer(cfg, world, ds, on_log).train()
     finally:
         world.close()
 

@@ -66,12 +66,19 @@ def _bad_trial_input(tmp_path: Path, case: str) -> list[str]:
         return ["run.dir=" + "b" * 300 + "/x"]
     if case == "nccl_without_cuda":
         return ["parallel.backend=nccl", "parallel.dp=2"]
+    if case == "too_wide":  # ~900 GiB of weights and gradients: refused from the estimate, nothing allocated
+        return ["model.width=200000", "model.depth=3"]
+    if case == "too_wide_per_rank":  # 40 GiB per rank for 2 local processes
+        return ["model.width=60000", "model.depth=3", "parallel.tp=2"]
+    if case == "too_much_data":
+        return ["data.n=100000000", "data.dim=100"]
     raise AssertionError(case)
 
 
 @pytest.mark.parametrize("case, expect", [("list_yaml", "list.yaml"), ("run_dir_is_a_file", "is a file"),
                                           ("long_name", "run.name"), ("long_dir_component", "255"),
-                                          ("nccl_without_cuda", "parallel.backend")])
+                                          ("nccl_without_cuda", "parallel.backend"), ("too_wide", "GiB"),
+                                          ("too_wide_per_rank", "2 process(es)"), ("too_much_data", "data.n")])
 def test_bad_trial_input_is_one_line(tmp_path, case, expect):
     args = _bad_trial_input(tmp_path, case)
     before = _tree(tmp_path)
@@ -87,12 +94,14 @@ def _sweep_file(tmp_path: Path, spec: dict) -> Path:
 
 
 @pytest.mark.parametrize("case, expect", [("empty_grid", "grid"), ("runs_dir_is_a_file", "is a file"),
-                                          ("missing_mnist", "mnist")])
+                                          ("missing_mnist", "mnist"), ("too_wide", "model.width=300000")])
 def test_bad_sweep_input_is_one_line_before_ray(tmp_path, case, expect):
     spec = {"grid": {"model.width": [16, 32]}, "overrides": {"train.steps": 2}}
     runs = tmp_path / "runs"
     if case == "empty_grid":
         spec["grid"] = {}
+    elif case == "too_wide":
+        spec["grid"]["model.width"] = [16, 300000]
     elif case == "runs_dir_is_a_file":
         runs.write_text("a file\n")
     elif case == "missing_mnist":

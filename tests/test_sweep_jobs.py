@@ -134,6 +134,12 @@ def test_submit_quickstart_as_ray_job(ray_head, tmp_path):
     rows = (runs / "jobq" / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",completed," in r for r in rows[1:])
 
+    again = run_cli("submit", "ray", "--address", ray_head, "--config", "configs/sweep/quickstart.yaml",
+                    "--runs-dir", str(runs), "name=jobq2", "--job-id", job_id, env=env)  # a duplicate id
+    lines = [ln for ln in again.stderr.splitlines() if ln.strip()]
+    assert again.returncode == 2 and len(lines) == 1 and "Traceback" not in again.stderr, again.stderr[-2000:]
+    assert job_id in lines[0] and "already exists" in lines[0], lines[0]
+
     stop = run_cli("jobs", "stop", job_id, "--address", ray_head, env=env)
     assert stop.returncode == 0 and "not running" in stop.stdout
     missing = run_cli("jobs", "status", "raysubmit_doesnotexist", "--address", ray_head, env=env)

@@ -50,7 +50,7 @@ class Outcome:
         return [n for n, s in self.states.items() if s == "failed"]
 
 
-def prepare(sweep: Sweep, resume: bool) -> dict[str, dict]:
+def prepare(sweep: Sweep, resume: bool, address: str | None = None) -> dict[str, dict]:
     """Check the sweep directory before Ray starts; return {trial: summary} of already finished trials."""
     sdir = sweep.dir
     check_writable_dir(sdir, "sweep directory")
@@ -58,7 +58,7 @@ def prepare(sweep: Sweep, resume: bool) -> dict[str, dict]:
     if sdir.exists() and not empty_but_lock(sdir) and not resume:
         raise ConfigError(f"sweep directory '{sdir}' exists: pass --resume to continue that sweep, "
                           "or give this one another name (name=...)")
-    sweep.check_inputs()
+    sweep.check_inputs(on_this_host=not (address or os.environ.get("RAY_ADDRESS") or ray_connected()))
     return {t.name: s for t in sweep.trials if (s := t.finished_summary()) is not None}
 
 
@@ -67,7 +67,7 @@ def run_sweep(sweep: Sweep, *, address: str | None = None, resume: bool = False,
     """Run (or continue) a sweep; results.csv is rewritten as each trial ends. Bad input raises ConfigError
     before anything is written or any Ray process starts."""
     out = out or sys.stdout
-    done = prepare(sweep, resume)
+    done = prepare(sweep, resume, address)
     if resume:
         (sweep.dir / PREEMPT_FILE).unlink(missing_ok=True)  # a preempted run's flag: this run goes on
     with exclusive(sweep.dir, "sweep directory"), preemption_handler(sweep):

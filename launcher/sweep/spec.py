@@ -134,10 +134,12 @@ class Sweep:
     def kind(self) -> str:
         return self.search["kind"]
 
-    def check_inputs(self) -> None:
+    def check_inputs(self, on_this_host: bool = False) -> None:
         """What can be checked before Ray starts or a job is queued: every data set (once per data config) and
-        every trial directory (one holding another experiment is refused). One ConfigError line."""
+        every trial directory (one holding another experiment is refused); with `on_this_host` (a private local
+        Ray), that each trial's processes fit in this host's memory. One ConfigError line."""
         from overparam_dist.data import check_available
+        from overparam_dist.footprint import check_fits_memory
         from overparam_dist.rundir import check_run_dir
 
         checked: set[str] = set()
@@ -146,6 +148,8 @@ class Sweep:
                 check_available(t.cfg)
                 checked.add(key)
             check_run_dir(t.cfg)
+            if on_this_host:
+                check_fits_memory(t.cfg)
 
     def to_yaml_dict(self) -> dict:
         return {

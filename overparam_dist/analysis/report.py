@@ -7,12 +7,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..rundir import REPORT_DIR, check_writable_dir
 from .draw import draw_all
 from .html import write_index
 from .plots import FigureData
 from .results import SweepResults, load_sweep
-
-REPORT_DIR = "report"
 
 
 @dataclass
@@ -31,6 +30,7 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     """Read the sweep, draw every figure, write figures.json and index.html. ConfigError for a bad directory."""
     res = load_sweep(sweep_dir)
     out = Path(out_dir) if out_dir is not None else res.dir / REPORT_DIR
+    check_writable_dir(out, "report directory")
     out.mkdir(parents=True, exist_ok=True)
     figs = draw_all(res, out)
     (out / "figures.json").write_text(json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")

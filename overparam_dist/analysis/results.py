@@ -266,10 +266,15 @@ def _sortable(v: Any) -> tuple:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[dict]]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = [{k: parse_cell(v, k) for k, v in r.items() if k is not None} for r in reader]
-        return list(reader.fieldnames or []), rows
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = [{k: parse_cell(v, k) for k, v in r.items() if k is not None} for r in reader]
+            return list(reader.fieldnames or []), rows
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"'{path}' is not UTF-8 text (byte {exc.start}): not a results.csv we wrote") from None
+    except csv.Error as exc:
+        raise ConfigError(f"'{path}' is not a readable CSV file: {exc}") from None
 
 
 def _rows_from_dirs(sweep_dir: Path) -> tuple[list[str], list[dict]]:

@@ -15,6 +15,20 @@ from .init import Rule, apply_parameterization, parameter_rules
 from .resnet import ResNet
 
 
+def skeleton(cfg: Config, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+    """The architecture on the meta device: shapes only, no memory (also what the memory estimate counts)."""
+    m = cfg.model
+    in_dim = math.prod(input_shape)
+    with torch.device("meta"):
+        if m.arch == "fc":
+            return FC(in_dim, m.width, m.depth, out_dim, m.bias)
+        if m.arch == "resnet":
+            return ResNet(in_dim, m.width, m.depth, out_dim, m.tau, m.bias)
+        if len(input_shape) != 3:
+            raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
+        return CNN(tuple(input_shape), m.width, m.depth, out_dim, m.kernel_size, m.bias)
+
+
 def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 shard: Callable[[nn.Module], dict] | None = None) -> tuple[nn.Module, dict[str, Rule]]:
@@ -24,16 +38,7 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
     local tensor-parallel shards (it returns name -> Shard); each rank then initialises only its shards.
     """
     m = cfg.model
-    in_dim = math.prod(input_shape)
-    with torch.device("meta"):
-        if m.arch == "fc":
-            model = FC(in_dim, m.width, m.depth, out_dim, m.bias)
-        elif m.arch == "resnet":
-            model = ResNet(in_dim, m.width, m.depth, out_dim, m.tau, m.bias)
-        else:
-            if len(input_shape) != 3:
-                raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
-            model = CNN(tuple(input_shape), m.width, m.depth, out_dim, m.kernel_size, m.bias)
+    model = skeleton(cfg, input_shape, out_dim)
     rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg))  # from the global shapes
     shards = shard(model) if shard is not None else None
     model = model.to_empty(device=device).to(dtype)
@@ -41,4 +46,4 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
     return model, rules
 
 
-__all__ = ["build_model", "FC", "CNN", "ResNet", "Rule"]
+__all__ = ["build_model", "skeleton", "FC", "CNN", "ResNet", "Rule"]

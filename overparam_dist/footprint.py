@@ -1,0 +1,73 @@
+"""The memory one rank of a trial needs, estimated from the config before anything is allocated.
+
+A width, n or dim that cannot fit is then one line naming the estimate and what the machine has, not an
+allocator's traceback after the processes started. The estimate is a floor, so it never refuses a trial that
+fits: the parameters (sharded over tp), one gradient per trained parameter, the training set (every rank holds
+all of it, see train.py) and one activation per unit of each layer for a batch. Metrics add little beside these.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from .config import Config, ConfigError, effective_train_outer
+from .models import skeleton
+from .models.init import parameter_rules
+
+# Real data sets as stored: (sample shape, classes, training samples); the whole file is read before sampling.
+REAL_DATA = {"digits": ((1, 8, 8), 10, 1797), "mnist": ((1, 28, 28), 10, 60000), "cifar10": ((3, 32, 32), 10, 50000)}
+GIB = 1024 ** 3
+
+
+def _data_shape(cfg: Config) -> tuple[tuple[int, ...], int, int]:
+    """(model input shape, outputs, samples held in memory while the data set is built)."""
+    d, image = cfg.data, cfg.model.arch == "cnn"
+    if d.name == "synthetic":
+        side = math.isqrt(d.dim)
+        return ((1, side, side) if image else (d.dim,)), d.classes, d.n
+    shape, classes, stored = REAL_DATA[d.name]
+    outputs = classes if d.target == "labels" else d.classes
+    return (shape if image else (math.prod(shape),)), outputs, stored
+
+
+def bytes_per_rank(cfg: Config) -> int:
+    """A floor on the bytes one rank allocates for this trial."""
+    shape, outputs, held = _data_shape(cfg)
+    itemsize = 8 if cfg.train.dtype == "float64" else 4
+    model = skeleton(cfg, shape, outputs)  # meta device: no memory
+    rules = parameter_rules(model, cfg.model.param, cfg.model.width, effective_train_outer(cfg))
+    params = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for n, p in model.named_parameters() if rules[n].trainable)
+    tp = cfg.parallel.tp
+    data = (held * math.prod(shape) + cfg.data.n * outputs) * itemsize
+    batch = cfg.train.batch_size or cfg.data.n
+    activations = batch * cfg.model.width * (cfg.model.depth + 1) * itemsize // tp
+    return (params + trained) * itemsize // tp + data + activations
+
+
+def available_bytes(cfg: Config) -> tuple[int, str]:
+    """(bytes free for one rank, where that number comes from)."""
+    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
+        free, _ = torch.cuda.mem_get_info()
+        return free, "free on one CUDA device"
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or (cfg.parallel.dp * cfg.parallel.tp)
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    return kib * 1024 // ranks, f"MemAvailable / {ranks} process(es) on this host"
+
+
+def check_fits_memory(cfg: Config) -> None:
+    """ConfigError (one line) when the floor estimate already exceeds the memory available to one rank."""
+    need = bytes_per_rank(cfg)
+    if not os.path.isfile("/proc/meminfo") and not torch.cuda.is_available():
+        return  # no way to know what is free here (not Linux): the allocator will say
+    have, where = available_bytes(cfg)
+    if need > have:
+        raise ConfigError(
+            f"model.width={cfg.model.width}, model.depth={cfg.model.depth}, data.n={cfg.data.n}, "
+            f"data.dim={cfg.data.dim}: one process needs at least {need / GIB:.1f} GiB (parameters, gradients, "
+            f"data, activations), but only {have / GIB:.1f} GiB is available ({where}); lower the width, n or dim, "
+            f"or shard the layers with parallel.tp")
