@@ -26,7 +26,8 @@ args = p.parse_args()
 torch.set_num_threads(torch.get_num_threads())
 
 COMMON = [f"model.width={args.width}", "model.depth=3", "data.target=regression", f"train.steps={args.steps}",
-          "train.stop_at_fit=false", "checkpoint.every=0", "wandb.mode=disabled", "run.quiet=true"]
+          "train.stop_at_fit=false", "checkpoint.every=0", "wandb.mode=disabled", "run.quiet=true",
+          "train.lr=8"]  # a given lr: the same step as the bare loop
 
 
 def bare(cfg) -> float:

@@ -7,6 +7,7 @@ names the key and what is allowed, before any process starts.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,11 +46,15 @@ class DataConfig:
     verify: bool = True  # check mnist / cifar10 files against their published MD5s before reading them
 
 
+AUTO = "auto"  # train.lr: the step size from the kernel at init (step_size.py)
+
+
 @dataclass
 class TrainConfig:
     steps: int = 300  # maximum optimizer steps
-    lr: Optional[float] = None  # base rate, scaled per layer by the parameterization (paper: lr / width);
-    # None = the parameterization's default (DEFAULT_LR), which trains the default net at every width
+    lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) from the kernel GD sees (step_size.py), or a number:
+    # the base rate, scaled per layer by the parameterization (paper: lr / width)
+    lr_scale: float = 1.0  # with lr=auto: the step as a fraction of n / lambda_max(K); 1 is half the stability edge
     batch_size: int = 0  # 0 = full batch (gradient descent)
     loss: str = "mse"  # mse (0.5 * mean squared error summed over outputs) | ce
     target_loss: float = 0.0  # stop once the train loss is below this (0 = off)
@@ -112,8 +117,6 @@ class Config:
 
 # Base learning rates that train the defaults stably (measured on widths 64..8192, see README).
 MAX_NAME_BYTES = 200  # run.name: a directory name, with room for the suffixes we add (.slurm, .lock)
-DEFAULT_LR = {"paper": 8.0, "ntk": 4.0, "standard": 0.5, "mup": 0.5}
-
 CHOICES = {
     "model.arch": ("fc", "cnn", "resnet"),
     "model.param": ("paper", "ntk", "standard", "mup"),
@@ -198,6 +201,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(describe_omegaconf_error(exc)) from None
+    if isinstance(cfg.train.lr, str) and cfg.train.lr != AUTO:
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 as a string: a number was meant
+            cfg.train.lr = float(cfg.train.lr)
     validate(cfg)
     return cfg
 
@@ -268,8 +274,11 @@ def validate(cfg: Config) -> None:
         bad("data.dim", "must be a perfect square for model.arch=cnn (inputs are viewed as sqrt(d) x sqrt(d) images)")
     if t.steps < 0:
         bad("train.steps", "must be >= 0")
-    if t.lr is not None and not (t.lr > 0 and math.isfinite(t.lr)):
-        bad("train.lr", "must be a positive finite number (or null for the parameterization's default)")
+    if t.lr != AUTO and (isinstance(t.lr, bool) or not isinstance(t.lr, (int, float))
+                         or not (t.lr > 0 and math.isfinite(t.lr))):
+        bad("train.lr", f"must be '{AUTO}' (from the kernel at init) or a positive finite number")
+    if not (t.lr_scale > 0 and math.isfinite(t.lr_scale)):
+        bad("train.lr_scale", "must be a positive finite number (1 = half the stability edge)")
     if t.batch_size < 0:
         bad("train.batch_size", "must be >= 0 (0 = full batch)")
     if t.batch_size > d.n:
@@ -310,7 +319,10 @@ def validate(cfg: Config) -> None:
 
 
 def base_lr(cfg: Config) -> float:
-    return cfg.train.lr if cfg.train.lr is not None else DEFAULT_LR[cfg.model.param]
+    """train.lr as a number; "auto" is resolved per trial from its kernel (step_size.py), not here."""
+    if cfg.train.lr == AUTO:
+        raise ValueError("train.lr=auto is resolved from the trial's kernel at its start (step_size.resolve_lr)")
+    return float(cfg.train.lr)
 
 
 def effective_train_outer(cfg: Config) -> bool:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, rundir
-from .config import Config, ConfigError, base_lr, default_run_name, effective_train_outer, run_dir
+from .config import Config, ConfigError, default_run_name, effective_train_outer, run_dir
 from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
 from .metrics import names
@@ -30,6 +30,7 @@ from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
 from .preemption import Preemption
 from .sinks import OnLog, Sinks
+from .step_size import resolve_lr
 
 
 def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
@@ -103,10 +104,12 @@ class Trainer:
         self.trained = {n: p for n, p in self.model.named_parameters() if p.requires_grad}
         if not self.trained:
             raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
-        self.effective_lr = {n: base_lr(cfg) * self.rules[n].lr_scale for n in self.trained}
+        self.net = self.par.wrap(self.model)
+        base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, ds.x.to(self.device, self.dtype),
+                                         ds.num_outputs, self.par)
+        self.effective_lr = {n: base * self.rules[n].lr_scale for n in self.trained}
         self.hidden_lr = next((lr for n, lr in self.effective_lr.items() if n.startswith("hidden.")),
                               next(iter(self.effective_lr.values())))
-        self.net = self.par.wrap(self.model)
         groups: dict[float, list] = {}
         for n, p in self.trained.items():
             groups.setdefault(self.effective_lr[n], []).append(p)
@@ -156,6 +159,7 @@ class Trainer:
         world = self.world
         rundir.write_config(self.out, self.cfg, {
             "train_outer": effective_train_outer(self.cfg),
+            "lr": self.lr_facts,
             "effective_lr": self.effective_lr,
             "data": self.ds.info,
             "world": {"dp": world.dp, "tp": world.tp, "device": str(self.device)},

@@ -160,7 +160,7 @@ def test_drift_shrinks_with_width_like_the_theory(tmp_path):
         rows = []
         for seed in seeds:
             run = tmp_path / f"w{w}s{seed}"
-            cfg = load_config(None, [f"model.width={w}", "model.depth=2", "data.n=32", "train.steps=50",
+            cfg = load_config(None, [f"model.width={w}", "model.depth=2", "data.n=32", "train.steps=50", "train.lr=8",
                                      "train.stop_at_fit=false", "metrics.every=50", "checkpoint.every=0",
                                      f"seed={seed}", f"run.dir={run}", "wandb.mode=disabled", "run.quiet=true"])
             summary = run_trial(cfg)

@@ -68,6 +68,34 @@ class ActivationPattern:
         return signs
 
 
+def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None) -> torch.Tensor:
+    """The exact trace NTK at `x` over `params` (default: every trainable parameter), float64, also when layers
+    are tensor-parallel shards (`parallel`: the trial's Parallelism)."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    chosen = trainable if params is None else params
+    tp = parallel is not None and parallel.world.tp > 1
+    # Shards give partial Grams (one all-reduce over tp completes them); replicated trainable parameters give
+    # the whole Gram on every rank and must not be summed: one pass for each kind.
+    passes = [[p for p in chosen if parallel.is_sharded(p)], [p for p in chosen if not parallel.is_sharded(p)]] \
+        if tp else [chosen]
+    k = None
+    try:
+        for i, group in enumerate(passes):
+            if not group:
+                continue
+            ids = {id(p) for p in group}
+            for p in trainable:
+                p.requires_grad_(id(p) in ids)
+            part = empirical_ntk(model, x, reduce_fn=parallel.reduce_tp if tp and i == 0 else None)
+            k = part if k is None else k + part
+    finally:
+        for p in trainable:
+            p.requires_grad_(True)
+    if k is None:
+        raise ValueError("no parameters to take the NTK over")
+    return k
+
+
 class TheoryMetrics:
     """Everything measured against initialisation. Construct it while the model is at its init."""
 
@@ -104,28 +132,7 @@ class TheoryMetrics:
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
-        par = self.parallel
-        if par is None or par.world.tp == 1:
-            return empirical_ntk(model, self.probe_x) * self.scale
-        # Shards give partial Grams (one all-reduce over tp completes them); replicated trainable
-        # parameters give the whole Gram on every rank and must not be summed: two passes.
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        sharded = [p for p in trainable if par.is_sharded(p)]
-        replicated = [p for p in trainable if not par.is_sharded(p)]
-        try:
-            for p in replicated:
-                p.requires_grad_(False)
-            k = empirical_ntk(model, self.probe_x, reduce_fn=par.reduce_tp)
-            if replicated:
-                for p in sharded:
-                    p.requires_grad_(False)
-                for p in replicated:
-                    p.requires_grad_(True)
-                k = k + empirical_ntk(model, self.probe_x)
-        finally:
-            for p in trainable:
-                p.requires_grad_(True)
-        return k * self.scale
+        return trial_ntk(model, self.probe_x, self.parallel) * self.scale
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)

@@ -1,0 +1,129 @@
+"""Issue 12, item 1: `train.lr: auto` puts the step at lr_scale * n / lambda_max(K) of the kernel gradient
+descent sees (step_size.py), which keeps default trials in the kernel regime at every depth."""
+
+import math
+
+import pytest
+import torch
+import yaml
+from conftest import read_rows, read_summary
+
+from overparam_dist.config import load_config
+from overparam_dist.data import build_dataset
+from overparam_dist.metrics import names
+from overparam_dist.metrics.fit import loglog_slope
+from overparam_dist.metrics.ntk import empirical_ntk
+from overparam_dist.models import build_model
+from overparam_dist.step_size import resolve_lr
+from overparam_dist.train import run_trial
+
+QUIET = ["wandb.mode=disabled", "run.quiet=true", "checkpoint.every=0"]
+
+
+def _model(cfg):
+    ds = build_dataset(cfg)
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=torch.float64)
+    return ds, model, rules
+
+
+def _gd_operator_lambda_max(model, rules, x) -> float:
+    """lambda_max of Theta = sum_p s_p J_p J_p^T over all nC outputs: the full kernel, no 1/C reduction."""
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    theta = 0
+    for name, p in trained:
+        for _, q in trained:
+            q.requires_grad_(q is p)
+        theta = theta + rules[name].lr_scale * empirical_ntk(model, x, outputs="full")
+    for _, q in trained:
+        q.requires_grad_(True)
+    return float(torch.linalg.eigvalsh(theta)[-1])
+
+
+@pytest.mark.parametrize("over", [
+    ["model.param=paper", "model.depth=2"],                        # infinite-width kernel
+    ["model.param=ntk", "model.depth=2", "model.bias=true"],       # infinite-width kernel, biases
+    ["model.param=mup", "model.depth=2"],                          # empirical kernel, per-layer rates
+    ["model.arch=resnet", "model.param=ntk", "model.depth=2"],     # empirical kernel
+])
+def test_auto_step_is_half_the_edge_of_the_full_gd_operator(over):
+    cfg = load_config(None, ["model.width=2048", "data.n=32", "data.target=regression", *over])
+    ds, model, rules = _model(cfg)
+    lr, facts = resolve_lr(cfg, model, rules, ds.x.double(), ds.num_outputs)
+    edge = lr * _gd_operator_lambda_max(model, rules, ds.x.double()) / ds.x.shape[0]
+    assert facts["rule"] == "auto" and facts["lr"] == lr and facts["samples"] == 32
+    assert facts["kernel"] == ("infinite-width" if "model.arch=resnet" not in over and "model.param=mup" not in over
+                               else "empirical at init")
+    assert abs(edge - 1.0) < 0.06, edge  # lr * lambda_max(Theta) / n = 1 = half of the edge at 2 (finite m)
+
+
+def test_a_given_lr_is_used_as_today_and_auto_is_recorded(tmp_path):
+    given = load_config(None, [*QUIET, "model.width=64", "train.lr=8", f"run.dir={tmp_path / 'g'}",
+                               "train.steps=3"])
+    run_trial(given)
+    derived = yaml.safe_load((tmp_path / "g" / "config.yaml").read_text())["derived"]
+    assert derived["lr"] == {"rule": "given", "lr": 8.0}
+    assert derived["effective_lr"]["hidden.0.weight"] == 8.0 / 64  # paper: lr / m, as before
+
+    auto = load_config(None, [*QUIET, "model.width=64", f"run.dir={tmp_path / 'a'}", "train.steps=3",
+                              "train.lr_scale=0.5"])
+    run_trial(auto)
+    derived = yaml.safe_load((tmp_path / "a" / "config.yaml").read_text())["derived"]
+    ds = build_dataset(auto)
+    from overparam_dist.metrics.analytic import infinite_width_ntk
+
+    lam = float(torch.linalg.eigvalsh(infinite_width_ntk(ds.x, 2, "paper") / ds.num_outputs)[-1])
+    assert derived["lr"]["kernel"] == "infinite-width" and math.isclose(derived["lr"]["lambda_max"], lam, rel_tol=1e-9)
+    assert math.isclose(derived["lr"]["lr"], 0.5 * 64 / lam, rel_tol=1e-9)
+    assert math.isclose(derived["effective_lr"]["hidden.0.weight"], derived["lr"]["lr"] / 64, rel_tol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_edge_is_where_the_loss_stops_falling(tmp_path):
+    """Past lr_scale = 2 the residual's top mode grows; below it every logged loss falls."""
+    def losses(scale):
+        cfg = load_config(None, [*QUIET, "model.width=2048", "model.depth=1", "data.target=regression",
+                                 "train.steps=40", "metrics.every=1", "metrics.ntk=false", "metrics.spectral=false",
+                                 f"train.lr_scale={scale}", f"run.dir={tmp_path / str(scale)}"])
+        run_trial(cfg)
+        return [r[names.TRAIN_LOSS] for r in read_rows(tmp_path / str(scale))]
+
+    below, above = losses(1.8), losses(2.4)
+    assert all(b < a for a, b in zip(below, below[1:]))
+    assert max(above) > above[0] or not math.isfinite(above[-1])
+
+
+@pytest.mark.slow
+def test_defaults_stay_in_the_kernel_regime_at_every_depth(tmp_path):
+    """Issue 12's table with the defaults (two seeds averaged: one seed's drift at m = 128 is noisy)."""
+    widths, seeds = [128, 512, 2048], [0, 1]
+    for depth in (1, 2, 4, 8):
+        drift, wabs = [], []
+        for width in widths:
+            summaries = []
+            for seed in seeds:
+                run = tmp_path / f"d{depth}w{width}s{seed}"
+                cfg = load_config(None, [*QUIET, f"model.width={width}", f"model.depth={depth}", f"seed={seed}",
+                                         "data.target=regression", "train.steps=100", "metrics.every=20",
+                                         "metrics.spectral=false", f"run.dir={run}"])
+                summaries.append(run_trial(cfg))
+                assert summaries[-1]["status"] == "completed"
+                loss = [r[names.TRAIN_LOSS] for r in read_rows(run)]
+                assert all(b < a for a, b in zip(loss, loss[1:])), (depth, width, loss)
+            drift.append(sum(s[names.NTK_REL_DRIFT] for s in summaries) / len(seeds))
+            wabs.append(sum(s[names.DRIFT_WEIGHT_ABS] for s in summaries) / len(seeds))
+        assert drift == sorted(drift, reverse=True), (depth, drift)  # falls with width
+        assert abs(loglog_slope(widths, wabs) + 0.5) <= 0.15, (depth, wabs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("over", [["model.param=ntk", "model.bias=true", "model.depth=2"],
+                                  ["model.arch=cnn", "model.depth=4", "model.width=32"],
+                                  ["model.arch=resnet", "model.depth=4"],
+                                  ["train.loss=ce", "model.depth=4"]])
+def test_defaults_do_not_diverge(tmp_path, over):
+    cfg = load_config(None, [*QUIET, "model.width=256", "train.steps=100", "metrics.every=20",
+                             "metrics.spectral=false", f"run.dir={tmp_path}", *over])
+    s = run_trial(cfg)
+    loss = [r[names.TRAIN_LOSS] for r in read_rows(tmp_path)]
+    assert s["status"] == "completed" and loss[-1] < loss[0], loss
+    assert read_summary(tmp_path)["status"] == "completed"
