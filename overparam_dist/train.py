@@ -146,8 +146,10 @@ class Trainer:
             self.t_all = self.t_all.to(self.dtype)
         self.labels = ds.y.to(self.device) if ds.is_classification else None
         self.n = len(ds)
-        share = self.n // world.dp
-        lo, hi = world.dp_rank * share, (world.dp_rank + 1) * share
+        # Contiguous near-equal shares that cover every sample, also when dp does not divide n (mini-batch SGD
+        # allows that: the batch is what dp must divide). Full batch: n % dp == 0 (config.py), equal shares.
+        lo = world.dp_rank * self.n // world.dp
+        hi = (world.dp_rank + 1) * self.n // world.dp
         self.full_batch = self.cfg.train.batch_size == 0
         self.x_local, self.t_local = self.x_all[lo:hi], self.t_all[lo:hi]
         self.labels_local = self.labels[lo:hi] if self.labels is not None else None
@@ -193,10 +195,11 @@ class Trainer:
         return loss, float(loss.detach()), None  # batch loss: divergence check only
 
     def _reduce_loss_acc(self, loss: torch.Tensor, output: torch.Tensor, labels) -> tuple[float, float | None]:
-        self.stats[0] = loss.double()
+        """The mean loss over this rank's share -> the mean over all n samples (shares may differ by one)."""
+        self.stats[0] = loss.double() * output.shape[0]
         self.stats[1] = (output.argmax(1) == labels).sum() if labels is not None else 0
         self.world.all_reduce_sum(self.stats, "dp")
-        return float(self.stats[0]) / self.world.dp, (float(self.stats[1]) / self.n if labels is not None else None)
+        return float(self.stats[0]) / self.n, (float(self.stats[1]) / self.n if labels is not None else None)
 
     def evaluate(self) -> tuple[float, float | None]:
         """Loss and accuracy of the current parameters on the whole training set."""
@@ -306,6 +309,7 @@ class Trainer:
             names.NTK_INIT_GAP: self.theory.init_gap,
             names.CONV_RATE: self.conv.rate(),
             names.CONV_STEPS_TO_FIT: self.conv.steps_to_fit,
+            names.CONV_STEPS_TO_FIT_RESOLUTION: 1 if self.full_batch else (self.cfg.metrics.every or step),
             "wall_s": time.perf_counter() - self.t_start,
             "delta": self.ds.info["delta"],
             "trained_params": sum(math.prod(self.par.shards[n].global_shape) if n in self.par.shards else p.numel()

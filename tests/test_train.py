@@ -120,6 +120,24 @@ def test_ddp_matches_single_process(tmp_path):
     assert read_summary(tmp_path / "dp2")["dp"] == 2
 
 
+@pytest.mark.slow
+def test_every_sample_counts_when_dp_does_not_divide_n(tmp_path):
+    """n = 9 at dp = 2 under mini-batch SGD: evaluation covers all 9 samples, so the logged loss equals dp = 1
+    and full train accuracy (hence stop_at_fit) is reachable."""
+    common = ["data.n=9", "train.batch_size=4", "metrics.every=1", "model.width=128", "train.steps=300",
+              "train.dtype=float64"]
+    assert run_cli(*_args(tmp_path / "dp1", *common)).returncode == 0
+    res = run_cli(*_args(tmp_path / "dp2", *common, "parallel.dp=2"))
+    assert res.returncode == 0, res.stderr
+    a, b = read_rows(tmp_path / "dp1"), read_rows(tmp_path / "dp2")
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert abs(x["train/loss"] - y["train/loss"]) <= 1e-6 * abs(x["train/loss"]), (x["step"], x, y)
+        assert x["train/acc"] == y["train/acc"]
+    s1, s2 = read_summary(tmp_path / "dp1"), read_summary(tmp_path / "dp2")
+    assert s2["train/acc"] == 1.0 and s2["steps"] == s1["steps"] < 300  # stop_at_fit fired at the same step
+
+
 def _init_hash_worker() -> str:
     from overparam_dist.models import build_model
     from overparam_dist.parallel import distributed

@@ -16,14 +16,21 @@ def log_loss_slope(steps: list[int], losses: list[float]) -> float | None:
 
 
 class ConvergenceTracker:
-    """Keeps the trailing loss window (every step) and the first fitting step."""
+    """The (step, loss) points of the last `window` steps, and the first step seen to fit.
+
+    The window counts steps, not points: full-batch GD gives a point every step, mini-batch SGD only on logged
+    rows (every metrics.every steps), and both then fit the rate over the same stretch of training.
+    """
 
     def __init__(self, window: int):
-        self.window: deque[tuple[int, float]] = deque(maxlen=window)
+        self.steps = window
+        self.window: deque[tuple[int, float]] = deque()
         self.steps_to_fit: int | None = None
 
     def update(self, step: int, loss: float, fitted: bool) -> None:
         self.window.append((step, loss))
+        while self.window[0][0] <= step - self.steps:
+            self.window.popleft()
         if fitted and self.steps_to_fit is None:
             self.steps_to_fit = step
 

@@ -14,7 +14,12 @@ DRIFT_WEIGHT_REL = "drift/weight_rel"  # ||theta_t - theta_0||_F / ||theta_0||_F
 # ||theta_t - theta_0||_F itself: the quantity the theory bounds by O(1/sqrt(m)). With paper init
 # ||theta_0||_F grows like sqrt(m), so the relative drift falls like 1/m where this falls like 1/sqrt(m).
 DRIFT_WEIGHT_ABS = "drift/weight_abs"
+# Fraction of (probe sample, unit) ReLU signs that differ from init, over the units of trained layers only: a
+# frozen layer (paper's A) can never flip, and counting it would dilute the value by depth.
 DRIFT_ACT_FLIP = "drift/act_flip"
+# Layers whose spectral norm in this row stopped at the iteration cap before its error estimate reached the
+# tolerance (metrics/drift.py): 0 on a trustworthy row.
+DRIFT_SPEC_UNCONVERGED = "drift/weight_spec_unconverged"
 
 
 def drift_weight_rel(layer: str) -> str:
@@ -38,3 +43,6 @@ NTK_INIT_GAP = "ntk/init_gap"
 
 CONV_RATE = "conv/rate"
 CONV_STEPS_TO_FIT = "conv/steps_to_fit"
+# Steps between the points at which a fit can be seen: 1 under full-batch GD (every step is evaluated), else
+# metrics.every (mini-batch SGD evaluates the whole training set only on logged rows). Summary only.
+CONV_STEPS_TO_FIT_RESOLUTION = "conv/steps_to_fit_resolution"

@@ -22,7 +22,7 @@ from ..parallel.shard_view import plain_view
 from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
-from .drift import WeightDrift
+from .drift import WeightDrift, layer_name
 from .ntk import empirical_ntk
 
 
@@ -114,6 +114,7 @@ class TheoryMetrics:
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
                                  reduce=parallel.reduce if sharded else None, spectral=spectral)
         self.sharded_acts = parallel.sharded_activations() if sharded else set()
+        self.trained_layers = {layer_name(n) for n in trained}  # the aggregate flip counts only these
         self.acts = ActivationPattern(model)
         init_signs = self.acts.capture(model, probe_x)
         self.init_bits = {k: (pack_bits(v), v.numel()) for k, v in init_signs.items()}
@@ -155,8 +156,9 @@ class TheoryMetrics:
                 self.parallel.reduce_tp(counts)
             flipped, units = float(counts[0]), float(counts[1])
             out[names.drift_act_flip(layer)] = flipped / units
-            flipped_total += flipped
-            units_total += units
+            if layer in self.trained_layers:
+                flipped_total += flipped
+                units_total += units
         if units_total:
             out[names.DRIFT_ACT_FLIP] = flipped_total / units_total
         return out
