@@ -24,7 +24,8 @@ from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
-from .metrics.tracker import TheoryMetrics, label_complexity_targets
+from .metrics.label_complexity import targets as label_targets
+from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
@@ -122,7 +123,7 @@ class Trainer:
         probe_n = min(cfg.metrics.ntk_probe, len(ds))
         self.theory = TheoryMetrics(
             self.model, self.rules, cfg.seed, ds.x[:probe_n].to(self.device, self.dtype),
-            label_complexity_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
+            label_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
@@ -307,6 +308,7 @@ class Trainer:
             "stop_rules": rundir.stop_rules(self.cfg),
             **{k: v for k, v in final_metrics.items() if not k.startswith(names.TIME_PREFIX)},
             names.NTK_INIT_GAP: self.theory.init_gap,
+            **self.theory.label_complexity,
             names.CONV_RATE: self.conv.rate(),
             names.CONV_STEPS_TO_FIT: self.conv.steps_to_fit,
             names.CONV_STEPS_TO_FIT_RESOLUTION: 1 if self.full_batch else (self.cfg.metrics.every or step),

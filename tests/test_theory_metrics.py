@@ -97,7 +97,7 @@ def test_bits_roundtrip():
     assert torch.equal(unpack_bits(packed, 91), mask.flatten())
 
 
-def _jac_ntk(model, x):
+def _jac_ntk(model, x, full=False):
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
 
@@ -105,6 +105,9 @@ def _jac_ntk(model, x):
         return torch.func.functional_call(model, {**ps, **frozen}, (xi[None],))[0]
 
     jac = torch.func.vmap(torch.func.jacrev(f), (None, 0))(params, x)
+    if full:
+        n, c = x.shape[0], next(iter(jac.values())).shape[1]
+        return sum(torch.einsum("iap,jbp->iajb", j.flatten(2), j.flatten(2)) for j in jac.values()).reshape(n * c, -1)
     return sum(torch.einsum("iap,jap->ij", j.flatten(2), j.flatten(2)) for j in jac.values())
 
 
@@ -117,6 +120,7 @@ def test_tracker_metrics_equal_independent_computation(param):
                        train_outer=param != "paper", classes=3, track_ntk=True)
     scale = 1 / 40 if param == "paper" else 1.0
     k0 = _jac_ntk(model, x) * scale
+    theta0 = _jac_ntk(model, x, full=True) * scale  # (nC x nC), index i*C + c
     pre0 = _preacts(model, x)
     _perturb(model, 0.05)
     got = tm.compute(first=True)
@@ -126,10 +130,16 @@ def test_tracker_metrics_equal_independent_computation(param):
     assert got[names.NTK_LAMBDA_MIN] == pytest.approx(float(ev[0]), rel=1e-8)
     assert got[names.NTK_LAMBDA_MAX] == pytest.approx(float(ev[-1]), rel=1e-8)
     assert got[names.NTK_TRACE] == pytest.approx(float(k.trace()), rel=1e-8)
-    lc = math.sqrt(2 * float((y * torch.linalg.solve(k, y)).sum()) / 10)
+    # Label complexity from Theta_0 over all nC outputs, once (Arora et al. 2019 with C outputs).
+    vec = y.reshape(-1)
+    lc = math.sqrt(2 * float(vec @ torch.linalg.solve(theta0, vec)) / 10)
     assert got[names.NTK_LABEL_COMPLEXITY] == pytest.approx(lc, rel=1e-6)
+    assert names.NTK_LABEL_COMPLEXITY not in tm.compute(first=False)
     if param in ("paper", "ntk"):
         k_inf = infinite_width_ntk(x, 2, param, classes=3)
+        theta_inf = torch.kron(k_inf / 3, torch.eye(3, dtype=torch.float64))  # independent outputs
+        lc_inf = math.sqrt(2 * float(vec @ torch.linalg.solve(theta_inf, vec)) / 10)
+        assert got[names.NTK_LABEL_COMPLEXITY_INF] == pytest.approx(lc_inf, rel=1e-9)
         assert got[names.NTK_INIT_GAP] == pytest.approx(float((k0 - k_inf).norm() / k_inf.norm()), rel=1e-8)
     else:
         assert names.NTK_INIT_GAP not in got
@@ -142,6 +152,27 @@ def test_tracker_metrics_equal_independent_computation(param):
     assert got[names.DRIFT_ACT_FLIP] == pytest.approx(float(torch.cat([f.flatten() for f in trained]).double().mean()))
     if param == "paper":
         assert got[names.drift_act_flip("input")] == 0.0 and got[names.DRIFT_ACT_FLIP] > 0
+
+
+def test_label_complexity_is_larger_for_random_labels_on_digits():
+    """Arora et al. 2019's point on real 10-class data (scikit-learn digits, n = 200): the kernel finds true labels
+    easier than random ones. Full Theta_0 over all 10 outputs (2000 x 2000), and K_inf."""
+    values = {}
+    for noise in (0.0, 1.0):
+        cfg = load_config(None, ["data.name=digits", "data.n=200", "model.width=256", "model.depth=2",
+                                 f"data.label_noise={noise}", "metrics.ntk_probe=200"])
+        from overparam_dist.data import build_dataset
+        from overparam_dist.metrics.label_complexity import targets
+
+        ds = build_dataset(cfg)
+        model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=torch.float64)
+        x = ds.x.double()
+        tm = TheoryMetrics(model, rules, cfg.seed, x, targets(ds.y, True, 10), param="paper", width=256, depth=2,
+                           arch="fc", bias=False, train_outer=False, classes=10, track_ntk=True, spectral=False)
+        values[noise] = tm.label_complexity
+    for key in (names.NTK_LABEL_COMPLEXITY, names.NTK_LABEL_COMPLEXITY_INF):
+        assert values[1.0][key] > 1.2 * values[0.0][key], (key, values)
+    print("label complexity on digits (true, random labels):", values)
 
 
 def _preacts(model, x):

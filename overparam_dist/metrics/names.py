@@ -38,7 +38,8 @@ NTK_REL_DRIFT = "ntk/rel_drift"
 NTK_LAMBDA_MIN = "ntk/lambda_min"
 NTK_LAMBDA_MAX = "ntk/lambda_max"
 NTK_TRACE = "ntk/trace"
-NTK_LABEL_COMPLEXITY = "ntk/label_complexity"
+NTK_LABEL_COMPLEXITY = "ntk/label_complexity"  # sqrt(2 vec(Y)^T Theta_0^-1 vec(Y) / n): once, at init
+NTK_LABEL_COMPLEXITY_INF = "ntk/label_complexity_inf"  # the same from K_inf, where it is known
 NTK_INIT_GAP = "ntk/init_gap"
 
 CONV_RATE = "conv/rate"

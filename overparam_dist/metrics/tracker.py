@@ -3,8 +3,9 @@
 - weight drift: drift/weight_rel, per layer relative Frobenius and spectral norms of W_t - W_0 (drift.py)
 - activation drift: drift/act_flip[/<layer>], the fraction of (probe sample, unit) ReLU signs that
   differ from init; the init pattern is stored as packed bits (8 per byte)
-- NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace, ntk/label_complexity on the exact
-  empirical NTK of the probe set (ntk.py), and ntk/init_gap against the infinite-width kernel once.
+- NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace on the exact empirical NTK of the probe set
+  (ntk.py); once, at step 0: ntk/init_gap against the infinite-width kernel, and ntk/label_complexity (from K_0)
+  and ntk/label_complexity_inf (from K_inf), see label_complexity.py.
 
 NTK scale: for param=paper the empirical kernel grows like m (the theory's step is lr/m), so every
 ntk/* value is computed on K / m there (analytic.empirical_scale), which is what gradient descent with
@@ -12,8 +13,6 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -23,6 +22,7 @@ from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
 from .drift import WeightDrift, layer_name
+from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import empirical_ntk
 
 
@@ -68,9 +68,10 @@ class ActivationPattern:
         return signs
 
 
-def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None) -> torch.Tensor:
-    """The exact trace NTK at `x` over `params` (default: every trainable parameter), float64, also when layers
-    are tensor-parallel shards (`parallel`: the trial's Parallelism)."""
+def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None,
+              outputs: str = "trace") -> torch.Tensor:
+    """The exact NTK at `x` over `params` (default: every trainable parameter), float64, also when layers are
+    tensor-parallel shards (`parallel`: the trial's Parallelism); `outputs` as for empirical_ntk."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     chosen = trainable if params is None else params
     tp = parallel is not None and parallel.world.tp > 1
@@ -86,7 +87,7 @@ def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | N
             ids = {id(p) for p in group}
             for p in trainable:
                 p.requires_grad_(id(p) in ids)
-            part = empirical_ntk(model, x, reduce_fn=parallel.reduce_tp if tp and i == 0 else None)
+            part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None)
             k = part if k is None else k + part
     finally:
         for p in trainable:
@@ -122,15 +123,18 @@ class TheoryMetrics:
         self.track_ntk = track_ntk
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
-        self.y = None
-        if probe_targets is not None:
-            self.y = probe_targets.double().reshape(probe_x.shape[0], -1)
+        self.label_complexity: dict[str, float] = {}  # once, from K_0 and K_inf (label_complexity.py)
         if track_ntk:
             self.k0 = self._ntk(model)
+            if probe_targets is not None:
+                theta0 = trial_ntk(model, probe_x, parallel, outputs="full") * self.scale
+                self.label_complexity[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
             if arch == "fc" and param in ANALYTIC_PARAMS and not (bias and param == "paper"):
                 k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
                                            bias=bias, classes=classes).to(self.k0.device)
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
+                if probe_targets is not None:
+                    self.label_complexity[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
         return trial_ntk(model, self.probe_x, self.parallel) * self.scale
@@ -142,6 +146,8 @@ class TheoryMetrics:
             out.update(self._ntk_metrics())
             if first and self.init_gap is not None:
                 out[names.NTK_INIT_GAP] = self.init_gap
+            if first:
+                out.update(self.label_complexity)
         return out
 
     def _act_flips(self) -> dict[str, float]:
@@ -172,14 +178,6 @@ class TheoryMetrics:
             names.NTK_LAMBDA_MAX: float(evals[-1]),
             names.NTK_TRACE: float(evals.sum()),
         }
-        if self.y is not None:
-            # sqrt(2 y^T K^-1 y / n), summed over output columns, via the eigendecomposition.
-            if float(evals[0]) > 0:
-                proj = evecs.T @ self.y
-                quad = float((proj.pow(2) / evals[:, None]).sum())
-                out[names.NTK_LABEL_COMPLEXITY] = math.sqrt(2 * quad / k.shape[0])
-            else:
-                out[names.NTK_LABEL_COMPLEXITY] = float("inf")
         return out
 
     def state(self) -> dict:
@@ -187,12 +185,3 @@ class TheoryMetrics:
 
     def load(self, state: dict) -> None:
         self.drift.load(state.get("spectral", {}))
-
-
-def label_complexity_targets(y: torch.Tensor, is_classification: bool, classes: int) -> torch.Tensor | None:
-    """Targets for ntk/label_complexity: regression targets, or +-1 for binary labels; None otherwise."""
-    if not is_classification:
-        return y.double()
-    if classes == 2:
-        return y.double() * 2 - 1
-    return None
