@@ -46,6 +46,32 @@ def test_init_variance_matches_parameterization(param):
             assert abs(mod.bias.double().var().item() / (1 / (3 * fan_in)) - 1) < 0.2 or mod.bias.numel() < 100
 
 
+def test_mup_step_scales_follow_tensor_programs_v_table_3():
+    """TP V, table 3 (SGD), against our step scales: input weights and all biases lr * fan_out, hidden weights lr,
+    output weights lr / fan_in (fan_in of the output layer = m)."""
+    model, rules = _build("model.param=mup", f"model.width={M}", "model.depth=2", "model.bias=true", out=3)
+    table = {"input.weight": M, "input.bias": M, "hidden.0.weight": 1, "hidden.0.bias": M, "hidden.1.weight": 1,
+             "hidden.1.bias": M, "output.weight": 1 / M, "output.bias": 3}
+    assert {n: rules[n].lr_scale for n, _ in model.named_parameters()} == pytest.approx(table, rel=0)
+
+
+def test_cnn_keeps_the_activation_norm_through_depth():
+    """Circular padding: |h_L| / |h_0| at init within 10 % at depth 5 (4 x 4 images, He init per fan)."""
+    cfg = load_config(None, ["model.arch=cnn", "model.param=paper", "model.width=256", "model.depth=5",
+                             "data.dim=16", "data.n=64"])
+    from overparam_dist.data import build_dataset
+
+    ds = build_dataset(cfg)
+    model, _ = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=torch.float64)
+    norms, h = [], torch.relu(model.input(ds.x.double()))
+    norms.append(float(h.pow(2).sum()))
+    for layer in model.hidden:
+        h = torch.relu(layer(h))
+        norms.append(float(h.pow(2).sum()))
+    ratios = [math.sqrt(v / norms[0]) for v in norms]
+    assert all(abs(r - 1) < 0.1 for r in ratios), ratios
+
+
 def test_paper_freezes_outer_layers_and_they_get_no_gradient():
     model, rules = _build("model.param=paper", "model.width=64")
     assert not model.input.weight.requires_grad and not model.output.weight.requires_grad
@@ -101,8 +127,11 @@ def test_forward_formulas():
 
     cnn, _ = _build("model.arch=cnn", "model.width=8", in_shape=(1, 4, 4), dtype=torch.float64)
     img = torch.randn(3, 1, 4, 4, dtype=torch.float64)
-    h = torch.relu(torch.nn.functional.conv2d(img, cnn.input.weight, padding=1))
+    def wrap(t):  # circular padding: the image is a torus
+        return torch.nn.functional.pad(t, (1, 1, 1, 1), mode="circular")
+
+    h = torch.relu(torch.nn.functional.conv2d(wrap(img), cnn.input.weight))
     for layer in cnn.hidden:
-        h = torch.relu(torch.nn.functional.conv2d(h, layer.weight, padding=1))
+        h = torch.relu(torch.nn.functional.conv2d(wrap(h), layer.weight))
     torch.testing.assert_close(cnn(img), h.flatten(1) @ cnn.output.weight.T)
     assert cnn.output.weight.shape == (C, 8 * 16)

@@ -53,18 +53,16 @@ def layer_spec(module: nn.Module) -> tuple[str, float, tuple | None] | None:
             return "linear", float(module.weight_multiplier), None
         return None
     if isinstance(module, nn.Conv2d):
-        if fwd is ScaledConv2d.forward:  # F.conv2d(x, w, None, stride, padding): dilation 1, groups 1
-            geom = (module.kernel_size, module.stride, (1, 1), 1,
-                    conv_padding(module, module.padding), "zeros")
-            return "conv", float(module.weight_multiplier), geom
-        if fwd is nn.Conv2d.forward and type(module)._conv_forward is nn.Conv2d._conv_forward:
-            if module.padding_mode != "zeros":  # nn.Conv2d pads by F.pad first, then convolves unpadded
-                r = module._reversed_padding_repeated_twice
-                pad4, mode = (r[0], r[1], r[2], r[3]), module.padding_mode
-            else:
-                pad4, mode = conv_padding(module, module.padding), "zeros"
-            geom = (module.kernel_size, module.stride, module.dilation, module.groups, pad4, mode)
-            return "conv", 1.0, geom
+        scaled = fwd is ScaledConv2d.forward  # F.conv2d(x, w, None, stride, padding): dilation 1, groups 1
+        if not (scaled or (fwd is nn.Conv2d.forward and type(module)._conv_forward is nn.Conv2d._conv_forward)):
+            return None
+        if module.padding_mode != "zeros":  # both pad by F.pad first, then convolve unpadded
+            r = module._reversed_padding_repeated_twice
+            pad4, mode = (r[0], r[1], r[2], r[3]), module.padding_mode
+        else:
+            pad4, mode = conv_padding(module, module.padding), "zeros"
+        geom = (module.kernel_size, module.stride, module.dilation, module.groups, pad4, mode)
+        return "conv", float(module.weight_multiplier) if scaled else 1.0, geom
     return None
 
 

@@ -65,15 +65,18 @@ def rules_for(param: str, role: str, module: nn.Module, width: int, train_outer:
         bound = 1.0 / math.sqrt(fan_in)  # nn.Linear / nn.Conv2d defaults
         return Rule("uniform", bound, 1.0, 1.0, trainable), Rule("uniform", bound, 1.0, 1.0, trainable)
     if param == "mup":
-        # Tensor Programs V, table 3 (SGD): input var 1/fan_in, lr * fan_out; hidden var 1/fan_in, lr;
-        # output var 1/fan_in^2, lr / fan_in. ReLU gain 2 on input and hidden layers.
+        # Tensor Programs V, table 3 (SGD): input weights and *all* biases: lr * fan_out; hidden weights var
+        # 1/fan_in, lr; output weights var 1/fan_in^2, lr / fan_in. So every bias moves at lr * fan_out: m for the
+        # input and hidden layers, d_out for the output layer (microsoft/mup's MuSGD: vector-like parameters get
+        # the width multiplier; the output bias, of finite size, is not scaled down). ReLU gain 2 on input and
+        # hidden layers; biases start at zero.
         if role == "input":
             w = Rule("normal", math.sqrt(2.0 / fan_in), 1.0, float(width), trainable)
         elif role == "hidden":
             w = Rule("normal", math.sqrt(2.0 / fan_in), 1.0, 1.0, trainable)
         else:
             w = Rule("normal", 1.0 / fan_in, 1.0, 1.0 / width, trainable)
-        return w, Rule("zeros", 0.0, 1.0, w.lr_scale, trainable)
+        return w, Rule("zeros", 0.0, 1.0, float(module.weight.shape[0]), trainable)
     raise ValueError(f"unknown parameterization {param!r}")
 
 
