@@ -308,7 +308,7 @@ class Trainer:
             "stop_rules": rundir.stop_rules(self.cfg),
             **{k: v for k, v in final_metrics.items() if not k.startswith(names.TIME_PREFIX)},
             names.NTK_INIT_GAP: self.theory.init_gap,
-            **self.theory.label_complexity,
+            **self.theory.once,
             names.CONV_RATE: self.conv.rate(),
             names.CONV_STEPS_TO_FIT: self.conv.steps_to_fit,
             names.CONV_STEPS_TO_FIT_RESOLUTION: 1 if self.full_batch else (self.cfg.metrics.every or step),

@@ -25,8 +25,8 @@ WANDB = str(Path(sys.executable).with_name("wandb"))
 WIDTHS, DEPTHS, SEEDS = [16, 32, 64], [1, 2], [0, 1]
 TINY = ["data.n=16", "train.steps=20", "metrics.every=5", "train.stop_at_fit=false", "checkpoint.every=0",
         "run.quiet=true"]
-REPORT_PNGS = ["loss_curves", "drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_lambda_min", "act_flips",
-               "steps_to_fit", "critical_width"]
+REPORT_PNGS = ["loss_curves", "drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_init_gap", "ntk_lambda_min",
+               "act_flips", "steps_to_fit", "critical_width"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -175,7 +175,8 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
 
     summaries = _summaries(sweep_dir)
     for name, key, ref in [("drift_weight_rel", "drift/weight_rel", -1.0),
-                           ("drift_weight_abs", "drift/weight_abs", -0.5), ("ntk_rel_drift", "ntk/rel_drift", -0.5)]:
+                           ("drift_weight_abs", "drift/weight_abs", -0.5), ("ntk_rel_drift", "ntk/rel_drift", -0.5),
+                           ("ntk_init_gap", "ntk/init_gap", -0.5)]:
         (panel,) = figs[name].panels
         assert panel.xlog and panel.ylog
         assert [s.label for s in panel.series] == [f"L={d}" for d in DEPTHS], name  # one series per depth
@@ -197,7 +198,11 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
     for name in ("ntk_lambda_min", "act_flips"):
         (panel,) = figs[name].panels
         assert len(panel.series) == len(DEPTHS) and all(s.x == WIDTHS for s in panel.series), name
-    assert [len(s.x) for s in figs["ntk_lambda_min"].panels[0].extra] == [len(WIDTHS)] * len(DEPTHS)  # init values
+    extra = figs["ntk_lambda_min"].panels[0].extra  # the init values per depth, then K_inf's per depth
+    assert [len(s.x) for s in extra] == [len(WIDTHS)] * 2 * len(DEPTHS)
+    for d, s in zip(DEPTHS, extra[len(DEPTHS):]):
+        assert s.meta["infinite_width"] and s.y == pytest.approx(
+            [np.mean([summaries[(w, d, seed)]["ntk/lambda_min_inf"] for seed in SEEDS]) for w in WIDTHS], rel=1e-12)
 
     # Loss curves: a panel per depth, a line per trial, its points exactly the metrics.jsonl rows.
     loss = figs["loss_curves"]
@@ -227,6 +232,35 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
     assert page.count("<tr>") >= len(summaries) + 1 and "w64-d2-s1" in page
     data = json.loads((out / "figures.json").read_text())
     assert {d["name"] for d in data} == set(REPORT_PNGS)
+    # The slopes table says whether the theory's exponent lies inside each fitted interval.
+    fits = [f for fig in rep.figures for f in fig.fits if f.reference is not None]
+    rows = re.findall(r"<td>(-?[\d.]+)</td><td>(yes|no)</td>", page)
+    assert len(rows) == len(fits) and all(
+        verdict == ("yes" if f.ci95[0] <= f.reference <= f.ci95[1] else "no") for (_, verdict), f in zip(rows, fits))
+
+
+def test_reference_lines_only_where_the_theory_applies(sweep_dir):
+    """paper: m^-1/2 absolute drift; ntk: O(1) absolute drift, m^-1 relative; standard and mixed sweeps: none."""
+    from overparam_dist.analysis.plots import figures
+    from overparam_dist.analysis.results import load_sweep
+
+    res = load_sweep(sweep_dir)
+    want = {"paper": {"drift_weight_abs": -0.5, "drift_weight_rel": -1.0, "ntk_rel_drift": -0.5, "ntk_init_gap": -0.5},
+            "ntk": {"drift_weight_abs": 0.0, "drift_weight_rel": -1.0, "ntk_rel_drift": -0.5, "ntk_init_gap": -0.5},
+            "standard": {}, "mup": {}}
+    for param, slopes in [*want.items(), ("mixed", {})]:
+        for i, t in enumerate(res.trials):
+            t.row["model.param"] = ("paper", "ntk")[i % 2] if param == "mixed" else param
+        figs = {f.name: f for f in figures(res)}
+        for name in ("drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_init_gap", "act_flips"):
+            refs = figs[name].panels[0].references
+            if name in slopes:
+                (line,) = refs
+                assert line.meta["slope"] == slopes[name] and "Dashed: the theory's slope" in figs[name].caption
+                assert all(f.reference == slopes[name] for f in figs[name].fits)
+            else:
+                assert refs == [] and "No reference line" in figs[name].caption, (param, name)
+                assert all(f.reference is None for f in figs[name].fits)
 
 
 def test_report_cli_writes_report_dir_and_bad_dir_is_exit_2(sweep_dir, tmp_path):

@@ -78,9 +78,14 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
         if f is not None and f.slope is not None and len(s.x) >= 2:
             xr = np.array([min(s.x), max(s.x)], dtype=float)
             ax.plot(xr, np.exp(f.intercept + f.slope * np.log(xr)), ":", color=color, lw=1.0)
-    for i, s in enumerate(p.extra):
+    measured = [s for s in p.extra if not s.meta.get("infinite_width")]
+    limits = [s for s in p.extra if s.meta.get("infinite_width")]  # a limit, not a measurement: dotted
+    for i, s in enumerate(measured):
         if s.x:
             ax.plot(s.x, s.y, "s--", color=DEPTH_COLORS(i % 10), ms=3, lw=0.9, alpha=0.6, label=s.label)
+    for i, s in enumerate(limits):
+        if s.x:
+            ax.plot(s.x, s.y, "_:", color=DEPTH_COLORS(i % 10), ms=9, lw=1.6, label=s.label)
     for s in p.references:
         ax.plot(s.x, s.y, "--", color="black", lw=1.3, alpha=0.7, label=s.label)
     if p.xlog:

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..metrics import names
 from ..rundir import RESULTS_FILE, atomic_write
+from . import theory
 from .plots import FigureData
 from .results import SweepResults
 
@@ -76,14 +77,16 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path) -> Pat
     if fits:
         method = sorted({fit.method for fit in fits})
         parts.append("<p>" + e("; ".join(method)) + ".</p><table><tr><th>metric</th><th>series</th><th>slope</th>"
-                     "<th>95% interval</th><th>theory</th><th>per seed</th><th>widths</th></tr>")
+                     "<th>95% interval</th><th>theory</th><th>theory inside the interval</th><th>per seed</th>"
+                     "<th>widths</th></tr>")
         for fit in fits:
             ci = f"[{fit.ci95[0]:.3f}, {fit.ci95[1]:.3f}]" if fit.ci95 else "—"
             per_seed = ", ".join(f"s{k}: {v:.3f}" for k, v in fit.per_seed.items())
             parts.append(
                 f"<tr><td class='t'>{e(fit.metric)}</td><td class='t'>{e(fit.series)}</td>"
                 f"<td>{'' if fit.slope is None else f'{fit.slope:.3f}'}</td><td>{e(ci)}</td>"
-                f"<td>{'' if fit.reference is None else f'{fit.reference:g}'}</td><td class='t'>{e(per_seed)}</td>"
+                f"<td>{'' if fit.reference is None else f'{fit.reference:g}'}</td>"
+                f"<td>{theory.inside(fit.ci95, fit.reference)}</td><td class='t'>{e(per_seed)}</td>"
                 f"<td class='t'>{e(str(fit.widths))}</td></tr>")
         parts.append("</table>")
     else:

@@ -22,6 +22,7 @@ from matplotlib import colormaps
 
 from ..metrics import names
 from ..metrics.fit import fit_line
+from . import theory
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
 
 WIDTH_CMAP = colormaps["viridis"]
@@ -344,53 +345,67 @@ def critical_width(res: SweepResults) -> FigureData | None:
 # ----------------------------------------------------------------------------------------------- the set
 
 
+def _sweep_param(res: SweepResults) -> str | None:
+    """The trials' parameterization, or None when they mix several (no reference line then fits them all)."""
+    params = {t.row.get("model.param") or "paper" for t in res.trials}
+    return params.pop() if len(params) == 1 else None
+
+
+def _with_theory(res: SweepResults, key: str, param: str | None, caption: str, **kw) -> FigureData:
+    """against_width with the theory's reference line where it applies to `param` (theory.py), said in the
+    caption and the subtitle either way."""
+    slope, why = theory.reference(key, param)
+    return against_width(res, key, reference=slope, reference_label=f"theory: m^{slope:g}" if slope is not None
+                         else "", subtitle=why, caption=f"{caption} {why}", **kw)
+
+
+ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars min–max, faint dots = seeds, dotted = fitted "
+               "power law); legend: fitted slope with its 95% interval over seeds.")
+
+
 def figures(res: SweepResults) -> list[FigureData]:
     """Every figure of the report, as data (not drawn yet)."""
-    param = next((t.row.get("model.param") for t in res.trials if t.row.get("model.param")), "paper")
-    paper = param == "paper"
+    param = _sweep_param(res)
+    lam = against_width(
+        res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
+        subtitle="solid: end of training; dashed: at initialisation; dotted: the infinite-width kernel K∞", fit=False,
+        init_too=True,
+        caption="ntk/lambda_min of the empirical NTK on the probe set at the end of training (solid) and at "
+                "initialisation (dashed), against width, and of the infinite-width kernel K∞ where it is known "
+                "(dotted, ntk/lambda_min_inf). The convergence theory needs it bounded away from 0 as m grows; with "
+                "width the empirical value should settle at K∞'s and move less during training.")
+    for skey, trials in res.by_series().items():
+        inf = _mean_series(res, skey, trials, names.NTK_LAMBDA_MIN_INF, positive=False)
+        if inf.x:
+            inf.label = f"{inf.label} (K∞)"
+            inf.meta["infinite_width"] = True
+            lam.panels[0].extra.append(inf)
     figs = [
         loss_curves(res),
-        against_width(
-            res, names.DRIFT_WEIGHT_ABS, name="drift_weight_abs",
-            title="Weight drift ‖θ_t − θ_0‖_F against width",
-            subtitle="end of training, log-log; dashed: the theory's O(1/√m), slope −1/2", reference=-0.5,
-            reference_label="theory: m^-1/2",
-            caption="drift/weight_abs, the distance the trained weights moved from initialisation, at the end of "
-                    "training, against width; log-log, one series per depth (mean over seeds, bars min–max, faint "
-                    "dots = seeds, dotted = fitted power law). Legend: fitted slope with its 95% interval over seeds. "
-                    "Dashed: the theory's m^-1/2 (Allen-Zhu, Li & Song 2018: the weights stay within O(1/√m))."),
-        against_width(
-            res, names.DRIFT_WEIGHT_REL, name="drift_weight_rel",
-            title="Relative weight drift ‖θ_t − θ_0‖_F / ‖θ_0‖_F against width",
-            subtitle=("dashed: slope −1, not −1/2: under param=paper ‖θ_0‖_F grows like √m, so an O(1/√m) "
-                      "movement is O(1/m) relative to it" if paper else
-                      f"model.param={param}: no reference line (‖θ_0‖_F does not scale as in the paper)"),
-            reference=-1.0 if paper else None, reference_label="reference: m^-1 (= m^-1/2 / √m)",
-            caption="drift/weight_rel, the relative Frobenius drift over the trained parameters, against width; "
-                    "log-log, one series per depth, fitted slopes with 95% intervals over seeds. The theory bounds "
-                    "the absolute drift by O(1/√m); with the paper's initialisation ‖θ_0‖_F grows like √m, so the "
-                    "relative drift should fall like m^-1 (dashed) — the −1/2 law is in the drift/weight_abs figure."),
-        against_width(
-            res, names.NTK_REL_DRIFT, name="ntk_rel_drift",
-            title="NTK drift ‖K_t − K_0‖_F / ‖K_0‖_F against width",
-            subtitle="end of training, log-log; dashed: the theory's O(1/√m), slope −1/2", reference=-0.5,
-            reference_label="theory: m^-1/2",
-            caption="ntk/rel_drift, how far the empirical NTK on the probe set moved from its initial value, at the "
-                    "end of training, against width; log-log, one series per depth, fitted slopes with 95% "
-                    "intervals over seeds, dashed: the theory's m^-1/2."),
-        against_width(
-            res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
-            subtitle="solid: end of training; dashed: at initialisation", fit=False, init_too=True,
-            caption="ntk/lambda_min of the empirical NTK on the probe set at the end of training (solid) and at "
-                    "initialisation (dashed), against width. The convergence theory needs it bounded away from 0 as "
-                    "m grows; with width it should settle at the infinite-width kernel's value and move less "
-                    "during training."),
+        _with_theory(res, names.DRIFT_WEIGHT_ABS, param, name="drift_weight_abs",
+                     title="Weight drift ‖θ_t − θ_0‖_F against width",
+                     caption=f"drift/weight_abs, the distance the trained weights moved from initialisation, at the "
+                             f"end of training, against width; {ALONG_WIDTH}"),
+        _with_theory(res, names.DRIFT_WEIGHT_REL, param, name="drift_weight_rel",
+                     title="Relative weight drift ‖θ_t − θ_0‖_F / ‖θ_0‖_F against width",
+                     caption=f"drift/weight_rel, the relative Frobenius drift over the trained parameters, against "
+                             f"width; {ALONG_WIDTH}"),
+        _with_theory(res, names.NTK_REL_DRIFT, param, name="ntk_rel_drift",
+                     title="NTK drift ‖K_t − K_0‖_F / ‖K_0‖_F against width",
+                     caption=f"ntk/rel_drift, how far the empirical NTK on the probe set moved from its initial value, "
+                             f"at the end of training, against width; {ALONG_WIDTH}"),
+        _with_theory(res, names.NTK_INIT_GAP, param, name="ntk_init_gap",
+                     title="Distance of K_0 from the infinite-width kernel against width",
+                     caption=f"ntk/init_gap = ‖K_0 − K∞‖_F / ‖K∞‖_F on the probe set at initialisation (fc with "
+                             f"paper or ntk only), against width; {ALONG_WIDTH}"),
+        lam,
         against_width(
             res, names.DRIFT_ACT_FLIP, name="act_flips", title="ReLU activation flips against width",
-            subtitle="fraction of (probe sample, unit) ReLU signs that differ from initialisation, end of training",
-            caption="drift/act_flip: the fraction of (probe sample, hidden unit) ReLU signs that differ from "
-                    "initialisation at the end of training, against width; one series per depth with fitted slopes "
-                    "(95% intervals over seeds). Fewer flips = closer to the linearised (NTK) regime."),
+            subtitle="fraction of (probe sample, unit) ReLU signs of trained layers that differ from init",
+            caption="drift/act_flip: the fraction of (probe sample, unit) ReLU signs of the trained layers that "
+                    "differ from initialisation at the end of training, against width; one series per depth with "
+                    "fitted slopes (95% intervals over seeds). Fewer flips = closer to the linearised (NTK) regime. "
+                    "No reference line: the theory bounds the flips, it gives no exponent."),
         steps_to_fit(res),
     ]
     cw = critical_width(res)

@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from ..metrics import names
 from ..rundir import atomic_write
 from ..sinks import wandb_init, wandb_mode, warn_wandb
+from . import theory
 from .results import WIDTH, SweepResults
 
 SUMMARY_RUN_FILE = "wandb_summary_run.json"  # in runs/<sweep>/: the summary run's id and its last step
@@ -79,9 +80,10 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
             row: dict[str, Any] = {
                 RESULTS_TABLE: wandb.Table(columns=cols, data=data, allow_mixed_types=True),
                 SLOPES_TABLE: wandb.Table(
-                    columns=["metric", "series", "slope", "ci95_lo", "ci95_hi", "theory", "method"],
+                    columns=["metric", "series", "slope", "ci95_lo", "ci95_hi", "theory", "theory_inside", "method"],
                     data=[[f.metric, f.series, f.slope, f.ci95[0] if f.ci95 else None,
-                           f.ci95[1] if f.ci95 else None, f.reference, f.method] for f in fits],
+                           f.ci95[1] if f.ci95 else None, f.reference, theory.inside(f.ci95, f.reference), f.method]
+                          for f in fits],
                     allow_mixed_types=True),
             }
             short_cols, short_rows = results_table(res)

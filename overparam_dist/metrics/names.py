@@ -37,6 +37,7 @@ def drift_act_flip(layer: str) -> str:
 NTK_REL_DRIFT = "ntk/rel_drift"
 NTK_LAMBDA_MIN = "ntk/lambda_min"
 NTK_LAMBDA_MAX = "ntk/lambda_max"
+NTK_LAMBDA_MIN_INF = "ntk/lambda_min_inf"  # of the infinite-width kernel on the probe set, where known: once
 NTK_TRACE = "ntk/trace"
 NTK_LABEL_COMPLEXITY = "ntk/label_complexity"  # sqrt(2 vec(Y)^T Theta_0^-1 vec(Y) / n): once, at init
 NTK_LABEL_COMPLEXITY_INF = "ntk/label_complexity_inf"  # the same from K_inf, where it is known

@@ -4,7 +4,7 @@
 - activation drift: drift/act_flip[/<layer>], the fraction of (probe sample, unit) ReLU signs that
   differ from init; the init pattern is stored as packed bits (8 per byte)
 - NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace on the exact empirical NTK of the probe set
-  (ntk.py); once, at step 0: ntk/init_gap against the infinite-width kernel, and ntk/label_complexity (from K_0)
+  (ntk.py); once, at step 0: ntk/init_gap and ntk/lambda_min_inf (the infinite-width kernel), ntk/label_complexity (K_0)
   and ntk/label_complexity_inf (from K_inf), see label_complexity.py.
 
 NTK scale: for param=paper the empirical kernel grows like m (the theory's step is lr/m), so every
@@ -123,18 +123,21 @@ class TheoryMetrics:
         self.track_ntk = track_ntk
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
-        self.label_complexity: dict[str, float] = {}  # once, from K_0 and K_inf (label_complexity.py)
+        # Once per trial, at step 0 and in the summary: label complexity from K_0 and K_inf (label_complexity.py),
+        # lambda_min of K_inf.
+        self.once: dict[str, float] = {}
         if track_ntk:
             self.k0 = self._ntk(model)
             if probe_targets is not None:
                 theta0 = trial_ntk(model, probe_x, parallel, outputs="full") * self.scale
-                self.label_complexity[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
+                self.once[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
             if arch == "fc" and param in ANALYTIC_PARAMS and not (bias and param == "paper"):
                 k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
                                            bias=bias, classes=classes).to(self.k0.device)
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
+                self.once[names.NTK_LAMBDA_MIN_INF] = float(torch.linalg.eigvalsh(k_inf)[0])
                 if probe_targets is not None:
-                    self.label_complexity[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
+                    self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
         return trial_ntk(model, self.probe_x, self.parallel) * self.scale
@@ -147,7 +150,7 @@ class TheoryMetrics:
             if first and self.init_gap is not None:
                 out[names.NTK_INIT_GAP] = self.init_gap
             if first:
-                out.update(self.label_complexity)
+                out.update(self.once)
         return out
 
     def _act_flips(self) -> dict[str, float]:
