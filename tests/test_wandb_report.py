@@ -241,7 +241,7 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
 
 def test_reference_lines_only_where_the_theory_applies(sweep_dir):
     """paper: m^-1/2 absolute drift; ntk: O(1) absolute drift, m^-1 relative; standard and mixed sweeps: none."""
-    from overparam_dist.analysis.plots import figures
+    from overparam_dist.analysis.figures import figures
     from overparam_dist.analysis.results import load_sweep
 
     res = load_sweep(sweep_dir)

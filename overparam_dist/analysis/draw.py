@@ -11,7 +11,8 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .plots import FigureData, Panel, SlopeFit, figures
+from .figures import figures
+from .plots import FigureData, Panel, SlopeFit
 from .results import WIDTH, SweepResults, label
 
 DPI = 110
