@@ -49,10 +49,12 @@ def bytes_per_rank(cfg: Config) -> int:
 
 
 def available_bytes(cfg: Config) -> tuple[int, str]:
-    """(bytes free for one rank, where that number comes from)."""
+    """(bytes one rank may use at most, and where that number comes from)."""
     if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
-        free, _ = torch.cuda.mem_get_info()
-        return free, "free on one CUDA device"
+        # The device's total memory: asking for the free memory would create a CUDA context here, in the
+        # launching process or on the wrong device of a rank that has not chosen its own yet.
+        device = int(os.environ.get("LOCAL_RANK", 0)) % max(torch.cuda.device_count(), 1)
+        return torch.cuda.get_device_properties(device).total_memory, f"on CUDA device {device}"
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE") or 0) or (cfg.parallel.dp * cfg.parallel.tp)
     with open("/proc/meminfo") as f:
         kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))

@@ -280,3 +280,28 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
         assert time.time() < deadline, "processes of the killed driver's Ray survived"
         time.sleep(0.2)
     assert not Path(temp).exists()
+
+
+def test_memory_floor_on_cuda_reads_the_rank_s_own_device(monkeypatch):
+    """CUDA cannot run here: its two queries are stubbed. The floor is compared with the total memory of the device
+    of LOCAL_RANK, without creating a CUDA context in the launcher."""
+    import types
+
+    import torch
+
+    from overparam_dist.config import ConfigError, load_config
+    from overparam_dist.footprint import GIB, bytes_per_rank, check_fits_memory
+
+    cfg = load_config(None, ["model.width=60000", "model.depth=3", "train.device=cuda", "parallel.dp=2"])
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: asked.append(i) or types.SimpleNamespace(total_memory=16 * GIB))
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(ConfigError) as err:
+        check_fits_memory(cfg)
+    assert asked == [1] and "16.0 GiB is available (on CUDA device 1)" in str(err.value)
+    assert f"{bytes_per_rank(cfg) / GIB:.1f} GiB" in str(err.value)
+    small = load_config(None, ["model.width=4096", "train.device=cuda"])
+    check_fits_memory(small)  # 4096^2 x 2 layers x 2 (weights, grads) x 4 bytes = 0.25 GiB: fits in 16
