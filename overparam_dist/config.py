@@ -70,6 +70,7 @@ class MetricsConfig:
     ntk: bool = True  # track the empirical NTK on the probe set
     spectral: bool = True  # spectral norms of W_t - W_0 (each iteration regenerates W_0 once)
     window: int = 50  # trailing window (steps) for conv/rate
+    lin_max: int = 2048  # ntk/lin_gap is computed when data.n x outputs <= this (mse, full batch)
 
 
 @dataclass
@@ -289,6 +290,8 @@ def validate(cfg: Config) -> None:
         bad("metrics.every", "must be >= 0 (0 = only at start and end)")
     if cfg.metrics.ntk_probe < 1:
         bad("metrics.ntk_probe", "must be >= 1")
+    if cfg.metrics.lin_max < 0:
+        bad("metrics.lin_max", "must be >= 0 (0 = ntk/lin_gap off)")
     if cfg.metrics.window < 2:
         bad("metrics.window", "must be >= 2")
     if cfg.checkpoint.every < 0:

@@ -36,7 +36,7 @@ from torch import nn
 from .config import AUTO, Config, effective_train_outer
 from .metrics.analytic import PARAMS as ANALYTIC_PARAMS
 from .metrics.analytic import infinite_width_ntk
-from .metrics.tracker import trial_ntk
+from .metrics.linearization import gd_kernel
 
 AUTO_SAMPLES = 2048  # samples of the training set the kernel is taken on
 
@@ -58,11 +58,7 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
                                train_outer=effective_train_outer(cfg), classes=outputs)
     else:
         kernel = "empirical at init"
-        groups: dict[float, list] = {}
-        for name, p in model.named_parameters():
-            if p.requires_grad:
-                groups.setdefault(rules[name].lr_scale, []).append(p)
-        k = sum(scale * trial_ntk(model, xs, parallel, ps) for scale, ps in groups.items())
+        k = gd_kernel(model, xs, {name: rule.lr_scale for name, rule in rules.items()}, parallel)
     lam = float(torch.linalg.eigvalsh(k.double() / outputs)[-1])
     lr = cfg.train.lr_scale * xs.shape[0] / lam
     return lr, {"rule": AUTO, "kernel": kernel, "samples": int(xs.shape[0]), "lambda_max": lam,

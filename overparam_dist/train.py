@@ -25,6 +25,7 @@ from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
 from .metrics.label_complexity import targets as label_targets
+from .metrics.linearization import LinearizationGap, lin_gap_off_reason
 from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .parallel.distributed import World, setup
@@ -127,6 +128,9 @@ class Trainer:
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
+        self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs) if cfg.metrics.ntk else "metrics.ntk=false"
+        self.lin = None if self.lin_off else LinearizationGap(
+            self.model, ds.x.to(self.device, self.dtype), _targets(ds, cfg), self.effective_lr, self.par)
 
     def _resume(self) -> tuple[int, bool]:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
@@ -163,6 +167,7 @@ class Trainer:
         rundir.write_config(self.out, self.cfg, {
             "train_outer": effective_train_outer(self.cfg),
             "lr": self.lr_facts,
+            "lin_gap": {"on": True} if self.lin else {"on": False, "why": self.lin_off},
             "effective_lr": self.effective_lr,
             "data": self.ds.info,
             "world": {"dp": world.dp, "tp": world.tp, "device": str(self.device)},
@@ -229,6 +234,8 @@ class Trainer:
         if not diverged:  # metrics of non-finite weights mean nothing (and eigensolvers reject them)
             t_metrics = time.perf_counter()
             row.update(self.theory.compute(first=step == 0, final=final))
+            if self.lin is not None:
+                row[names.NTK_LIN_GAP] = self.lin.gap(step)
             row[names.TIME_METRICS] = time.perf_counter() - t_metrics
         if self.sinks is not None:
             self.sinks.log(step, row)

@@ -42,6 +42,8 @@ NTK_TRACE = "ntk/trace"
 NTK_LABEL_COMPLEXITY = "ntk/label_complexity"  # sqrt(2 vec(Y)^T Theta_0^-1 vec(Y) / n): once, at init
 NTK_LABEL_COMPLEXITY_INF = "ntk/label_complexity_inf"  # the same from K_inf, where it is known
 NTK_INIT_GAP = "ntk/init_gap"
+# |r_t - r_t^lin| / |r_0|: the training residual against the linearised model's (Lee et al. 2019), linearization.py
+NTK_LIN_GAP = "ntk/lin_gap"
 
 CONV_RATE = "conv/rate"
 CONV_STEPS_TO_FIT = "conv/steps_to_fit"

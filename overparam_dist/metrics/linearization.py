@@ -1,0 +1,74 @@
+r"""`ntk/lin_gap`: how far the trained net is from its linearisation around initialisation (Lee et al. 2019,
+"Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient Descent").
+
+The linearised model f_lin(theta) = f(theta_0) + J_0 (theta - theta_0), trained by the same full-batch gradient
+descent on L = 1/(2n) sum_i |f(x_i) - y_i|^2 with per-parameter step lr_p (train.py), has the residual
+r = f_lin(X) - Y in R^{nC} (index i*C + c) evolve exactly as
+
+    r_{t+1} = r_t - (1/n) Theta_0 r_t,      Theta_0 = sum_p lr_p J_{0,p} J_{0,p}^T      (nC x nC),
+
+so r_t^lin = (I - Theta_0 / n)^t r_0. With Theta_0 = V diag(lambda) V^T (one eigendecomposition at init),
+r_t^lin = r_0 + V (((1 - lambda/n)^t - 1) * (V^T r_0)): O((nC)^2) per logged row. The metric is
+
+    ntk/lin_gap = |r_t - r_t^lin| / |r_0|,
+
+0 at step 0 by construction. Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
+like every NTK here). It is on for the squared loss with full batches and n*C <= metrics.lin_max (the kernel is
+(nC)^2 floats and its eigendecomposition (nC)^3 flops); otherwise off, and config.yaml's `derived.lin_gap` says why.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import Config
+from .tracker import trial_ntk
+
+
+def lin_gap_off_reason(cfg: Config, n: int, outputs: int) -> str | None:
+    """Why ntk/lin_gap is off for this trial, or None when it is on."""
+    if cfg.train.loss != "mse":
+        return "train.loss is not mse: the linearised residual has a closed form only for the squared loss"
+    if cfg.train.batch_size not in (0, n):
+        return "mini-batch SGD: the closed form is for full-batch gradient descent"
+    if n * outputs > cfg.metrics.lin_max:
+        return f"data.n x outputs = {n * outputs} > metrics.lin_max = {cfg.metrics.lin_max}"
+    return None
+
+
+def gd_kernel(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], parallel=None,
+              outputs: str = "trace") -> torch.Tensor:
+    """sum over groups of parameters with the same step s of s * NTK(group): the kernel gradient descent with
+    per-parameter steps `step_of` (name -> step) sees. Float64."""
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(step_of[name], []).append(p)
+    return sum(step * trial_ntk(model, x, parallel, ps, outputs=outputs) for step, ps in groups.items())
+
+
+class LinearizationGap:
+    """Built at initialisation (before any update or checkpoint load); `gap(step, outputs)` at any later row."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
+                 parallel=None):
+        self.model, self.x, self.n = model, x, x.shape[0]
+        self.y = targets.double().reshape(self.n, -1)
+        theta = gd_kernel(model, x, step_of, parallel, outputs="full")
+        self.evals, self.evecs = torch.linalg.eigh(theta)
+        self.r0 = self._residual()
+        self.r0_norm = float(self.r0.norm())
+        self.c0 = self.evecs.T @ self.r0
+
+    @torch.no_grad()
+    def _residual(self) -> torch.Tensor:
+        return (self.model(self.x).double() - self.y.to(self.x.device)).reshape(-1)
+
+    def linear_residual(self, step: int) -> torch.Tensor:
+        """r_step^lin, as r_0 plus the change (exactly r_0 at step 0, free of the eigenbasis' rounding)."""
+        return self.r0 + self.evecs @ (self.c0 * ((1 - self.evals / self.n) ** step - 1))
+
+    def gap(self, step: int) -> float:
+        r_lin = self.linear_residual(step)
+        return float((self._residual() - r_lin).norm()) / self.r0_norm if self.r0_norm > 0 else 0.0

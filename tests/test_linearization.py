@@ -1,0 +1,93 @@
+"""Issue 13, item 1: ntk/lin_gap against an explicitly linearised model (torch.func.jvp around theta_0) trained by
+the same gradient descent, in float64; 0 at step 0; and its fall with width."""
+
+import pytest
+import torch
+import yaml
+from conftest import read_rows
+
+from overparam_dist.config import load_config
+from overparam_dist.data import build_dataset
+from overparam_dist.metrics import names
+from overparam_dist.metrics.fit import loglog_slope
+from overparam_dist.metrics.linearization import LinearizationGap
+from overparam_dist.models import build_model
+from overparam_dist.train import run_trial
+
+QUIET = ["wandb.mode=disabled", "run.quiet=true", "checkpoint.every=0"]
+
+
+@pytest.mark.parametrize("param", ["paper", "ntk"])
+def test_closed_form_equals_an_explicitly_linearised_net_trained_by_the_same_gd(param):
+    cfg = load_config(None, [f"model.param={param}", "model.width=48", "model.depth=2", "data.n=8", "data.dim=6",
+                             "data.target=regression", "seed=4"])
+    ds = build_dataset(cfg)
+    x, y = ds.x.double(), ds.y.double()
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=torch.float64)
+    step_of = {n: 0.7 * rules[n].lr_scale for n, p in model.named_parameters() if p.requires_grad}
+    lin = LinearizationGap(model, x, y, step_of)
+
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trained = list(step_of)
+
+    def f(params):
+        return torch.func.functional_call(model, {**theta0, **params}, (x,))
+
+    def f_lin(params):  # f(theta_0) + J_0 (theta - theta_0)
+        base = {n: theta0[n] for n in trained}
+        delta = {n: params[n] - theta0[n] for n in trained}
+        out, tangent = torch.func.jvp(f, (base,), (delta,))
+        return out + tangent
+
+    def gd(fn, steps):
+        params = {n: theta0[n].clone() for n in trained}
+        for _ in range(steps):
+            grads = torch.func.grad(lambda ps: 0.5 * (fn(ps) - y).pow(2).sum(1).mean())(params)
+            params = {n: params[n] - step_of[n] * grads[n] for n in trained}
+        return params
+
+    r0 = (f(theta0) - y).reshape(-1)
+    for steps in (0, 1, 7, 25):
+        r_lin = (f_lin(gd(f_lin, steps)) - y).reshape(-1)
+        closed = lin.linear_residual(steps)
+        assert float((closed - r_lin).norm() / r0.norm()) < 1e-6, steps
+        trained_net = gd(f, steps)  # the real net trained by the same GD: the metric's gap
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(trained_net.get(n, theta0[n]))
+        want = float(((f(trained_net) - y).reshape(-1) - r_lin).norm() / r0.norm())
+        assert lin.gap(steps) == pytest.approx(want, rel=1e-6, abs=1e-12), steps
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(theta0[n])
+
+
+def test_lin_gap_in_a_trial_is_zero_at_init_and_off_where_undefined(tmp_path):
+    run_trial(load_config(None, [*QUIET, "model.width=64", "data.target=regression", "train.steps=20",
+                                 f"run.dir={tmp_path / 'on'}"]))
+    rows = read_rows(tmp_path / "on")
+    assert rows[0][names.NTK_LIN_GAP] == 0.0 and rows[-1][names.NTK_LIN_GAP] > 0
+    assert yaml.safe_load((tmp_path / "on" / "config.yaml").read_text())["derived"]["lin_gap"] == {"on": True}
+    run_trial(load_config(None, [*QUIET, "model.width=64", "train.steps=5", "train.batch_size=16",
+                                 f"run.dir={tmp_path / 'off'}"]))
+    assert all(names.NTK_LIN_GAP not in r for r in read_rows(tmp_path / "off"))
+    off = yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())["derived"]["lin_gap"]
+    assert off["on"] is False and "mini-batch" in off["why"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("param", ["paper", "ntk"])
+def test_lin_gap_falls_like_one_over_sqrt_width(tmp_path, param):
+    widths, gaps = [128, 512, 2048], []
+    for width in widths:
+        runs = []
+        for seed in (0, 1):
+            run = tmp_path / f"w{width}s{seed}"
+            run_trial(load_config(None, [*QUIET, f"model.param={param}", f"model.width={width}", "model.depth=2",
+                                         "data.target=regression", "train.steps=100", "metrics.every=50",
+                                         "metrics.spectral=false", f"seed={seed}", f"run.dir={run}"]))
+            runs.append(read_rows(run)[-1][names.NTK_LIN_GAP])
+        gaps.append(sum(runs) / len(runs))
+    slope = loglog_slope(widths, gaps)
+    print(f"\n{param}: ntk/lin_gap {gaps} slope {slope:.3f}")
+    assert abs(slope + 0.5) <= 0.2, (gaps, slope)
