@@ -354,6 +354,8 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
     config = dict(meta["config"]["update"])
     config.pop("_wandb", None)
     assert config == yaml.safe_load((run_dir / "config.yaml").read_text())  # the resolved config (+ derived)
+    assert config["derived"]["lr"]["rule"] == "auto" and config["derived"]["lr"]["kernel"] == "infinite-width"
+    assert config["derived"]["lr"]["lambda_max"] > 0  # the step's kernel reaches W&B too
 
     hist = history(recs)
     rows = read_rows(run_dir)
