@@ -90,7 +90,7 @@ class CheckpointConfig:
 @dataclass
 class RunConfig:
     dir: str = ""  # output directory; "" = runs/<run.name>
-    name: str = ""  # "" = derived from the config (arch, width, depth, seed)
+    name: str = ""  # "" = derived from the config (arch, param, width, depth, n, seed)
     quiet: bool = False  # no progress bar
     preempt_file: str = ""  # stop (checkpoint, status preempted) once this file exists; set by sweep drivers
 
@@ -116,7 +116,6 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-# Base learning rates that train the defaults stably (measured on widths 64..8192, see README).
 MAX_NAME_BYTES = 200  # run.name: a directory name, with room for the suffixes we add (.slurm, .lock)
 CHOICES = {
     "model.arch": ("fc", "cnn", "resnet"),

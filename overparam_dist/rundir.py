@@ -2,7 +2,7 @@
 
     runs/<sweep>/<trial>/config.yaml     the resolved config, plus `derived:` facts (effective lr, data, world)
     runs/<sweep>/<trial>/metrics.jsonl   one JSON object per logged step (metric keys: metrics/names.py)
-    runs/<sweep>/<trial>/summary.json    final metrics + status (completed | diverged | failed | preempted)
+    runs/<sweep>/<trial>/summary.json    final metrics + status (completed | diverged | preempted)
     runs/<sweep>/<trial>/checkpoints/    DCP checkpoints, step_<8 digits>/
     runs/<sweep>/<trial>/wandb/          offline W&B run files
     runs/<sweep>/results.csv             one row per trial (analysis/results.py writes and reads it)

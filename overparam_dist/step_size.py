@@ -14,7 +14,7 @@ and K_trace the trace NTK of metrics/ (sum over outputs). Hence
     train.lr = train.lr_scale * n / lambda_max(K),   K = K_trace / C,
 
 and lr_scale = 1 is half the stability edge. Which K:
-- `infinite-width`: fc with `paper` or `ntk` (biases included): K_inf of metrics/analytic.py (the paper
+- `infinite-width`: fc with `ntk` (biases or not) or `paper` (no biases): K_inf of metrics/analytic.py (the paper
   kernel is already divided by m, as its step is lr/m). Every width of a sweep cell then gets the same lr.
 - `empirical at init`: every other model. Theta_trace = sum over parameter groups of equal s_p of
   s_p * K_trace(group) at init (exact, sharded like every NTK here), divided by C; at finite width the

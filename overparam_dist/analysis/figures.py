@@ -71,6 +71,8 @@ def figures(res: SweepResults) -> list[FigureData]:
                     "No reference line: the theory bounds the flips, it gives no exponent."),
         steps_to_fit(res),
     ]
+    # K_inf is known only for fc paper / ntk: elsewhere there is no gap to draw, and no empty figure is made.
+    figs = [f for f in figs if f.name != "ntk_init_gap" or any(s.x for s in f.panels[0].series)]
     cw = critical_width(res)
     if cw is not None:
         figs.append(cw)
