@@ -92,6 +92,7 @@ class Trainer:
         self.dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
         self.device = world.device
         self.par = Parallelism(world, cfg.model.arch, cfg.model.depth)
+        self.x_all = ds.x.to(self.device, self.dtype)  # the training set: step size, lin_gap and the loop
         self._build_model_and_optimizer()
         self._build_metrics()
         self.start_step, self.resumed = self._resume()
@@ -107,8 +108,7 @@ class Trainer:
         if not self.trained:
             raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
         self.net = self.par.wrap(self.model)
-        base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, ds.x.to(self.device, self.dtype),
-                                         ds.num_outputs, self.par)
+        base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, self.x_all, ds.num_outputs, self.par)
         self.effective_lr = {n: base * self.rules[n].lr_scale for n in self.trained}
         self.hidden_lr = next((lr for n, lr in self.effective_lr.items() if n.startswith("hidden.")),
                               next(iter(self.effective_lr.values())))
@@ -130,7 +130,7 @@ class Trainer:
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs) if cfg.metrics.ntk else "metrics.ntk=false"
         self.lin = None if self.lin_off else LinearizationGap(
-            self.model, ds.x.to(self.device, self.dtype), _targets(ds, cfg), self.effective_lr, self.par)
+            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
 
     def _resume(self) -> tuple[int, bool]:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
@@ -145,7 +145,6 @@ class Trainer:
     def _place_data(self) -> None:
         """Every rank holds the whole (small) training set; each dp rank computes on its share."""
         ds, world = self.ds, self.world
-        self.x_all = ds.x.to(self.device, self.dtype)
         self.t_all = _targets(ds, self.cfg).to(self.device)
         if self.t_all.is_floating_point():
             self.t_all = self.t_all.to(self.dtype)

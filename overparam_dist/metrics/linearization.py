@@ -49,7 +49,7 @@ def gd_kernel(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], para
 
 
 class LinearizationGap:
-    """Built at initialisation (before any update or checkpoint load); `gap(step, outputs)` at any later row."""
+    """Built at initialisation (before any update or checkpoint load); `gap(step)` at any later row."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
                  parallel=None):
