@@ -234,7 +234,7 @@ class Trainer:
             t_metrics = time.perf_counter()
             row.update(self.theory.compute(first=step == 0, final=final))
             if self.lin is not None:
-                row[names.NTK_LIN_GAP] = self.lin.gap(step)
+                row.update(self.lin.metrics(step))
             row[names.TIME_METRICS] = time.perf_counter() - t_metrics
         if self.sinks is not None:
             self.sinks.log(step, row)

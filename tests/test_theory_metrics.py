@@ -59,6 +59,10 @@ def test_weight_drift_frobenius_and_spectral_match_linalg(width, w0):
         sigma = float(torch.linalg.matrix_norm(d, ord=2))
         assert got[names.drift_weight_spec(layer)] == pytest.approx(sigma, rel=1e-4), layer
         assert first[names.drift_weight_spec(layer)] <= sigma * (1 + 1e-9)  # power iteration never overshoots
+        if n.endswith("weight"):  # per-unit distance: the largest row norm of W_t - W_0
+            assert got[names.drift_neuron_max(layer)] == pytest.approx(float(d.norm(dim=1).max()), rel=1e-10)
+    assert got[names.DRIFT_NEURON_MAX] == max(got[names.drift_neuron_max(n.rsplit(".", 1)[0])]
+                                              for n in trained if n.endswith("weight"))
 
 
 @pytest.mark.parametrize("w0", ["regenerated", "cached"])

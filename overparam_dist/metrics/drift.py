@@ -80,6 +80,8 @@ class _Pass:
         by_rows = side == "right"
         w = view.local
         self.fro_sq = 0.0
+        # |row r of D|^2 over the local rows (side="left": partial sums over the local columns): per-unit drift
+        self.row_sq = torch.zeros(w.shape[0], dtype=torch.float64, device=w.device)
         self.step = self.gram = None
         if x is not None:
             self.step = torch.zeros(w.shape[1] if by_rows else w.shape[0], x.shape[1], dtype=torch.float64,
@@ -87,8 +89,11 @@ class _Pass:
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=w.device)
         xw = x.to(w.dtype) if x is not None else None  # matmuls in the weights' dtype, sums in float64
         for sl, d in _blocks(view, rule, seed, name, by_rows, w0_local):
-            flat = d.reshape(-1)
-            self.fro_sq += float(torch.dot(flat, flat))  # one fused pass; float64 weights sum in float64
+            sq = d.square().sum(dim=1, dtype=torch.float64)
+            if by_rows:
+                self.row_sq[sl] += sq
+            else:
+                self.row_sq += sq
             if x is None:
                 continue
             if by_rows:  # x: local columns
@@ -99,6 +104,7 @@ class _Pass:
                 self.step += (d @ y).double()
             y = y.double()
             self.gram += y.T @ y
+        self.fro_sq = float(self.row_sq.sum())
 
 
 def _error_left(sigmas: list[float]) -> float:
@@ -154,8 +160,8 @@ class WeightDrift:
             v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
         return torch.linalg.qr(v.to(device))[0]
 
-    def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float, bool]:
-        """(||D||_F^2, ||D||_2, converged) for one weight, by warm-started subspace iteration until the
+    def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float, bool, torch.Tensor]:
+        """(||D||_F^2, ||D||_2, converged, local |row of D|^2) for one weight, by warm-started subspace iteration until the
         estimated error is below `tol` (SPECTRAL_TOL_FINAL when `precise`), or `max_iters` (not converged)."""
         max_iters, tol = self.max_iters, (min(self.tol, SPECTRAL_TOL_FINAL) if precise else self.tol)
         view = self.view_of(p)
@@ -166,7 +172,7 @@ class WeightDrift:
             (cols, view.col0, view.local.shape[1])
         v = self._start_basis(name, length, view.local.device)
         k = v.shape[1]
-        fro_sq, sigmas, converged = None, [], False
+        fro_sq, row_sq, sigmas, converged = None, None, [], False
         for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name))
             step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
@@ -174,10 +180,10 @@ class WeightDrift:
             head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])
             packed = self._sum(torch.cat([head, step.flatten()]), p)  # one all-reduce per iteration
             if fro_sq is None:
-                fro_sq = float(packed[0])
+                fro_sq, row_sq = float(packed[0]), ps.row_sq
             gram = packed[1:1 + k * k].reshape(k, k)
             if not bool(torch.isfinite(packed).all()):  # diverged weights: no spectral norm to speak of
-                return fro_sq, float("nan"), True
+                return fro_sq, float("nan"), True, row_sq
             # Rayleigh-Ritz: the top eigenvalue of V^T D^T D V (V orthonormal) is a lower bound on sigma_1^2.
             sigmas.append(math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0)))
             nxt = packed[1 + k * k:].reshape(length, k)
@@ -190,7 +196,14 @@ class WeightDrift:
                 converged = True
                 break
         self.vectors[name] = v
-        return fro_sq, sigmas[-1], converged
+        return fro_sq, sigmas[-1], converged, row_sq
+
+    def _unit_max(self, p: torch.Tensor, row_sq: torch.Tensor) -> float:
+        """max over units (rows of the global weight) of |w_r(t) - w_r(0)|_2, from the local row sums."""
+        view = self.view_of(p)
+        full = torch.zeros(view.global_shape[0], dtype=torch.float64, device=row_sq.device)
+        full[view.row0:view.row0 + row_sq.shape[0]] = row_sq
+        return math.sqrt(float(self._sum(full, p).max()))
 
     def compute(self, precise: bool = False) -> dict[str, float]:
         diff: dict[str, float] = {}
@@ -199,14 +212,20 @@ class WeightDrift:
         unconverged = 0
         for n, p in self.params.items():
             if n in spectral:
-                diff[n], sigma, converged = self._power(n, p, precise)
+                diff[n], sigma, converged, row_sq = self._power(n, p, precise)
                 out[names.drift_weight_spec(layer_name(n))] = sigma
                 unconverged += not converged
             else:
                 ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right", self.w0.get(n))
                 diff[n] = float(self._sum(torch.tensor([ps.fro_sq], dtype=torch.float64), p)[0])
+                row_sq = ps.row_sq
+            if n.endswith("weight") and p.dim() >= 2:
+                out[names.drift_neuron_max(layer_name(n))] = self._unit_max(p, row_sq)
         if spectral:
             out[names.DRIFT_SPEC_UNCONVERGED] = unconverged
+        per_unit = [v for k, v in out.items() if k.startswith(names.DRIFT_NEURON_MAX + "/")]
+        if per_unit:
+            out[names.DRIFT_NEURON_MAX] = max(per_unit)
         total_init = sum(self.init_sq.values())
         out[names.DRIFT_WEIGHT_ABS] = math.sqrt(sum(diff.values()))
         out[names.DRIFT_WEIGHT_REL] = math.sqrt(sum(diff.values()) / total_init) if total_init > 0 else float("nan")

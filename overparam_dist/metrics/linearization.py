@@ -12,7 +12,9 @@ r_t^lin = r_0 + V (((1 - lambda/n)^t - 1) * (V^T r_0)): O((nC)^2) per logged row
 
     ntk/lin_gap = |r_t - r_t^lin| / |r_0|,
 
-0 at step 0 by construction. Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
+0 at step 0 by construction, and ntk/lin_loss = |r_t^lin|^2 / (2n), the loss the linearised model predicts:
+Arora et al. (2019)'s eigen-projection sum_i (1 - lambda_i/n)^(2t) (v_i^T r_0)^2 / (2n), here from the empirical
+Theta_0 and r_0 = f_0(X) - Y (the paper takes K_inf and f_0 = 0, assuming a vanishing output at init). Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
 like every NTK here). It is on for the squared loss with full batches and n*C <= metrics.lin_max (the kernel is
 (nC)^2 floats and its eigendecomposition (nC)^3 flops); otherwise off, and config.yaml's `derived.lin_gap` says why.
 """
@@ -23,6 +25,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from . import names
 from .tracker import trial_ntk
 
 
@@ -69,6 +72,9 @@ class LinearizationGap:
         """r_step^lin, as r_0 plus the change (exactly r_0 at step 0, free of the eigenbasis' rounding)."""
         return self.r0 + self.evecs @ (self.c0 * ((1 - self.evals / self.n) ** step - 1))
 
-    def gap(self, step: int) -> float:
+    def metrics(self, step: int) -> dict[str, float]:
+        """ntk/lin_gap and ntk/lin_loss = 1/(2n) |r_step^lin|^2, the squared loss of train.py on the linearised
+        model: the eigen-projection prediction sum_i (1 - lambda_i/n)^(2 step) (v_i^T r_0)^2 / (2n)."""
         r_lin = self.linear_residual(step)
-        return float((self._residual() - r_lin).norm()) / self.r0_norm if self.r0_norm > 0 else 0.0
+        gap = float((self._residual() - r_lin).norm()) / self.r0_norm if self.r0_norm > 0 else 0.0
+        return {names.NTK_LIN_GAP: gap, names.NTK_LIN_LOSS: 0.5 * float(r_lin.square().sum()) / self.n}

@@ -17,6 +17,10 @@ DRIFT_WEIGHT_ABS = "drift/weight_abs"
 # Fraction of (probe sample, unit) ReLU signs that differ from init, over the units of trained layers only: a
 # frozen layer (paper's A) can never flip, and counting it would dilute the value by depth.
 DRIFT_ACT_FLIP = "drift/act_flip"
+# max over the units r of trained weights of |w_r(t) - w_r(0)|_2, w_r a unit's incoming weights (a row; biases
+# not included): the per-neuron distance Du, Zhai, Poczos & Singh (2018) bound by O(m^-1/2) under the ntk
+# parameterization. Per layer under drift/neuron_max/<layer>.
+DRIFT_NEURON_MAX = "drift/neuron_max"
 # Layers whose spectral norm in this row stopped at the iteration cap before its error estimate reached the
 # tolerance (metrics/drift.py): 0 on a trustworthy row.
 DRIFT_SPEC_UNCONVERGED = "drift/weight_spec_unconverged"
@@ -28,6 +32,10 @@ def drift_weight_rel(layer: str) -> str:
 
 def drift_weight_spec(layer: str) -> str:
     return f"drift/weight_spec/{layer}"
+
+
+def drift_neuron_max(layer: str) -> str:
+    return f"{DRIFT_NEURON_MAX}/{layer}"
 
 
 def drift_act_flip(layer: str) -> str:
@@ -44,6 +52,9 @@ NTK_LABEL_COMPLEXITY_INF = "ntk/label_complexity_inf"  # the same from K_inf, wh
 NTK_INIT_GAP = "ntk/init_gap"
 # |r_t - r_t^lin| / |r_0|: the training residual against the linearised model's (Lee et al. 2019), linearization.py
 NTK_LIN_GAP = "ntk/lin_gap"
+# 1/(2n) |r_t^lin|^2: the training loss the linearised model predicts for step t, its residual projected on the
+# eigenvectors of Theta_0 (Arora, Du, Hu, Li & Wang 2019's eigen-projection prediction), linearization.py
+NTK_LIN_LOSS = "ntk/lin_loss"
 
 CONV_RATE = "conv/rate"
 CONV_STEPS_TO_FIT = "conv/steps_to_fit"
