@@ -7,7 +7,7 @@
     runs/<sweep>/<trial>/wandb/          offline W&B run files
     runs/<sweep>/results.csv             one row per trial (analysis/results.py writes and reads it)
     runs/<sweep>/sweep.yaml              the resolved sweep
-    runs/<sweep>/report/                 PNG plots + index.html
+    runs/<sweep>/report/                 PNG plots + index.html (+ claim.json: a reproduction's claim and findings)
 
 A trial directory is "finished" when summary.json says completed or diverged for the same requested step count:
 a rerun of that exact trial then returns the summary instead of training again.
@@ -36,6 +36,7 @@ WANDB_DIR = "wandb"
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.yaml"
 REPORT_DIR = "report"
+CLAIM_FILE = "claim.json"
 LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the directory, under an exclusive flock
 
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further

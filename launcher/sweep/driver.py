@@ -121,8 +121,8 @@ def after_sweep(outcome: Outcome) -> None:
 
 
 def cmd_sweep(args) -> int:
-    """`overparam sweep --config FILE [--resume] [--address ADDR] [--runs-dir DIR] [key=value ...]`."""
-    sweep = load_sweep(args.config, args.overrides, runs_dir=args.runs_dir)
+    """`overparam sweep --config FILE [--quick] [--resume] [--address ADDR] [--runs-dir DIR] [key=value ...]`."""
+    sweep = load_sweep(args.config, args.overrides, runs_dir=args.runs_dir, quick=args.quick)
     try:
         outcome = run_sweep(sweep, address=args.address, resume=args.resume, progress_every=args.progress_every)
     except KeyboardInterrupt:
@@ -165,6 +165,8 @@ def add_parser(sub) -> None:
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep: finished trials are skipped, the others resume")
     s.add_argument("--runs-dir", default="runs", help="where runs/<sweep>/ goes (default: ./runs)")
+    s.add_argument("--quick", action="store_true",
+                   help="the file's small variant (its `quick:` keys), run as <name>-quick (every configs/repro/)")
     s.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     s.add_argument("overrides", nargs="*", metavar="key=value",
                    help="sweep keys (name=, grid.KEY=[..], resources.cpus=, search.widths=[..]) or trial config keys")

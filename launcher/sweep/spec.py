@@ -9,6 +9,8 @@ A sweep file (configs/sweep/*.yaml) has these keys, all optional but `grid` or `
     resources: {cpus: 1, gpus: 0}        # per process of a trial (a trial has parallel.dp x parallel.tp)
     max_failures: 2                      # retries of a failed trial (each resumes from its checkpoint)
     search: {kind: critical_width, widths: [4, 8, ..., 256], k: 0}    # absent = the grid itself
+    reproduces: lee2019_linear           # a published claim (overparam_dist/analysis/claims.py) the report checks
+    quick: {grid.model.width: [64, 256]} # the keys `--quick` changes (a small variant, run as <name>-quick)
 
 Command-line `key=value` items: a key whose first part is one of the sweep keys above edits the sweep
 file (`name=foo`, `grid.model.width=[64,128]`, `grid.seed=null` drops an axis, `resources.cpus=0.5`,
@@ -37,6 +39,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from overparam_dist.analysis.claims import check_claim
 from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
@@ -71,6 +74,8 @@ class SweepConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
     search: SearchConfig = field(default_factory=SearchConfig)
+    reproduces: Optional[str] = None  # a claim of overparam_dist/analysis/claims.py: the report sets it beside ours
+    quick: dict[str, Any] = field(default_factory=dict)  # sweep key -> value, applied by --quick
 
 
 SWEEP_KEYS = tuple(f.name for f in fields(SweepConfig))
@@ -125,6 +130,7 @@ class Sweep:
     search: dict[str, Any]  # {"kind": "grid"} or {"kind": "critical_width", "widths": [...], "k": 0}
     runs_dir: Path
     trials: list[Trial] = field(default_factory=list)  # grid: every trial; critical_width: every candidate
+    reproduces: str | None = None
 
     @property
     def dir(self) -> Path:
@@ -155,7 +161,7 @@ class Sweep:
         return {
             "name": self.name, "base": str(self.base) if self.base else None, "overrides": self.overrides,
             "grid": self.grid, "resources": self.resources, "max_failures": self.max_failures,
-            "search": self.search,
+            "search": self.search, "reproduces": self.reproduces,
         }
 
 
@@ -196,24 +202,38 @@ def _apply_cli(raw: dict, items: list[str], where: str) -> None:
         key, text = item.split("=", 1)
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        value = _parse_value(text)
-        head, _, rest = key.partition(".")
-        if head in SWEEP_KEYS:
-            if not rest:
-                raw[head] = value
-            else:
-                section = raw.get(head)
-                if section is None or isinstance(section, str):
-                    section = {"kind": section} if (head == "search" and isinstance(section, str)) else {}
-                if not isinstance(section, dict):
-                    raise ConfigError(f"{where}: '{head}' is not a mapping, cannot set '{key}'")
-                section[rest] = value
-                raw[head] = section
-        else:  # a trial config key
-            raw.setdefault("overrides", {})
-            if not isinstance(raw["overrides"], dict):
-                raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
-            raw["overrides"][key] = value
+        _set(raw, key, _parse_value(text), where)
+
+
+def _apply_quick(raw: dict, where: str, stem: str) -> None:
+    """`--quick`: the file's `quick:` items, as if given on the command line; the sweep becomes <name>-quick."""
+    quick = raw.pop("quick", None)
+    if not isinstance(quick, dict) or not quick:
+        raise ConfigError(f"{where}: --quick needs a non-empty 'quick:' mapping (sweep key -> value) in the file")
+    for key, value in _flat_keys(quick, f"{where}, quick").items():
+        _set(raw, key, value, where)
+    raw["name"] = f"{raw.get('name') or stem}-quick"
+
+
+def _set(raw: dict, key: str, value: Any, where: str) -> None:
+    """One `key=value` item: a sweep key edits the sweep file, any other key is a trial config override."""
+    head, _, rest = key.partition(".")
+    if head in SWEEP_KEYS:
+        if not rest:
+            raw[head] = value
+        else:
+            section = raw.get(head)
+            if section is None or isinstance(section, str):
+                section = {"kind": section} if (head == "search" and isinstance(section, str)) else {}
+            if not isinstance(section, dict):
+                raise ConfigError(f"{where}: '{head}' is not a mapping, cannot set '{key}'")
+            section[rest] = value
+            raw[head] = section
+    else:  # a trial config key
+        raw.setdefault("overrides", {})
+        if not isinstance(raw["overrides"], dict):
+            raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
+        raw["overrides"][key] = value
 
 
 def _tag(key: str, value: Any) -> str:
@@ -250,8 +270,10 @@ def _load_trial(sweep_where: str, base: Path | None, settings: dict[str, Any], n
         raise ConfigError(f"{sweep_where}, grid point {name}: {exc}") from None
 
 
-def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: str | Path = "runs") -> Sweep:
-    """Read, override, validate and expand a sweep file. Every problem is one ConfigError line."""
+def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: str | Path = "runs",
+               quick: bool = False) -> Sweep:
+    """Read, override (`quick:` items first with `quick`, then `cli`), validate and expand a sweep file. Every
+    problem is one ConfigError line."""
     raw: dict[str, Any] = {}
     where = "sweep"
     if path is not None:
@@ -271,6 +293,9 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     for key in raw:
         if key not in SWEEP_KEYS:
             raise _unknown(where, str(key), SWEEP_KEYS)
+    if quick:
+        _apply_quick(raw, where, path.stem if path is not None else "sweep")
+    raw.pop("quick", None)
     _apply_cli(raw, list(cli or []), where)
 
     name = raw.get("name") or (path.stem if path is not None else "sweep")
@@ -321,9 +346,10 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     if search["kind"] == "grid" and not grid and (path is not None or "grid" in raw):
         raise ConfigError(f"{where}: needs a non-empty 'grid' (config key -> list of values) or a 'search'")
 
+    reproduces = check_claim(raw.get("reproduces"), f"{where}: 'reproduces'")
     sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
                   grid=grid, resources=res, max_failures=max_failures, search=search,
-                  runs_dir=Path(runs_dir).absolute())
+                  runs_dir=Path(runs_dir).absolute(), reproduces=reproduces)
     sweep.trials = _expand(sweep, where)
     return sweep
 

@@ -48,10 +48,10 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
     for i, s in enumerate(p.series):
         if not s.x:
             continue
-        if by_width:
+        if by_width or s.meta.get("line"):  # a curve over steps; "_" labels stay out of the legend
             w = s.meta.get("width")
-            ax.plot(s.x, s.y, color=s.meta.get("color"), lw=1.2, alpha=0.85,
-                    label=label(WIDTH, w) if w not in seen_widths else None)
+            lab = s.label if s.meta.get("line") else (label(WIDTH, w) if w not in seen_widths else None)
+            ax.plot(s.x, s.y, s.meta.get("style", "-"), color=s.meta.get("color"), lw=1.2, alpha=0.85, label=lab)
             seen_widths.add(w)
             continue
         color = DEPTH_COLORS(i % 10)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..metrics import names
 from . import theory
 from .plots import FigureData, against_width, critical_width, loss_curves, mean_series, steps_to_fit
+from .repro import headline
 from .results import SweepResults
 
 
@@ -69,11 +70,24 @@ def figures(res: SweepResults) -> list[FigureData]:
                     "differ from initialisation at the end of training, against width; one series per depth with "
                     "fitted slopes (95% intervals over seeds). Fewer flips = closer to the linearised (NTK) regime. "
                     "No reference line: the theory bounds the flips, it gives no exponent."),
+        _with_theory(res, names.NTK_LIN_GAP, param, name="ntk_lin_gap",
+                     title="Distance to the linearised model |r_t − r_t^lin| / |r_0| against width",
+                     caption=f"ntk/lin_gap: how far the trained net's training residual is from that of its "
+                             f"linearisation around init trained by the same GD (Lee et al. 2019), at the end of "
+                             f"training, against width; {ALONG_WIDTH}"),
+        _with_theory(res, names.DRIFT_NEURON_MAX, param, name="drift_neuron_max",
+                     title="Largest per-neuron distance from init max_r |w_r(t) − w_r(0)| against width",
+                     caption=f"drift/neuron_max: the largest distance any unit's incoming weights moved from init "
+                             f"(Du et al. 2018), at the end of training, against width; {ALONG_WIDTH}"),
         steps_to_fit(res),
     ]
+    # A metric no trial logged (ntk/lin_gap needs mse and full batches) gets no empty figure.
+    figs = [f for f in figs if not f.name.startswith(("ntk_lin_gap", "drift_neuron_max"))
+            or any(s.x for s in f.panels[0].series)]
     # K_inf is known only for fc paper / ntk: elsewhere there is no gap to draw, and no empty figure is made.
     figs = [f for f in figs if f.name != "ntk_init_gap" or any(s.x for s in f.panels[0].series)]
     cw = critical_width(res)
     if cw is not None:
         figs.append(cw)
-    return figs
+    claim = headline(res)
+    return ([claim] if claim is not None else []) + figs

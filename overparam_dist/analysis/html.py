@@ -12,7 +12,9 @@ from typing import Any
 from ..metrics import names
 from ..rundir import RESULTS_FILE, atomic_write
 from . import theory
+from .claims import CLAIMS
 from .plots import FigureData
+from .repro import Finding
 from .results import SweepResults
 
 # The results table shows these columns first (when present), then the other varying config axes.
@@ -51,7 +53,18 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path) -> Path:
+def _claim_section(res: SweepResults, found: list[Finding]) -> list[str]:
+    """The published claim the sweep reproduces, beside what this sweep measured (repro.py)."""
+    e, claim = html.escape, CLAIMS[res.reproduces]
+    verdict = {True: "yes", False: "no", None: "—"}
+    rows = "".join(f"<tr><td class='t'>{e(f.quantity)}</td><td class='t'>{e(f.paper)}</td>"
+                   f"<td class='t'>{e(f.measured)}</td><td>{verdict[f.holds]}</td></tr>" for f in found)
+    return [f"<h2 id='claim'>Reproduces: {e(claim.paper)}</h2><p><b>Claim.</b> {e(claim.claim)}</p>"
+            f"<p><b>Our setup.</b> {e(claim.setup)}</p><table><tr><th>quantity</th><th>paper</th><th>measured here"
+            f"</th><th>holds</th></tr>{rows}</table>"]
+
+
+def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found: list[Finding] | None = None) -> Path:
     e = html.escape
     counts: dict[str, int] = {}
     for t in res.trials:
@@ -68,6 +81,8 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path) -> Pat
         "<p>Contents: " + " · ".join(f"<a href='#{e(f.name)}'>{e(f.title.split('(')[0].strip())}</a>" for f in figs)
         + " · <a href='#slopes'>fitted slopes</a> · <a href='#results'>results table</a></p>",
     ]
+    if res.reproduces:
+        parts += _claim_section(res, found or [])
     for f in figs:
         parts.append(f"<h2 id='{e(f.name)}'>{e(f.title)}</h2><figure><img src='{e(f.file)}' alt='{e(f.title)}'>"
                      f"<figcaption>{e(f.caption)}</figcaption></figure>")

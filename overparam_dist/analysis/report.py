@@ -1,16 +1,19 @@
 """`overparam report runs/<sweep>`: runs/<sweep>/report/ with one PNG per figure, figures.json (the data each
-figure drew, fitted slopes included) and index.html (figures + slopes + results table)."""
+figure drew, fitted slopes included), index.html (figures + slopes + results table) and, for a sweep that names a
+published claim (`reproduces:`), claim.json: the claim beside the measured numbers (repro.py)."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..rundir import REPORT_DIR, check_writable_dir
+from ..rundir import CLAIM_FILE, REPORT_DIR, check_writable_dir
+from .claims import CLAIMS
 from .draw import draw_all
 from .html import write_index
 from .plots import FigureData
+from .repro import findings
 from .results import SweepResults, load_sweep
 
 
@@ -34,5 +37,10 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     out.mkdir(parents=True, exist_ok=True)
     figs = draw_all(res, out)
     (out / "figures.json").write_text(json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")
-    index = write_index(res, figs, out)
+    found = findings(res)
+    if res.reproduces:  # the paper's claim beside the measured numbers, for scripts and the README gallery
+        (out / CLAIM_FILE).write_text(json.dumps({"claim": asdict(CLAIMS[res.reproduces]),
+                                                  "findings": [asdict(f) for f in found]}, indent=1,
+                                                 default=str) + "\n")
+    index = write_index(res, figs, out, found)
     return LocalReport(results=res, figures=figs, dir=out, index=index)

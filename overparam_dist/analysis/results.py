@@ -24,6 +24,7 @@ import yaml
 from ..config import Config, ConfigError, flatten, to_dict
 from ..rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, atomic_write
 from ..sinks import read_jsonl
+from .claims import CLAIMS
 
 CRITICAL_WIDTH_FILE = "critical_width.csv"
 CRITICAL_WIDTH_FIT_FILE = "critical_width_fit.json"
@@ -196,6 +197,7 @@ class SweepResults:
     critical_width: list[dict] | None = None  # critical_width.csv rows (parsed), when the sweep searched m*
     critical_width_fit: dict | None = None
     config_columns: list[str] = field(default_factory=list)
+    reproduces: str | None = None  # the published claim the sweep file names (claims.py), from sweep.yaml
 
     @property
     def group(self) -> str:
@@ -319,10 +321,11 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
             d = Path(str(r["run.dir"]))
         trials.append(Trial(name=name, row=r, dir=d if d.is_dir() else None))
 
-    name = sdir.resolve().name
+    name, reproduces = sdir.resolve().name, None
     if (sdir / SWEEP_FILE).is_file():
         try:
-            name = (yaml.safe_load((sdir / SWEEP_FILE).read_text()) or {}).get("name") or name
+            spec = yaml.safe_load((sdir / SWEEP_FILE).read_text()) or {}
+            name, reproduces = spec.get("name") or name, spec.get("reproduces")
         except yaml.YAMLError:
             pass
     cw = None
@@ -336,4 +339,5 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
             fit = None
     keys = set(config_keys())
     return SweepResults(dir=sdir, name=str(name), columns=columns, trials=trials, critical_width=cw,
-                        critical_width_fit=fit, config_columns=[c for c in columns if c in keys])
+                        critical_width_fit=fit, config_columns=[c for c in columns if c in keys],
+                        reproduces=reproduces if reproduces in CLAIMS else None)

@@ -33,6 +33,14 @@ THEORY: dict[str, dict[str, tuple[float, str]]] = {
         "paper": (-0.5, "K_0 is within O(m^-1/2) of the infinite-width kernel"),
         "ntk": (-0.5, "K_0 is within O(m^-1/2) of the infinite-width kernel"),
     },
+    names.NTK_LIN_GAP: {
+        "paper": (-0.5, "the trained net stays O(m^-1/2) from its linearisation (Lee et al. 2019)"),
+        "ntk": (-0.5, "the trained net stays O(m^-1/2) from its linearisation (Lee et al. 2019)"),
+    },
+    names.DRIFT_NEURON_MAX: {
+        "paper": (-1.0, "under model.param=paper a unit's weights move O(m^-1): the ntk law times √(2/m)"),
+        "ntk": (-0.5, "under model.param=ntk every unit stays within O(m^-1/2) of init (Du et al. 2018)"),
+    },
 }
 
 

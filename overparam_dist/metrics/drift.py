@@ -161,8 +161,8 @@ class WeightDrift:
         return torch.linalg.qr(v.to(device))[0]
 
     def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float, bool, torch.Tensor]:
-        """(||D||_F^2, ||D||_2, converged, local |row of D|^2) for one weight, by warm-started subspace iteration until the
-        estimated error is below `tol` (SPECTRAL_TOL_FINAL when `precise`), or `max_iters` (not converged)."""
+        """(||D||_F^2, ||D||_2, converged, local |row of D|^2) for one weight, by warm-started subspace iteration
+        until the estimated error is below `tol` (SPECTRAL_TOL_FINAL when `precise`), or `max_iters` (not converged)."""
         max_iters, tol = self.max_iters, (min(self.tol, SPECTRAL_TOL_FINAL) if precise else self.tol)
         view = self.view_of(p)
         rows, cols = view.global_shape

@@ -14,7 +14,8 @@ r_t^lin = r_0 + V (((1 - lambda/n)^t - 1) * (V^T r_0)): O((nC)^2) per logged row
 
 0 at step 0 by construction, and ntk/lin_loss = |r_t^lin|^2 / (2n), the loss the linearised model predicts:
 Arora et al. (2019)'s eigen-projection sum_i (1 - lambda_i/n)^(2t) (v_i^T r_0)^2 / (2n), here from the empirical
-Theta_0 and r_0 = f_0(X) - Y (the paper takes K_inf and f_0 = 0, assuming a vanishing output at init). Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
+Theta_0 and r_0 = f_0(X) - Y (the paper takes K_inf and f_0 = 0, assuming a vanishing output at init).
+Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
 like every NTK here). It is on for the squared loss with full batches and n*C <= metrics.lin_max (the kernel is
 (nC)^2 floats and its eigendecomposition (nC)^3 flops); otherwise off, and config.yaml's `derived.lin_gap` says why.
 """

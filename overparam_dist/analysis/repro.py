@@ -1,0 +1,254 @@
+"""The measured side of each published claim (claims.py): `findings(res)` gives, per quantity, the paper's value
+beside ours and whether the claim holds here; `headline(res)` draws the figure the README gallery shows. Both read
+only a sweep's results (results.py), so `overparam report` can check any finished sweep that names its claim.
+
+A width law "holds" when every series' fitted slope is within SLOPE_TOL of the paper's exponent; an ordering holds
+when the mean over seeds moves the claimed way at every step of the axis.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..metrics import names
+from .claims import CLAIMS
+from .plots import FigureData, Panel, Series, against_width, critical_width
+from .results import WIDTH, SweepResults, Trial, label, number
+
+SLOPE_TOL = 0.2
+NOISE = "data.label_noise"
+
+
+@dataclass
+class Finding:
+    quantity: str
+    paper: str
+    measured: str
+    holds: bool | None  # None: nothing to compare (no data)
+    values: dict[str, Any] = field(default_factory=dict)  # the numbers behind `measured`, for tests and JSON
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+def _width_law(res: SweepResults, key: str, exponent: float, quantity: str, paper: str) -> tuple[Finding, Panel]:
+    fig = against_width(res, key, name=key, title=quantity, caption="", reference=exponent,
+                        reference_label=f"paper: m^{exponent:g}")
+    fig.panels[0].title = quantity
+    slopes = {f.series: f.slope for f in fig.fits if f.slope is not None}
+    text = "; ".join(f"{f.text().replace('slope ', '')} ({f.series})" for f in fig.fits if f.slope is not None)
+    holds = all(abs(s - exponent) <= SLOPE_TOL for s in slopes.values()) if slopes else None
+    return Finding(quantity, paper, f"slope {text}" if text else "no data", holds, {"slopes": slopes}), fig.panels[0]
+
+
+def _mean_by(trials: list[Trial], axis: str, value: Callable[[Trial], float | None]) -> dict[float, float]:
+    """axis value -> mean over the trials (seeds, widths) that have a value."""
+    acc: dict[float, list[float]] = {}
+    for t in trials:
+        x, v = number(t.row.get(axis)), value(t)
+        if x is not None and v is not None:
+            acc.setdefault(x, []).append(v)
+    return {x: float(np.mean(v)) for x, v in sorted(acc.items())}
+
+
+def _increasing(means: dict[float, float], sign: float = 1.0) -> bool | None:
+    ys = list(means.values())
+    return None if len(ys) < 2 else all(sign * (b - a) > 0 for a, b in zip(ys, ys[1:]))
+
+
+def _along(means: dict[float, float], fmt: str = "{:.3g}") -> str:
+    return ", ".join(f"{x:g}: {fmt.format(y)}" for x, y in means.items())
+
+
+def _against_axis(res: SweepResults, axis: str, key: str, title: str, value=None) -> Panel:
+    """`key` (final value, or `value(trial)`) against a grid axis, one series per width, mean over seeds."""
+    panel = Panel(title=title, xlabel=axis, ylabel=key)
+    value = value or (lambda t: t.final(key))
+    for w in res.widths or [None]:
+        trials = [t for t in res.usable() if t.width == w]
+        means = _mean_by(trials, axis, value)
+        per_seed: dict[int, list] = {}
+        for t in trials:
+            if (x := number(t.row.get(axis))) is not None and (v := value(t)) is not None:
+                per_seed.setdefault(t.seed, []).append((x, v))
+        panel.series.append(Series(label(WIDTH, w), list(means), list(means.values()), meta={"per_seed": per_seed}))
+    return panel
+
+
+def _ratio_curve(t: Trial, key: str = names.TRAIN_LOSS) -> tuple[list[int], list[float]]:
+    xs, ys = t.curve(key)
+    if not ys or ys[0] <= 0:
+        return [], []
+    return xs, [y / ys[0] for y in ys]
+
+
+# ------------------------------------------------------------------------------------------------ the claims
+
+
+def _allenzhu(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    rows = res.critical_width or []
+    found = [r for r in rows if r.get("status") in ("found", "at_min")]
+    out = [Finding("cells where GD fits at some width m*", "every (n, L)", f"{len(found)} of {len(rows)}",
+                   bool(rows) and len(found) == len(rows), {"found": len(found), "cells": len(rows)})]
+    fit = res.critical_width_fit or {}
+    for sym, axis, bound in (("a", "n", 24), ("b", "L", 12)):
+        v, ci = fit.get(sym), fit.get(f"{sym}_ci95")
+        measured = "not fitted" if v is None else f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        top = ci[1] if ci else v
+        out.append(Finding(f"exponent of {axis} in m* ∝ n^a L^b", f"≤ {bound} suffices (polynomial)", measured,
+                           None if v is None else bool(math.isfinite(top) and top < bound), {sym: v, "ci95": ci}))
+    cw = critical_width(res)
+    return out, cw.panels if cw else []
+
+
+def _lee(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    found, panels = [], []
+    for key, quantity in ((names.drift_weight_rel("input"), "relative change of the input-layer weights"),
+                          (names.NTK_REL_DRIFT, "relative change of the NTK"),
+                          (names.NTK_LIN_GAP, "distance to the linearised model (ntk/lin_gap)")):
+        f, p = _width_law(res, key, -0.5, quantity, "m^-0.5")
+        found.append(f)
+        panels.append(p)
+    # All layers together: the m x m hidden layers dominate |theta_0|_F ~ m and move O(1), so m^-1 (theory.py).
+    f, _ = _width_law(res, names.DRIFT_WEIGHT_REL, -1.0, "relative change of all weights (drift/weight_rel)",
+                      "not claimed; m^-1 by theory.py: the m×m layers dominate |θ_0|_F ∝ m and move O(1)")
+    found.append(f)
+    return found, panels
+
+
+def _du_bound(t: Trial) -> tuple[list[int], list[float]] | None:
+    """(steps, (1 - lr lambda_0 / (2n))^step) for a trial, lambda_0 = lambda_min(K_inf) per output."""
+    lam_trace, n, outputs = number(t.row.get(names.NTK_LAMBDA_MIN_INF)), number(t.row.get("data.n")), \
+        number(t.row.get("data.classes"))
+    steps, lrs = t.curve(names.TRAIN_LR)
+    if lam_trace is None or not n or not outputs or not lrs:
+        return None
+    q = 1.0 - lrs[0] * (lam_trace / outputs) / (2.0 * n)
+    xs, _ = t.curve(names.TRAIN_LOSS)
+    return xs, [q ** s for s in xs]
+
+
+def _du(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    flips = _mean_by(res.usable(), WIDTH, lambda t: t.final(names.DRIFT_ACT_FLIP))
+    out = [Finding("activation-pattern changes (drift/act_flip) as m grows", "fewer", _along(flips),
+                   _increasing(flips, -1.0), {"act_flip": flips})]
+    f, neuron_panel = _width_law(res, names.DRIFT_NEURON_MAX, -0.5, "max per-neuron distance from init",
+                                 "O(m^-1/2)")
+    out.append(f)
+    rate = Panel(title="loss / loss at init, and the paper's bound (dashed)", xlabel="step", ylabel="L_t / L_0",
+                 ylog=True)
+    worst, ends = 0.0, {}
+    widths = res.widths
+    for t in sorted(res.usable(), key=lambda t: (t.width or 0, t.seed)):
+        xs, ys = _ratio_curve(t)
+        bound = _du_bound(t)
+        if not xs or bound is None:
+            continue
+        worst = max(worst, max(y / b for x, y, b in zip(xs, ys, bound[1]) if x > 0))  # step 0 is 1 / 1
+        ends.setdefault(t.width, []).append((ys[-1], bound[1][-1], xs[-1]))
+        i = widths.index(t.width) if t.width in widths else 0
+        color = DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]
+        rate.series.append(Series(label(WIDTH, t.width) if t.seed == min(x.seed for x in res.usable()) else "_",
+                                  xs, ys, meta={"line": True, "color": color, "width": t.width}))
+        rate.references.append(Series("_" if rate.references else "paper's bound (1 − lr·λ_0/(2n))^k", *bound))
+    text = "; ".join(f"{label(WIDTH, w)}: {np.mean([e[0] for e in v]):.2g} vs bound {np.mean([e[1] for e in v]):.2g} "
+                     f"at step {v[0][2]}" for w, v in ends.items())
+    out.append(Finding("training loss against the linear-rate bound", "L_k/L_0 ≤ (1 − ηλ_0/2)^k at every k",
+                       (text + f"; max over steps of measured/bound {worst:.3g}") if ends else "no data",
+                       bool(ends) and worst <= 1.0 + 1e-9, {"worst_ratio_to_bound": worst}))
+    flip_panel = against_width(res, names.DRIFT_ACT_FLIP, name="act_flip", title="", caption="").panels[0]
+    flip_panel.title = "activation flips against width"
+    return out, [flip_panel, neuron_panel, rate]
+
+
+def _fit_steps(t: Trial) -> float | None:
+    return number(t.row.get(names.CONV_STEPS_TO_FIT))
+
+
+def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    trials = res.usable()
+    by_noise: dict[float, list[Trial]] = {}
+    for t in trials:
+        by_noise.setdefault(number(t.row.get(NOISE)), []).append(t)
+    fitted = {x: f"{sum(_fit_steps(t) is not None for t in ts)}/{len(ts)}" for x, ts in sorted(by_noise.items())}
+    all_fit = bool(trials) and all(_fit_steps(t) is not None for t in trials)
+    steps = _mean_by(trials, NOISE, _fit_steps)
+    return [Finding("trials that reach 100% train accuracy, by label noise", "all, at every noise level",
+                    ", ".join(f"{x:g}: {v}" for x, v in fitted.items()), all_fit, {"fitted": fitted}),
+            Finding("steps to fit, by label noise (mean)", "grow with the noise", _along(steps, "{:.0f}"),
+                    _increasing(steps), {"steps_to_fit": steps})], \
+        [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
+         _against_axis(res, NOISE, names.TRAIN_ACC, "final train accuracy")]
+
+
+def _lin_deviation(t: Trial) -> float | None:
+    """max over logged steps of |train/loss - ntk/lin_loss| / train/loss at init."""
+    rows = [(number(r.get(names.TRAIN_LOSS)), number(r.get(names.NTK_LIN_LOSS))) for r in t.history]
+    rows = [(a, b) for a, b in rows if a is not None and b is not None]
+    return max(abs(a - b) for a, b in rows) / rows[0][0] if rows and rows[0][0] > 0 else None
+
+
+def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    trials = res.usable()
+    out = []
+    for key, which in ((names.NTK_LABEL_COMPLEXITY, "K_0"), (names.NTK_LABEL_COMPLEXITY_INF, "K∞")):
+        means = _mean_by(trials, NOISE, lambda t, key=key: t.final(key))
+        out.append(Finding(f"label complexity from {which}, by label noise", "grows with the noise", _along(means),
+                           _increasing(means), {"label_complexity": means}))
+    dev = _mean_by(trials, WIDTH, _lin_deviation)
+    out.append(Finding("max |loss − eigen-projection prediction| / loss at init, by width",
+                       "→ 0 as the width grows", _along(dev), _increasing(dev, -1.0), {"deviation": dev}))
+    widest = [t for t in trials if t.width == max(res.widths, default=None) and t.seed == min(x.seed for x in trials)]
+    pred = Panel(title=f"training loss (solid) and prediction ntk/lin_loss (dashed), {label(WIDTH, max(res.widths))}"
+                 if res.widths else "training loss", xlabel="step", ylabel=names.TRAIN_LOSS, ylog=True)
+    for i, t in enumerate(sorted(widest, key=lambda t: number(t.row.get(NOISE)) or 0)):
+        color = DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]
+        pred.series.append(Series(f"noise {t.row.get(NOISE)}", *t.curve(names.TRAIN_LOSS),
+                                  meta={"line": True, "color": color}))
+        pred.series.append(Series("_", *t.curve(names.NTK_LIN_LOSS), meta={"line": True, "color": color,
+                                                                           "style": "--"}))
+    complexity = _against_axis(res, NOISE, names.NTK_LABEL_COMPLEXITY, "label complexity at init: K_0, and K∞ "
+                               "(dotted)")
+    inf = _mean_by(trials, NOISE, lambda t: t.final(names.NTK_LABEL_COMPLEXITY_INF))
+    if inf:
+        complexity.extra.append(Series("K∞", list(inf), list(inf.values()), meta={"infinite_width": True}))
+    return out, [complexity, pred]
+
+
+def _jacot(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
+    gap, p0 = _width_law(res, names.NTK_INIT_GAP, -0.5, "distance of K_0 from K∞", "→ 0 (CLT rate m^-0.5)")
+    drift, p1 = _width_law(res, names.NTK_REL_DRIFT, -0.5, "relative change of the NTK in training",
+                           "→ 0 (constant kernel; rate m^-0.5)")
+    moved = _mean_by(res.usable(), WIDTH, lambda t: t.final(names.NTK_REL_DRIFT))
+    order = Finding("|K_T − K_0| / |K_0| by width", "moves at small width, barely at large", _along(moved),
+                    _increasing(moved, -1.0), {"rel_drift": moved})
+    return [gap, drift, order], [p0, p1]
+
+
+CHECKS: dict[str, Callable[[SweepResults], tuple[list[Finding], list[Panel]]]] = {
+    "allenzhu2018_critical_width": _allenzhu, "lee2019_linear": _lee, "du2018_two_layer": _du,
+    "zhang2017_random_labels": _zhang, "arora2019_fine_grained": _arora, "jacot2018_kernel": _jacot,
+}
+assert set(CHECKS) == set(CLAIMS)
+DEPTH_COLORS_HEX = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
+
+
+def findings(res: SweepResults) -> list[Finding]:
+    return CHECKS[res.reproduces](res)[0] if res.reproduces else []
+
+
+def headline(res: SweepResults) -> FigureData | None:
+    """The claim's figure, repro_<claim>.png: the README gallery's picture."""
+    if not res.reproduces:
+        return None
+    claim = CLAIMS[res.reproduces]
+    panels = CHECKS[res.reproduces](res)[1]
+    if not panels:
+        return None
+    return FigureData(name=f"repro_{claim.key}", title=f"{claim.short}: {claim.title}",
+                      caption=f"{claim.claim} Our setup: {claim.setup}", panels=panels)

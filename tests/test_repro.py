@@ -1,0 +1,106 @@
+"""Issue 13, item 2: the six reproductions under configs/repro/. Each test runs a file's `--quick` variant on the
+session's Ray, builds its report, and asserts the trend the paper claims from the report's own claim.json (the
+numbers the README gallery shows for the full runs), plus the headline figure's file."""
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from launcher.sweep.driver import run_sweep
+from launcher.sweep.spec import load_sweep
+from overparam_dist.analysis.claims import CLAIMS
+from overparam_dist.analysis.report import build_local_report
+from overparam_dist.config import ConfigError
+
+REPRO = ROOT / "configs" / "repro"
+
+
+def _quick(name: str, tmp_path) -> dict[str, dict]:
+    """Run <name>.yaml --quick, build its report; {quantity: finding} from claim.json."""
+    sweep = load_sweep(REPRO / f"{name}.yaml", [], runs_dir=tmp_path / "runs", quick=True)
+    assert sweep.name == f"{name}-quick" and sweep.reproduces == name
+    outcome = run_sweep(sweep, progress_every=60)
+    assert not outcome.failed
+    report = build_local_report(sweep.dir)
+    assert (report.dir / f"repro_{name}.png").stat().st_size > 10_000
+    claim = json.loads((report.dir / "claim.json").read_text())
+    assert claim["claim"]["paper"] == CLAIMS[name].paper
+    assert "Reproduces" in report.index.read_text()
+    return {f["quantity"]: f for f in claim["findings"]}
+
+
+def test_every_claim_has_a_repro_file_with_a_quick_variant():
+    files = sorted(p.stem for p in REPRO.glob("*.yaml"))
+    assert files == sorted(CLAIMS)
+    for name in files:
+        full, quick = load_sweep(REPRO / f"{name}.yaml"), load_sweep(REPRO / f"{name}.yaml", quick=True)
+        assert full.reproduces == name and len(quick.trials) < len(full.trials)
+
+
+def test_quick_and_reproduces_are_checked(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid: {model.width: [8]}\nreproduces: nobody2020\n")
+    with pytest.raises(ConfigError, match="'reproduces' = 'nobody2020': allowed values are allenzhu2018"):
+        load_sweep(spec)
+    spec.write_text("grid: {model.width: [8]}\n")
+    with pytest.raises(ConfigError, match="--quick needs a non-empty 'quick:' mapping"):
+        load_sweep(spec, quick=True)
+
+
+@pytest.mark.slow
+def test_jacot2018_kernel_quick(ray_address, tmp_path):
+    f = _quick("jacot2018_kernel", tmp_path)
+    gap = f["distance of K_0 from K∞"]["values"]["slopes"]
+    assert all(abs(s + 0.5) <= 0.2 for s in gap.values()), gap  # K_0 -> K_inf like m^-1/2
+    moved = f["|K_T − K_0| / |K_0| by width"]
+    assert moved["holds"], moved  # the kernel moves less at the larger width
+    small, large = moved["values"]["rel_drift"].values()
+    assert large < small / 2, moved
+
+
+@pytest.mark.slow
+def test_lee2019_linear_quick(ray_address, tmp_path):
+    f = _quick("lee2019_linear", tmp_path)
+    for quantity in ("relative change of the input-layer weights", "relative change of the NTK",
+                     "distance to the linearised model (ntk/lin_gap)"):
+        slopes = f[quantity]["values"]["slopes"]
+        assert all(abs(s + 0.5) <= 0.2 for s in slopes.values()), (quantity, slopes)
+    slopes = f["relative change of all weights (drift/weight_rel)"]["values"]["slopes"]
+    assert all(abs(s + 1.0) <= 0.2 for s in slopes.values()), slopes  # m^-1: the hidden layers dominate
+
+
+@pytest.mark.slow
+def test_du2018_two_layer_quick(ray_address, tmp_path):
+    f = _quick("du2018_two_layer", tmp_path)
+    assert f["activation-pattern changes (drift/act_flip) as m grows"]["holds"]
+    slopes = f["max per-neuron distance from init"]["values"]["slopes"]
+    assert all(abs(s + 0.5) <= 0.2 for s in slopes.values()), slopes
+    bound = f["training loss against the linear-rate bound"]
+    assert bound["holds"] and bound["values"]["worst_ratio_to_bound"] < 1.0, bound  # below at every step
+
+
+@pytest.mark.slow
+def test_zhang2017_random_labels_quick(ray_address, tmp_path):
+    f = _quick("zhang2017_random_labels", tmp_path)
+    assert f["trials that reach 100% train accuracy, by label noise"]["holds"]
+    steps = f["steps to fit, by label noise (mean)"]["values"]["steps_to_fit"]
+    clean, *noisy = steps.values()
+    assert all(clean < s for s in noisy), steps  # true labels are fitted first
+
+
+@pytest.mark.slow
+def test_arora2019_fine_grained_quick(ray_address, tmp_path):
+    f = _quick("arora2019_fine_grained", tmp_path)
+    assert f["label complexity from K_0, by label noise"]["holds"]
+    assert f["label complexity from K∞, by label noise"]["holds"]
+    dev = f["max |loss − eigen-projection prediction| / loss at init, by width"]
+    assert dev["holds"] and max(dev["values"]["deviation"].values()) < 0.1, dev
+
+
+@pytest.mark.slow
+def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
+    f = _quick("allenzhu2018_critical_width", tmp_path)
+    assert f["cells where GD fits at some width m*"]["holds"]
+    a = f["exponent of n in m* ∝ n^a L^b"]["values"]["a"]
+    assert 0 < a < 24, a  # m* grows with n, polynomially
