@@ -26,7 +26,7 @@ WIDTHS, DEPTHS, SEEDS = [16, 32, 64], [1, 2], [0, 1]
 TINY = ["data.n=16", "train.steps=20", "metrics.every=5", "train.stop_at_fit=false", "checkpoint.every=0",
         "run.quiet=true"]
 REPORT_PNGS = ["loss_curves", "drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_init_gap", "ntk_lambda_min",
-               "act_flips", "steps_to_fit", "critical_width"]
+               "act_flips", "ntk_lin_gap", "drift_neuron_max", "steps_to_fit", "critical_width"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -176,7 +176,8 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
     summaries = _summaries(sweep_dir)
     for name, key, ref in [("drift_weight_rel", "drift/weight_rel", -1.0),
                            ("drift_weight_abs", "drift/weight_abs", -0.5), ("ntk_rel_drift", "ntk/rel_drift", -0.5),
-                           ("ntk_init_gap", "ntk/init_gap", -0.5)]:
+                           ("ntk_init_gap", "ntk/init_gap", -0.5), ("ntk_lin_gap", "ntk/lin_gap", -0.5),
+                           ("drift_neuron_max", "drift/neuron_max", -1.0)]:
         (panel,) = figs[name].panels
         assert panel.xlog and panel.ylog
         assert [s.label for s in panel.series] == [f"L={d}" for d in DEPTHS], name  # one series per depth

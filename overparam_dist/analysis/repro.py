@@ -183,7 +183,7 @@ def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
             Finding("steps to fit, by label noise (mean)", "grow with the noise", _along(steps, "{:.0f}"),
                     _increasing(steps), {"steps_to_fit": steps})], \
         [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
-         _against_axis(res, NOISE, names.TRAIN_ACC, "final train accuracy")]
+         _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
 
 
 def _lin_deviation(t: Trial) -> float | None:
@@ -203,21 +203,29 @@ def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     dev = _mean_by(trials, WIDTH, _lin_deviation)
     out.append(Finding("max |loss − eigen-projection prediction| / loss at init, by width",
                        "→ 0 as the width grows", _along(dev), _increasing(dev, -1.0), {"deviation": dev}))
-    widest = [t for t in trials if t.width == max(res.widths, default=None) and t.seed == min(x.seed for x in trials)]
-    pred = Panel(title=f"training loss (solid) and prediction ntk/lin_loss (dashed), {label(WIDTH, max(res.widths))}"
-                 if res.widths else "training loss", xlabel="step", ylabel=names.TRAIN_LOSS, ylog=True)
-    for i, t in enumerate(sorted(widest, key=lambda t: number(t.row.get(NOISE)) or 0)):
-        color = DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]
-        pred.series.append(Series(f"noise {t.row.get(NOISE)}", *t.curve(names.TRAIN_LOSS),
-                                  meta={"line": True, "color": color}))
-        pred.series.append(Series("_", *t.curve(names.NTK_LIN_LOSS), meta={"line": True, "color": color,
-                                                                           "style": "--"}))
+    pred = _by_noise(res, [(names.TRAIN_LOSS, "-"), (names.NTK_LIN_LOSS, "--")],
+                     "training loss (solid) and prediction ntk/lin_loss (dashed)")
     complexity = _against_axis(res, NOISE, names.NTK_LABEL_COMPLEXITY, "label complexity at init: K_0, and K∞ "
                                "(dotted)")
     inf = _mean_by(trials, NOISE, lambda t: t.final(names.NTK_LABEL_COMPLEXITY_INF))
     if inf:
         complexity.extra.append(Series("K∞", list(inf), list(inf.values()), meta={"infinite_width": True}))
     return out, [complexity, pred]
+
+
+def _by_noise(res: SweepResults, keys: list[tuple[str, str]], title: str, ylog: bool = True) -> Panel:
+    """Curves over steps of the widest width's first seed, one colour per label-noise level, one line style per
+    key."""
+    trials = res.usable()
+    width, seed = max(res.widths, default=None), min((t.seed for t in trials), default=0)
+    chosen = sorted((t for t in trials if t.width == width and t.seed == seed), key=lambda t: number(t.row.get(NOISE)))
+    panel = Panel(title=f"{title}, {label(WIDTH, width)}, seed {seed}", xlabel="step", ylabel=keys[0][0], ylog=ylog)
+    for i, t in enumerate(chosen):
+        for j, (key, style) in enumerate(keys):
+            panel.series.append(Series(f"noise {t.row.get(NOISE)}" if j == 0 else "_", *t.curve(key),
+                                       meta={"line": True, "style": style,
+                                             "color": DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]}))
+    return panel
 
 
 def _jacot(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
