@@ -61,6 +61,8 @@ class TrainConfig:
     stop_at_fit: bool = True  # stop at 100% train accuracy (label targets)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64
+    precision: str = "fp32"  # fp32 | tf32 | bf16: the training step's arithmetic; metrics stay exact (precision.py)
+    compile: bool = False  # torch.compile the training forward
 
 
 @dataclass
@@ -125,6 +127,7 @@ CHOICES = {
     "train.loss": ("mse", "ce"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("float32", "float64"),
+    "train.precision": ("fp32", "tf32", "bf16"),
     "parallel.backend": ("auto", "gloo", "nccl"),
     "wandb.mode": ("offline", "online", "disabled"),
 }
@@ -285,6 +288,8 @@ def validate(cfg: Config) -> None:
         bad("train.batch_size", f"must be <= data.n ({d.n})")
     if t.target_loss < 0:
         bad("train.target_loss", "must be >= 0 (0 = off)")
+    if t.precision != "fp32" and t.dtype == "float64":
+        bad("train.precision", "must be fp32 with train.dtype=float64 (tf32 and bf16 lower float32 arithmetic)")
     if cfg.metrics.every < 0:
         bad("metrics.every", "must be >= 0 (0 = only at start and end)")
     if cfg.metrics.ntk_probe < 1:

@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, rundir
+from . import checkpoint, precision, rundir
 from .config import Config, ConfigError, default_run_name, effective_train_outer, run_dir
 from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
@@ -57,7 +57,8 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
             if done is not None:
                 return done  # this exact trial already finished: a rerun is a no-op
             world.barrier()
-            with rundir.out_of_room_is_one_line(run_dir(cfg)):
+            # Everything but the training step itself (precision.training_step) is computed exactly.
+            with rundir.out_of_room_is_one_line(run_dir(cfg)), precision.exact():
                 return Trainer(cfg, world, ds, on_log).train()
     finally:
         world.close()
@@ -108,6 +109,7 @@ class Trainer:
         if not self.trained:
             raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
         self.net = self.par.wrap(self.model)
+        self.step_net = torch.compile(self.net) if cfg.train.compile else self.net  # the training forward only
         base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, self.x_all, ds.num_outputs, self.par)
         self.effective_lr = {n: base * self.rules[n].lr_scale for n in self.trained}
         self.hidden_lr = next((lr for n, lr in self.effective_lr.items() if n.startswith("hidden.")),
@@ -191,7 +193,9 @@ class Trainer:
             idx = idx[world.dp_rank * b:(world.dp_rank + 1) * b].to(self.device)
             xb, tb = self.x_all[idx], self.t_all[idx]
             lb = self.labels[idx] if self.labels is not None else None
-        output = self.net(xb)
+        with precision.training_step(self.cfg.train.precision, self.device):
+            output = self.step_net(xb)
+        output = output.to(self.dtype)  # the loss in the weights' dtype (bf16 autocast returns bfloat16)
         loss = self.loss_fn(output, tb)
         if self.full_batch:
             return (loss, *self._reduce_loss_acc(loss.detach(), output.detach(), lb))
@@ -274,7 +278,8 @@ class Trainer:
                 fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0))
             if not stop:
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                with precision.backward_step(cfg.train.precision):
+                    loss.backward()
             if log_now or stop:
                 final_metrics = self.log(step, train_loss, train_acc, has_grad=not stop, diverged=diverged,
                                          final=stop)
