@@ -171,7 +171,7 @@ class Trainer:
             "lin_gap": {"on": True} if self.lin else {"on": False, "why": self.lin_off},
             "effective_lr": self.effective_lr,
             "data": self.ds.info,
-            "world": {"dp": world.dp, "tp": world.tp, "device": str(self.device)},
+            "world": {"dp": world.dp, "tp": world.tp, "device": str(self.device), "nodes": world.nodes},
         })
         return Sinks(self.cfg, self.out, self.name, self.start_step if self.resumed else None, on_log)
 

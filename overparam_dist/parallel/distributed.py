@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +68,7 @@ class World:
     device: torch.device
     mesh: object | None  # torch DeviceMesh with axes ("dp", "tp"); None in a single process
     owns_group: bool  # we created the process group, so we destroy it
+    nodes: list[str]  # node of every global rank (node_id), recorded as derived.world.nodes
 
     @property
     def dp(self) -> int:
@@ -133,6 +135,24 @@ class World:
             dist.destroy_process_group()
 
 
+def node_id() -> str:
+    """This process's node, from what its launcher says: Ray (OVERPARAM_NODE), Slurm (SLURM_NODEID) or torchrun
+    (GROUP_RANK, the agent's node rank). Never the hostname alone: two nodes may share a host."""
+    for var, prefix in (("OVERPARAM_NODE", ""), ("SLURM_NODEID", "node"), ("GROUP_RANK", "node")):
+        if os.environ.get(var):
+            return prefix + os.environ[var]
+    return socket.gethostname()
+
+
+def _check_tp_inside_nodes(nodes: list[str], tp: int) -> None:
+    """A tensor-parallel group split over nodes would send every layer's all-reduce over the network."""
+    for first in range(0, len(nodes), tp):
+        spans = sorted(set(nodes[first:first + tp]))
+        if len(spans) > 1:
+            raise ConfigError(f"the tensor-parallel group of ranks {first}-{first + tp - 1} spans nodes "
+                              f"{', '.join(spans)}: every group of parallel.tp consecutive ranks must sit in one node")
+
+
 def setup(cfg: Config) -> World:
     """Join (or create) the process group and build the mesh. Size-1 runs create nothing."""
     dims = ParallelDims.from_config(cfg)
@@ -163,4 +183,14 @@ def setup(cfg: Config) -> World:
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, (dims.dp, dims.tp), mesh_dim_names=("dp", "tp"))
-    return World(dims, rank, local_rank, device, mesh, owns)
+    nodes = [node_id()]
+    if world > 1:
+        nodes = [None] * world
+        dist.all_gather_object(nodes, node_id())
+    try:
+        _check_tp_inside_nodes(nodes, dims.tp)
+    except ConfigError:
+        if owns:
+            dist.destroy_process_group()
+        raise
+    return World(dims, rank, local_rank, device, mesh, owns, nodes)
