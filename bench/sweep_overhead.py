@@ -5,8 +5,10 @@
    thread (the baseline, measured in this run). Sweeps of 1 and of N trials give the fixed cost of a sweep
    (Tune start, the first trial's process and imports) and the marginal cost of each further trial:
    marginal overhead = (T_N - T_1) / (N - 1) - baseline. Target: <= 3 s per trial.
-2. 2-worker trials (parallel.dp=2: a Ray Train V2 worker group each) on a private Ray with all CPUs, one
-   at a time, against run_trial's own time inside them (summary wall_s) and against the same trial under
+2. 2-worker trials (parallel.dp=2) on a private Ray with all CPUs, one at a time, by both paths in the same run:
+   local processes inside the Tune trial (launcher/sweep/local_trial.py, what a trial that fits one node gets;
+   target: start and stop <= 5 s per trial) and a Ray Train V2 worker group (what a trial spanning nodes gets),
+   each against run_trial's own time inside them (summary wall_s), and against the same trial under
    `overparam train parallel.dp=2` (torch's local launcher).
 3. The quickstart (configs/sweep/quickstart.yaml) end to end: `overparam sweep` in a subprocess, embedded
    Ray start and stop included.
@@ -89,8 +91,13 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
         ray_start = time.perf_counter() - t0
         wall_1, _ = timed_sweep(d, "single1", SMALL, {"seed": [0]}, cpus=1)
         wall_n, _ = timed_sweep(d, "singleN", SMALL, {"seed": seeds}, cpus=1)
+    import launcher.sweep.tune as tune_module
+
+    two = {}
     with ray_session(None, num_cpus=NCPU):
-        wall2, sums2 = timed_sweep(d, "dp2", {**SMALL, "parallel.dp": 2}, {"seed": [0, 1]}, cpus=NCPU / 2)
+        two["local processes"] = timed_sweep(d, "dp2", {**SMALL, "parallel.dp": 2}, {"seed": [0, 1]}, cpus=NCPU / 2)
+        tune_module.fits_one_node = lambda cpus, gpus: False  # as for a trial that spans nodes
+        two["worker group"] = timed_sweep(d, "dp2wg", {**SMALL, "parallel.dp": 2}, {"seed": [0, 1]}, cpus=NCPU / 2)
     # Reference for the 2-worker trials: the same trial under `overparam train parallel.dp=2`.
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "launcher", "train", "--quiet", f"run.dir={d / 'train-dp2'}",
@@ -102,8 +109,6 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     n = len(seeds)
     marginal = (wall_n - wall_1) / (n - 1) - base_mean
     fixed = wall_1 - base_mean
-    per2 = wall2 / 2
-    own2 = sum(s["wall_s"] for s in sums2) / 2
     print(f"{NCPU} CPUs; trials: FC width {SMALL['model.width']} depth {SMALL['model.depth']}, n={SMALL['data.n']}, "
           f"{args.steps} steps, metrics every 10 (11 Tune reports), checkpoints every 50")
     print(f"private local Ray start (1 CPU): {ray_start:.1f} s")
@@ -111,9 +116,11 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
           f"sweep of 1 trial {wall_1:.2f} s, of {n} trials {wall_n:.2f} s")
     print(f"  -> per-trial overhead {marginal:+.2f} s (marginal, target <= 3 s); fixed per sweep {fixed:.2f} s; "
           f"mean per trial in the {n}-trial sweep {wall_n / n - base_mean:+.2f} s")
-    print(f"2-worker trials, one at a time: sweep {per2:.1f} s/trial, training loop inside {own2:.2f} s "
-          f"-> overhead {per2 - own2:+.1f} s/trial (worker group start/stop); `overparam train parallel.dp=2` "
-          f"{train_dp2:.1f} s (ratio sweep/train {per2 / train_dp2:.2f})")
+    print(f"2-worker trials, one at a time; `overparam train parallel.dp=2` {train_dp2:.1f} s:")
+    for path, (wall2, sums2) in two.items():
+        per2, own2 = wall2 / 2, sum(s["wall_s"] for s in sums2) / 2
+        print(f"  {path}: sweep {per2:.1f} s/trial, training loop inside {own2:.2f} s -> start and stop "
+              f"{per2 - own2:+.1f} s/trial (ratio sweep/train {per2 / train_dp2:.2f})")
 
     if not args.skip_quickstart:
         t = time.perf_counter()

@@ -215,7 +215,12 @@ def _loss_rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_worker_trial_matches_overparam_train(ray_address, tmp_path):
+@pytest.mark.parametrize("path", ["local", "worker_group"])
+def test_two_worker_trial_matches_overparam_train(ray_address, tmp_path, monkeypatch, path):
+    """A trial that fits one node runs as local processes in its Tune trial; one that does not (forced here: the
+    driver decides) as a Ray Train worker group. Both give `overparam train`'s numbers and stream rows to Tune."""
+    if path == "worker_group":
+        monkeypatch.setattr("launcher.sweep.tune.fits_one_node", lambda cpus, gpus: False)
     common = {"data.target": "regression", "train.steps": 20, "metrics.every": 1, "model.width": 256,
               "checkpoint.every": 10}
     spec = _write(tmp_path, {"name": "dp2", "overrides": common, "grid": {"parallel.dp": [2]}})
@@ -224,6 +229,7 @@ def test_two_worker_trial_matches_overparam_train(ray_address, tmp_path):
     assert outcome.counts["completed"] == 1, outcome.states
     (trial,) = sweep.trials
     assert trial.workers == 2 and json.loads((trial.run_dir / "summary.json").read_text())["dp"] == 2
+    assert (sweep.dir / "_ray" / "train").is_dir() == (path == "worker_group")  # Train's storage: its path only
 
     ref = tmp_path / "ref"
     res = run_cli("train", "--quiet", f"run.dir={ref}", "parallel.dp=2", "wandb.mode=disabled",

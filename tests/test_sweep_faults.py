@@ -57,8 +57,8 @@ def _ckpt(run_dir: Path, step: int) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("dp", [1, 2])
 def test_killed_trial_worker_resumes_from_its_checkpoint(ray_address, tmp_path, dp):
-    """dp=1: the Tune trial's process dies, Tune retries the trial. dp=2: rank 0 of the Ray Train worker
-    group dies, Train restarts the group. Either way run_trial resumes from the last checkpoint."""
+    """dp=1: the Tune trial's process dies; dp=2: rank 0 of the trial's local processes dies (local_trial.py).
+    Either way Tune retries the trial and run_trial resumes from the last checkpoint."""
     spec = {"name": "kill", "overrides": {**TRIAL, "train.steps": 200, "parallel.dp": dp}, "grid": {"seed": [0]}}
     proc, log = _start_sweep(tmp_path, spec, ray_address)
     sdir = tmp_path / "runs" / "kill"

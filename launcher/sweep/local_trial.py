@@ -1,0 +1,75 @@
+"""The fast path for a multi-process trial that fits one node: its parallel.dp x parallel.tp processes are local
+processes started inside the Tune trial by torch's elastic launcher, the same code path as
+`overparam train parallel.dp=2` (launcher/local.py), instead of a Ray Train worker group (about 19 s to start
+and stop on 2 cores). The trial's placement group is one bundle holding all its CPUs and GPUs, and a bundle never
+spans nodes, so Ray places the whole trial on one node.
+
+Rank 0 sends each logged row through a queue to the trainable, which reports it to Tune; the PID file names rank
+0. A dead process fails the trial, and Tune retries it from its last checkpoint like any other trial.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+from overparam_dist.config import from_dict
+
+_DONE = "__done__"
+
+
+def _rank(cfg_dict: dict, rows, pid_file: str, cpus: float) -> dict:
+    """One local process of the trial (spawned: everything it needs comes as arguments)."""
+    import torch
+
+    from overparam_dist.rundir import atomic_write
+    from overparam_dist.train import run_trial
+
+    torch.set_num_threads(max(1, int(cpus)))  # the bundle's CPUs shared out, not each process taking them all
+    on_log = None
+    if int(os.environ.get("RANK", "0")) == 0:
+        atomic_write(Path(pid_file), f"{os.getpid()}\n")  # the directory exists: the trainable made it
+        on_log = rows.put
+    return run_trial(from_dict(cfg_dict), on_log=on_log)
+
+
+def run_local_processes(config: dict[str, Any], report) -> dict:
+    """Run the trial in `config["workers"]` local processes; `report(row)` for every row rank 0 logs, from this
+    thread (Tune's function trainable reports from its own thread). Returns rank 0's summary."""
+    from ..local import spawn_local
+
+    Path(config["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
+    rows = multiprocessing.get_context("spawn").Queue()
+    result: dict[str, Any] = {}
+
+    def launch() -> None:
+        try:
+            result["summary"] = spawn_local(config["workers"], _rank, config["cfg"], rows, config["pid_file"],
+                                            config["resources"]["cpus"])[0]
+        except BaseException as exc:  # re-raised in the trainable's thread below
+            result["error"] = exc
+        finally:
+            rows.put(_DONE)
+
+    thread = threading.Thread(target=launch, name="local-trial", daemon=True)
+    thread.start()
+    while (row := rows.get()) != _DONE:
+        report(row)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["summary"]
+
+
+def fits_one_node(cpus: float, gpus: float) -> bool:
+    """Whether some alive node of the connected Ray cluster has `cpus` CPUs and `gpus` GPUs in total."""
+    import ray
+
+    for node in ray.nodes():
+        res = node.get("Resources", {})
+        if node.get("Alive") and res.get("CPU", 0.0) + 1e-9 >= cpus and res.get("GPU", 0.0) + 1e-9 >= gpus:
+            return True
+    return False
