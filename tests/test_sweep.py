@@ -230,6 +230,9 @@ def test_two_worker_trial_matches_overparam_train(ray_address, tmp_path, monkeyp
     (trial,) = sweep.trials
     assert trial.workers == 2 and json.loads((trial.run_dir / "summary.json").read_text())["dp"] == 2
     assert (sweep.dir / "_ray" / "train").is_dir() == (path == "worker_group")  # Train's storage: its path only
+    nodes = yaml.safe_load((trial.run_dir / "config.yaml").read_text())["derived"]["world"]["nodes"]
+    assert len(nodes) == 2 and len(set(nodes)) == 1  # both ranks on this one node, named by Ray's node id there
+    assert nodes[0].startswith("ray-")
 
     ref = tmp_path / "ref"
     res = run_cli("train", "--quiet", f"run.dir={ref}", "parallel.dp=2", "wandb.mode=disabled",

@@ -79,10 +79,19 @@ def _preempted_already(config: dict) -> bool:
     return bool(flag) and os.path.exists(flag)
 
 
+def _name_node() -> None:
+    """This process's node for derived.world.nodes and the tp-inside-a-node check (distributed.node_id), inherited
+    by local processes: Ray's node id, as two Ray nodes may share a host."""
+    import ray
+
+    os.environ["OVERPARAM_NODE"] = "ray-" + ray.get_runtime_context().get_node_id()[:12]
+
+
 def trainable(config: dict) -> None:
     """The Tune function trainable of one trial."""
     from ray import tune
 
+    _name_node()
     if _preempted_already(config):
         tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
     elif config["workers"] == 1:
@@ -141,6 +150,7 @@ def _train_worker(config: dict) -> None:
 
     from overparam_dist.train import run_trial
 
+    _name_node()
     on_log = None
     if ray.train.get_context().get_world_rank() == 0:
         _write_pid(config["pid_file"])
