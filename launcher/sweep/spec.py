@@ -32,9 +32,9 @@ import itertools
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -44,42 +44,11 @@ from overparam_dist.config import Config, ConfigError, describe_omegaconf_error,
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
+from .schema import SEARCH_KINDS, SWEEP_KEYS, SearchConfig, SweepConfig
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 
-SEARCH_KINDS = ("grid", "critical_width")
-DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
-
-
-# The sweep file's schema: OmegaConf checks the types (one line naming the key), the code below the meaning.
-@dataclass
-class ResourcesConfig:
-    cpus: float = 1.0  # per process of a trial (a trial has parallel.dp x parallel.tp processes)
-    gpus: float = 0.0
-
-
-@dataclass
-class SearchConfig:
-    kind: str = "grid"  # grid | critical_width
-    widths: list[int] = field(default_factory=lambda: list(DEFAULT_WIDTHS))  # critical_width candidates
-    k: int = 0  # critical_width: probes in flight per cell + 1 (0: as many as there are free slots)
-
-
-@dataclass
-class SweepConfig:
-    name: Optional[str] = None  # default: the file's stem
-    base: Optional[str] = None  # an experiment preset, relative to configs/
-    overrides: dict[str, Any] = field(default_factory=dict)  # config key -> value, for every trial
-    grid: dict[str, Any] = field(default_factory=dict)  # config key -> list of values
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    reproduces: Optional[str] = None  # a claim of overparam_dist/analysis/claims.py: the report sets it beside ours
-    quick: dict[str, Any] = field(default_factory=dict)  # sweep key -> value, applied by --quick
-
-
-SWEEP_KEYS = tuple(f.name for f in fields(SweepConfig))
-CRITICAL_WIDTH_KEYS = tuple(f.name for f in fields(SearchConfig))
 SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group", "run.preempt_file")  # a sweep sets these per trial
 
 # Preemption: SIGUSR1 to the driver creates runs/<sweep>/.preempt (every trial's run.preempt_file): running trials

@@ -122,10 +122,13 @@ def _lee(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
 
 
 def _du_bound(t: Trial) -> tuple[list[int], list[float]] | None:
-    """(steps, (1 - lr lambda_0 / (2n))^step) for a trial, lambda_0 = lambda_min(K_inf) per output."""
+    """(steps, (1 - lr lambda_0 / (2n))^step) for a trial, lambda_0 = lambda_min(K_inf) per output. Only where
+    train/lr is the step of K_inf's scale (model.param=ntk) and data.classes counts the outputs (synthetic data)."""
+    if t.row.get("model.param") != "ntk" or t.row.get("data.name") != "synthetic":
+        return None
     lam_trace, n, outputs = number(t.row.get(names.NTK_LAMBDA_MIN_INF)), number(t.row.get("data.n")), \
         number(t.row.get("data.classes"))
-    steps, lrs = t.curve(names.TRAIN_LR)
+    _, lrs = t.curve(names.TRAIN_LR)
     if lam_trace is None or not n or not outputs or not lrs:
         return None
     q = 1.0 - lrs[0] * (lam_trace / outputs) / (2.0 * n)
