@@ -1,8 +1,8 @@
 """The fast path for a multi-process trial that fits one node: its parallel.dp x parallel.tp processes are local
 processes started inside the Tune trial by torch's elastic launcher, the same code path as
-`overparam train parallel.dp=2` (launcher/local.py), instead of a Ray Train worker group (about 19 s to start
-and stop on 2 cores). The trial's placement group is one bundle holding all its CPUs and GPUs, and a bundle never
-spans nodes, so Ray places the whole trial on one node.
+`overparam train parallel.dp=2` (launcher/local.py), instead of a Ray Train worker group (24 s to start and
+stop on 2 cores, bench/sweep_overhead.py). The trial's placement group is one bundle holding all its CPUs and
+GPUs, and a bundle never spans nodes, so Ray places the whole trial on one node.
 
 Rank 0 sends each logged row through a queue to the trainable, which reports it to Tune; the PID file names rank
 0. A dead process fails the trial, and Tune retries it from its last checkpoint like any other trial.
@@ -21,17 +21,24 @@ from overparam_dist.config import from_dict
 _DONE = "__done__"
 
 
+def write_pid(path: str) -> None:
+    """<sweep>/.workers/<trial>.pid: the process that runs run_trial (rank 0), for operators and tests."""
+    from overparam_dist.rundir import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(Path(path), f"{os.getpid()}\n")
+
+
 def _rank(cfg_dict: dict, rows, pid_file: str, cpus: float) -> dict:
     """One local process of the trial (spawned: everything it needs comes as arguments)."""
     import torch
 
-    from overparam_dist.rundir import atomic_write
     from overparam_dist.train import run_trial
 
     torch.set_num_threads(max(1, int(cpus)))  # the bundle's CPUs shared out, not each process taking them all
     on_log = None
     if int(os.environ.get("RANK", "0")) == 0:
-        atomic_write(Path(pid_file), f"{os.getpid()}\n")  # the directory exists: the trainable made it
+        write_pid(pid_file)
         on_log = rows.put
     return run_trial(from_dict(cfg_dict), on_log=on_log)
 
@@ -41,7 +48,6 @@ def run_local_processes(config: dict[str, Any], report) -> dict:
     thread (Tune's function trainable reports from its own thread). Returns rank 0's summary."""
     from ..local import spawn_local
 
-    Path(config["pid_file"]).parent.mkdir(parents=True, exist_ok=True)
     rows = multiprocessing.get_context("spawn").Queue()
     result: dict[str, Any] = {}
 

@@ -2,7 +2,7 @@
 trial, the searcher that asks the plan for the next trial, the callback that feeds the ledger, and the fit.
 
 A trial needing one process runs `run_trial` in-process in its Tune function trainable (no worker group: one
-costs about 19 s to start and stop on 2 cores). A trial with parallel.dp x parallel.tp > 1 processes that fits one
+costs about 24 s to start and stop on 2 cores). A trial with parallel.dp x parallel.tp > 1 processes that fits one
 node runs them as local processes inside its Tune trainable (local_trial.py); one that does not builds a Ray Train
 V2 `TorchTrainer` inside its Tune trainable. Every process calls the same `run_trial`. Either way `run_trial` gets
 an `on_log` callback that turns each logged row into a Tune result: the library itself knows no Ray.
@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from overparam_dist.config import ConfigError, from_dict, to_dict
-from overparam_dist.rundir import atomic_write
 
 from .cluster import RayInfo
-from .local_trial import fits_one_node, run_local_processes
+from .local_trial import fits_one_node, run_local_processes, write_pid
 from .plans import FINISHED, Plan
 from .preemption import preempt_requested, reclaim_usr1
 from .progress import SUMMARY_KEY, Book
@@ -55,12 +54,6 @@ def _worker_resources(res: dict[str, float], n: int) -> dict[str, float]:
     if res["gpus"]:
         per["GPU"] = res["gpus"]
     return per
-
-
-def _write_pid(path: str) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, f"{os.getpid()}\n")
 
 
 def final_result(summary: dict) -> dict:
@@ -97,7 +90,7 @@ def trainable(config: dict) -> None:
     elif config["workers"] == 1:
         from overparam_dist.train import run_trial
 
-        _write_pid(config["pid_file"])
+        write_pid(config["pid_file"])
         summary = run_trial(from_dict(config["cfg"]), on_log=tune.report)  # each logged row: a Tune result
         tune.report(final_result(summary))
     elif config["local"]:
@@ -153,7 +146,7 @@ def _train_worker(config: dict) -> None:
     _name_node()
     on_log = None
     if ray.train.get_context().get_world_rank() == 0:
-        _write_pid(config["pid_file"])
+        write_pid(config["pid_file"])
         on_log = config["queue"].put if config.get("queue") is not None else None
     summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier

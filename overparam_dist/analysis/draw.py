@@ -7,16 +7,14 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .figures import figures
-from .plots import FigureData, Panel, SlopeFit
+from .plots import SERIES_COLORS, FigureData, Panel, SlopeFit
 from .results import WIDTH, SweepResults, label
 
 DPI = 110
-DEPTH_COLORS = colormaps["tab10"]
 
 
 def draw(fig_data: FigureData, out_dir: Path) -> Path:
@@ -54,7 +52,7 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
             ax.plot(s.x, s.y, s.meta.get("style", "-"), color=s.meta.get("color"), lw=1.2, alpha=0.85, label=lab)
             seen_widths.add(w)
             continue
-        color = DEPTH_COLORS(i % 10)
+        color = SERIES_COLORS(i % 10)
         f: SlopeFit | None = s.meta.get("fit")
         lab = s.label + (f": {f.text()}" if f is not None else "")
         if fd.name == "critical_width":
@@ -83,10 +81,10 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
     limits = [s for s in p.extra if s.meta.get("infinite_width")]  # a limit, not a measurement: dotted
     for i, s in enumerate(measured):
         if s.x:
-            ax.plot(s.x, s.y, "s--", color=DEPTH_COLORS(i % 10), ms=3, lw=0.9, alpha=0.6, label=s.label)
+            ax.plot(s.x, s.y, "s--", color=SERIES_COLORS(i % 10), ms=3, lw=0.9, alpha=0.6, label=s.label)
     for i, s in enumerate(limits):
         if s.x:
-            ax.plot(s.x, s.y, "_:", color=DEPTH_COLORS(i % 10), ms=9, lw=1.6, label=s.label)
+            ax.plot(s.x, s.y, "_:", color=SERIES_COLORS(i % 10), ms=9, lw=1.6, label=s.label)
     for s in p.references:
         ax.plot(s.x, s.y, "--", color="black", lw=1.3, alpha=0.7, label=s.label)
     if p.xlog:

@@ -25,6 +25,7 @@ from ..metrics.fit import fit_line
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
 
 WIDTH_CMAP = colormaps["viridis"]
+SERIES_COLORS = colormaps["tab10"]  # one colour per series (depth, noise level): SERIES_COLORS(i % 10)
 
 
 @dataclass

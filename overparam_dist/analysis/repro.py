@@ -17,7 +17,7 @@ import numpy as np
 
 from ..metrics import names
 from .claims import CLAIMS
-from .plots import FigureData, Panel, Series, against_width, critical_width
+from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, critical_width
 from .results import WIDTH, SweepResults, Trial, label, number
 
 SLOPE_TOL = 0.2
@@ -155,7 +155,7 @@ def _du(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
         worst = max(worst, max(y / b for x, y, b in zip(xs, ys, bound[1]) if x > 0))  # step 0 is 1 / 1
         ends.setdefault(t.width, []).append((ys[-1], bound[1][-1], xs[-1]))
         i = widths.index(t.width) if t.width in widths else 0
-        color = DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]
+        color = SERIES_COLORS(i % 10)
         rate.series.append(Series(label(WIDTH, t.width) if t.seed == min(x.seed for x in res.usable()) else "_",
                                   xs, ys, meta={"line": True, "color": color, "width": t.width}))
         rate.references.append(Series("_" if rate.references else "paper's bound (1 − lr·λ_0/(2n))^k", *bound))
@@ -227,7 +227,7 @@ def _by_noise(res: SweepResults, keys: list[tuple[str, str]], title: str, ylog: 
         for j, (key, style) in enumerate(keys):
             panel.series.append(Series(f"noise {t.row.get(NOISE)}" if j == 0 else "_", *t.curve(key),
                                        meta={"line": True, "style": style,
-                                             "color": DEPTH_COLORS_HEX[i % len(DEPTH_COLORS_HEX)]}))
+                                             "color": SERIES_COLORS(i % 10)}))
     return panel
 
 
@@ -246,7 +246,6 @@ CHECKS: dict[str, Callable[[SweepResults], tuple[list[Finding], list[Panel]]]] =
     "zhang2017_random_labels": _zhang, "arora2019_fine_grained": _arora, "jacot2018_kernel": _jacot,
 }
 assert set(CHECKS) == set(CLAIMS)
-DEPTH_COLORS_HEX = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"]
 
 
 def findings(res: SweepResults) -> list[Finding]:
