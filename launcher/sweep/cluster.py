@@ -81,6 +81,29 @@ def _agent_port_free() -> None:
     init.__defaults__ = tuple(defaults)
 
 
+def _loopback_only_cluster(address: str) -> bool:
+    """Whether `address` is 127.0.0.1:PORT (or localhost) of a cluster that listens on loopback only, like ours.
+
+    Ray rewrites a loopback address to the host's external one before connecting, which reaches a cluster
+    started normally but never a loopback-only one: the driver then waits forever. So the rewrite is switched off
+    (_loopback_only) exactly when the port answers on loopback and not on the external address.
+    """
+    url = urlparse(address if "://" in address else f"tcp://{address}")
+    if url.hostname not in ("127.0.0.1", "localhost") or not url.port:
+        return False
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("8.8.8.8", 80))  # no packet is sent: this only picks the outgoing interface, as Ray does
+            external = s.getsockname()[0]
+        except OSError:
+            return True  # no external interface: loopback is all there is
+    try:
+        with socket.create_connection((external, url.port), timeout=2):
+            return False
+    except OSError:
+        return True
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -142,7 +165,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None) -> Iter
     A process that is already connected (ray.is_initialized()) keeps its connection and is not shut down.
     """
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if not address:
+    if not address or _loopback_only_cluster(address):
         _loopback_only()  # before Ray is imported: the processes it starts read it at their import
     import ray
 

@@ -69,13 +69,3 @@ def run_local_processes(config: dict[str, Any], report) -> dict:
         raise result["error"]
     return result["summary"]
 
-
-def fits_one_node(cpus: float, gpus: float) -> bool:
-    """Whether some alive node of the connected Ray cluster has `cpus` CPUs and `gpus` GPUs in total."""
-    import ray
-
-    for node in ray.nodes():
-        res = node.get("Resources", {})
-        if node.get("Alive") and res.get("CPU", 0.0) + 1e-9 >= cpus and res.get("GPU", 0.0) + 1e-9 >= gpus:
-            return True
-    return False

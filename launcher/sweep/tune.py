@@ -4,8 +4,9 @@ trial, the searcher that asks the plan for the next trial, the callback that fee
 A trial needing one process runs `run_trial` in-process in its Tune function trainable (no worker group: one
 costs about 24 s to start and stop on 2 cores). A trial with parallel.dp x parallel.tp > 1 processes that fits one
 node runs them as local processes inside its Tune trainable (local_trial.py); one that does not builds a Ray Train
-V2 `TorchTrainer` inside its Tune trainable. Every process calls the same `run_trial`. Either way `run_trial` gets
-an `on_log` callback that turns each logged row into a Tune result: the library itself knows no Ray.
+V2 `TorchTrainer` inside its Tune trainable, each tp group pinned to one node (placement.py). Every process calls
+the same `run_trial`. Either way `run_trial` gets an `on_log` callback that turns each logged row into a Tune
+result: the library itself knows no Ray.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any
 from overparam_dist.config import ConfigError, from_dict, to_dict
 
 from .cluster import RayInfo
-from .local_trial import fits_one_node, run_local_processes, write_pid
+from .local_trial import run_local_processes, write_pid
+from .placement import (
+    TRAINABLE_CPU,
+    check_tp_fits_a_node,
+    fits_one_node,
+    tp_group_nodes,
+    worker_label_selectors,
+    worker_resources,
+)
 from .plans import FINISHED, Plan
 from .preemption import preempt_requested, reclaim_usr1
 from .progress import SUMMARY_KEY, Book
@@ -40,20 +49,8 @@ def _placement(config: dict):
             bundle["GPU"] = res["gpus"] * n
         return PlacementGroupFactory([bundle])
     # The Tune trainable of a worker-group trial only waits for TorchTrainer.fit(); the Train workers
-    # (their own placement group) hold the rest of the trial's CPUs and its GPUs (see _worker_resources).
+    # (their own placement group) hold the trial's CPUs and GPUs (placement.worker_resources).
     return PlacementGroupFactory([{"CPU": TRAINABLE_CPU}])
-
-
-TRAINABLE_CPU = 0.01  # Ray refuses a zero-resource bundle
-
-
-def _worker_resources(res: dict[str, float], n: int) -> dict[str, float]:
-    """Per Train worker: the trial's n x cpus CPUs less the trainable's share, so the trial takes exactly
-    n x cpus (two workers with cpus=1 fit a 2-CPU machine; 0.01 more would wait forever)."""
-    per = {"CPU": max(res["cpus"] - TRAINABLE_CPU / n, res["cpus"] / 2)}
-    if res["gpus"]:
-        per["GPU"] = res["gpus"]
-    return per
 
 
 def final_result(summary: dict) -> dict:
@@ -107,15 +104,20 @@ def _fit_worker_group(config: dict) -> None:
     callback = TuneReportCallback()  # forwards the workers' final ray.train.report (rank 0's) to Tune
     queue = _tune_result_queue()
     res = config["resources"]
-    per_worker = _worker_resources(res, config["workers"])
+    per_worker = worker_resources(res["cpus"], res["gpus"])
+    tp = config["cfg"]["parallel"]["tp"]
+    nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": config["cfg"], "pid_file": config["pid_file"], "queue": queue},
         scaling_config=ray.train.ScalingConfig(num_workers=config["workers"], use_gpu=res["gpus"] > 0,
-                                               resources_per_worker=per_worker),
+                                               resources_per_worker=per_worker,
+                                               label_selector=worker_label_selectors(nodes, tp)),
         run_config=ray.train.RunConfig(
             name=f"{config['trial']}-{secrets.token_hex(3)}", storage_path=config["train_storage"],
-            failure_config=ray.train.FailureConfig(max_failures=config["max_failures"]),
+            # Train itself never retries: its workers are pinned to nodes that may be gone. Tune retries the
+            # whole trial (max_failures), which picks alive nodes again and resumes from the last checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=0),
             callbacks=[callback]),
     )
     trainer.fit()
@@ -194,7 +196,6 @@ def trial_config(sweep: Sweep, t: Trial) -> dict:
         # A multi-process trial that fits one node runs as local processes (local_trial.py), else a worker group.
         "local": t.workers > 1 and fits_one_node(*trial_demand(t, sweep.resources)),
         "resources": dict(sweep.resources),
-        "max_failures": sweep.max_failures,
         "pid_file": str(sweep.dir / PIDS_DIR / f"{t.name}.pid"),
         "train_storage": str(sweep.dir / "_ray" / "train"),
     }
@@ -268,6 +269,7 @@ def max_concurrent(sweep: Sweep, trials: list[Trial]) -> int:
                 f"trial {t.name} needs {c:g} CPUs and {g:g} GPUs ({t.workers} processes x resources "
                 f"{sweep.resources}), more than the cluster has ({cpus:g} CPUs, {gpus:g} GPUs); "
                 "lower resources.cpus / resources.gpus or parallel.dp x parallel.tp")
+        check_tp_fits_a_node(t.name, t.cfg.parallel.tp, sweep.resources["cpus"], sweep.resources["gpus"])
     slots = math.floor(cpus / need_cpu + 1e-9)
     if need_gpu > 0:
         slots = min(slots, math.floor(gpus / need_gpu + 1e-9))

@@ -1,0 +1,53 @@
+"""A Ray cluster of several nodes on this host, for tests: `python tests/ray_nodes.py STATE_FILE NODES CPUS`.
+
+It starts a head and NODES - 1 more nodes on 127.0.0.1 (ray.cluster_utils.Cluster, each node its own raylet with
+CPUS CPUs), writes {"address", "nodes": [{"id", "raylet_pid"}]} to STATE_FILE, then reads stdin: a line "add"
+starts one more node (STATE_FILE is rewritten); end of input stops every process it started (Cluster.shutdown
+stops only its own, by PID). Runs in its own process because a driver joins one Ray only, and the test session
+already drives the shared one (conftest.ray_address).
+"""
+
+import json
+import os
+import shutil
+import sys
+
+# Before Ray is imported: every node listens on 127.0.0.1 only, and a driver can reach it (launcher/sweep/cluster.py)
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from ray.cluster_utils import Cluster  # noqa: E402
+
+
+def _write_state(cluster: Cluster, path: str) -> None:
+    nodes = [{"id": n.node_id, "raylet_pid": n.all_processes["raylet"][0].process.pid}
+             for n in [cluster.head_node, *cluster.worker_nodes]]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"address": cluster.address, "nodes": nodes}, f)
+    os.replace(tmp, path)
+
+
+def main() -> None:
+    state, n_nodes, cpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    node = {"num_cpus": cpus, "node_ip_address": "127.0.0.1"}
+    temp_dir = f"/tmp/ortn-{os.getpid()}"  # short: AF_UNIX paths
+    head = {**node, "include_dashboard": False, "temp_dir": temp_dir}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        for _ in range(n_nodes - 1):
+            cluster.add_node(**node)
+        cluster.wait_for_nodes()
+        _write_state(cluster, state)
+        for line in sys.stdin:
+            if line.strip() == "add":
+                cluster.add_node(**node)
+                cluster.wait_for_nodes()
+                _write_state(cluster, state)
+    finally:
+        cluster.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
