@@ -1,10 +1,10 @@
 """A Ray cluster of several nodes on this host, for tests: `python tests/ray_nodes.py STATE_FILE NODES CPUS`.
 
 It starts a head and NODES - 1 more nodes on 127.0.0.1 (ray.cluster_utils.Cluster, each node its own raylet with
-CPUS CPUs), writes {"address", "nodes": [{"id", "raylet_pid"}]} to STATE_FILE, then reads stdin: a line "add"
-starts one more node (STATE_FILE is rewritten); end of input stops every process it started (Cluster.shutdown
-stops only its own, by PID). Runs in its own process because a driver joins one Ray only, and the test session
-already drives the shared one (conftest.ray_address).
+CPUS CPUs) and writes {"address", "nodes": [{"id", "raylet_pid"}]} to STATE_FILE. Then it reads stdin: a line
+"add" removes the nodes whose raylet died and starts one more node (STATE_FILE is rewritten); end of input stops
+every process it started (Cluster.shutdown stops only its own, by PID). It runs in its own process because a
+driver joins one Ray only, and the test session already drives the shared one (conftest.ray_address).
 """
 
 import json
@@ -32,7 +32,9 @@ def main() -> None:
     state, n_nodes, cpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     node = {"num_cpus": cpus, "node_ip_address": "127.0.0.1"}
     temp_dir = f"/tmp/ortn-{os.getpid()}"  # short: AF_UNIX paths
-    head = {**node, "include_dashboard": False, "temp_dir": temp_dir}
+    # A dead node is seen dead after 3 missed 1-s health checks (Ray's default: about 30 s)
+    health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
+    head = {**node, "include_dashboard": False, "temp_dir": temp_dir, "_system_config": health}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         for _ in range(n_nodes - 1):
@@ -41,8 +43,11 @@ def main() -> None:
         _write_state(cluster, state)
         for line in sys.stdin:
             if line.strip() == "add":
+                dead = [n for n in cluster.worker_nodes if n.all_processes["raylet"][0].process.poll() is not None]
+                for n in dead:
+                    cluster.remove_node(n, allow_graceful=False)  # a killed node: what is left of it goes
                 cluster.add_node(**node)
-                cluster.wait_for_nodes()
+                cluster.wait_for_nodes(timeout=120)  # also until the GCS sees the dead node dead
                 _write_state(cluster, state)
     finally:
         cluster.shutdown()

@@ -107,6 +107,7 @@ def _fit_worker_group(config: dict) -> None:
     per_worker = worker_resources(res["cpus"], res["gpus"])
     tp = config["cfg"]["parallel"]["tp"]
     nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
+    _wait_for_previous_attempt(config)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": config["cfg"], "pid_file": config["pid_file"], "queue": queue},
@@ -115,12 +116,36 @@ def _fit_worker_group(config: dict) -> None:
                                                label_selector=worker_label_selectors(nodes, tp)),
         run_config=ray.train.RunConfig(
             name=f"{config['trial']}-{secrets.token_hex(3)}", storage_path=config["train_storage"],
-            # Train itself never retries: its workers are pinned to nodes that may be gone. Tune retries the
-            # whole trial (max_failures), which picks alive nodes again and resumes from the last checkpoint.
-            failure_config=ray.train.FailureConfig(max_failures=0),
+            # Train itself never retries, neither a worker failure nor a worker group that cannot be placed
+            # within 60 s: its workers are pinned to nodes that may be gone (the GCS sees a node dead only after
+            # its health checks fail). Tune retries the whole trial (max_failures): it picks alive nodes again
+            # and resumes from the last checkpoint.
+            failure_config=ray.train.FailureConfig(max_failures=0, controller_failure_limit=0),
             callbacks=[callback]),
     )
     trainer.fit()
+
+
+PREVIOUS_ATTEMPT_WAIT_S = 180.0
+
+
+def _wait_for_previous_attempt(config: dict) -> None:
+    """After a lost node, the previous attempt's workers on the surviving nodes live on until Ray reaps them
+    (their controller died with the node) and rank 0 still holds the run directory's lock. Wait for it to be
+    released, rather than fail the retry at once on RunDirLocked; after PREVIOUS_ATTEMPT_WAIT_S, fail as that."""
+    from overparam_dist import rundir
+    from overparam_dist.config import run_dir
+
+    directory = run_dir(from_dict(config["cfg"]))
+    deadline = time.monotonic() + PREVIOUS_ATTEMPT_WAIT_S
+    while True:
+        try:
+            rundir.check_unlocked(directory)
+            return
+        except rundir.RunDirLocked:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def _tune_result_queue():
