@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# A one-node Slurm cluster on this machine (localhost), for trying the Slurm launcher and for tests.
+# A Slurm cluster on this machine (localhost), for trying the Slurm launcher and for tests.
 #
-#   slurm/local-cluster.sh start    install Slurm + munge if missing (apt-get), start munged, slurmctld, slurmd,
-#                                   wait until the node is idle. A no-op when the cluster already runs.
-#   slurm/local-cluster.sh stop     cancel this cluster's jobs, stop its three daemons (by their pid files only)
-#   slurm/local-cluster.sh status   print daemons and node state; exit 0 when the node is up, 1 otherwise
+#   slurm/local-cluster.sh start [--nodes N]
+#                                   install Slurm + munge if missing (apt-get), start munged, slurmctld and one
+#                                   slurmd per node, wait until every node is idle. A no-op when the cluster
+#                                   already runs with N nodes. One node (the default) is named after this host;
+#                                   N > 1 nodes are node1 .. nodeN, each a slurmd of its own on this host
+#                                   (NodeHostname = this host, its own port), all claiming the same CPUs.
+#   slurm/local-cluster.sh stop     cancel this cluster's jobs, stop its daemons (by their pid files only)
+#   slurm/local-cluster.sh status   print daemons and node states; exit 0 when every node is up, 1 otherwise
 #
 # Exit codes: 0 done, 1 the cluster failed to start/stop, 2 usage, 3 Slurm cannot be installed here (not root,
 # no apt-get, or apt-get failed, e.g. without network): tests skip on 3 and fail on 1.
@@ -12,7 +16,8 @@
 # Needs root (slurmd must run as root) and no systemd. Debian/Ubuntu packages: slurmctld, slurmd,
 # slurm-client, munge. Everything the cluster writes lives in one directory:
 #   $OVERPARAM_SLURM_DIR (default /tmp/overparam-slurm): slurm.conf, state/, spool/, log/, munge/, *.pid
-# Ports: $OVERPARAM_SLURM_CTLD_PORT (default 6817), $OVERPARAM_SLURM_SLURMD_PORT (default 6818).
+# Ports: $OVERPARAM_SLURM_CTLD_PORT (default 6817), $OVERPARAM_SLURM_SLURMD_PORT (default 6818; node K of N > 1
+# listens on 6818 + K - 1). Nodes on one host share its hostname: jobs tell them apart by SLURM_NODEID.
 #
 # Client commands (sbatch, srun, squeue, scontrol, ...) read /etc/slurm/slurm.conf unless SLURM_CONF is set.
 # `start` copies the cluster's slurm.conf there (marked as ours) so plain `sbatch`, jobs and `overparam submit slurm`
@@ -82,22 +87,41 @@ stop_daemon() {  # stop_daemon PIDFILE NAME
 }
 
 running_ctld() { pid_alive "$DIR/slurmctld.pid" slurmctld; }
-running_slurmd() { pid_alive "$DIR/slurmd.pid" slurmd; }
+NODES_FILE=$DIR/nodes   # how many nodes the running cluster has (stop and status read it)
+NODES=1
+[[ -s $NODES_FILE ]] && NODES=$(tr -dc '0-9' <"$NODES_FILE")
+slurmd_pid_file() { if ((NODES == 1)); then echo "$DIR/slurmd.pid"; else echo "$DIR/slurmd.$1.pid"; fi; }
+running_slurmd() {  # every node's slurmd
+    local n
+    for n in $(node_names); do pid_alive "$(slurmd_pid_file "$n")" slurmd || return 1; done
+}
+any_slurmd() {
+    local n
+    for n in $(node_names); do pid_alive "$(slurmd_pid_file "$n")" slurmd && return 0; done
+    return 1
+}
+slurmd_pids() { local n; for n in $(node_names); do cat "$(slurmd_pid_file "$n")" 2>/dev/null; done | tr '\n' ' '; }
 running_munged() { pid_alive "$DIR/munge/munged.pid" munged; }
 
 # --- node state -----------------------------------------------------------------------------------------------
-node_name() { hostname -s; }
+node_name() { hostname -s; }   # this host
+node_names() { if ((NODES == 1)); then node_name; else seq -f 'node%g' 1 "$NODES"; fi; }
 
-# prints the node's state as sinfo reports it (idle, mixed, allocated, down*, drained, ...), or nothing
+# prints NODE's state as sinfo reports it (idle, mixed, allocated, down*, drained, ...), or nothing
 node_state() {
-    timeout 15 sinfo -h -N -n "$(node_name)" -o %T 2>/dev/null | head -n 1 || true
+    timeout 15 sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n 1 || true
 }
 
-node_usable() {
-    case "$(node_state)" in
-        idle | mixed | allocated | completing) return 0 ;;
-        *) return 1 ;;
-    esac
+node_states() { local n; for n in $(node_names); do echo -n "$n $(node_state "$n"); "; done; }
+
+node_usable() {  # every node
+    local n
+    for n in $(node_names); do
+        case "$(node_state "$n")" in
+            idle | mixed | allocated | completing) ;;
+            *) return 1 ;;
+        esac
+    done
 }
 
 # --- install ----------------------------------------------------------------------------------------------------
@@ -138,14 +162,22 @@ write_config() {
     mem=$(sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p' <<<"$hw")
     cpus=$(sed -n 's/.*CPUs=\([0-9]*\).*/\1/p' <<<"$hw")
     [[ -n $mem && -n $cpus ]] || die "cannot read CPUs/RealMemory from 'slurmd -C': $hw"
-    real=$((mem * 9 / 10))
+    real=$((mem * 9 / 10 / NODES))   # the nodes share this host's memory
     defmem=$((real / cpus / 2))   # a 1-CPU job gets half its fair share of memory unless it asks (--mem)
     ((defmem > 4096)) && defmem=4096
     hw=$(sed -e 's/^NodeName=[^ ]* *//' -e 's/ *RealMemory=[0-9]*//' <<<"$hw")
+    local per_node="" node_lines="NodeName=$host $hw RealMemory=$real State=UNKNOWN" k
+    if ((NODES > 1)); then
+        per_node=".%n"   # slurmd expands %n to its node name: one spool dir, pid file and log per node
+        node_lines=""
+        for ((k = 1; k <= NODES; k++)); do
+            node_lines+="NodeName=node$k NodeHostname=$host Port=$((SLURMD_PORT + k - 1)) $hw RealMemory=$real State=UNKNOWN"$'\n'
+        done
+    fi
 
     cat >"$CONF.new" <<EOF
 $MARK
-# One node, one partition; see the header of slurm/local-cluster.sh.
+# $NODES node(s), one partition; see the header of slurm/local-cluster.sh.
 ClusterName=overparam
 SlurmctldHost=$host
 SlurmctldPort=$CTLD_PORT
@@ -156,11 +188,11 @@ AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$DIR/munge/munge.socket
 StateSaveLocation=$DIR/state
-SlurmdSpoolDir=$DIR/spool
+SlurmdSpoolDir=$DIR/spool$per_node
 SlurmctldPidFile=$DIR/slurmctld.pid
-SlurmdPidFile=$DIR/slurmd.pid
+SlurmdPidFile=$DIR/slurmd$per_node.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd$per_node.log
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -180,21 +212,28 @@ MinJobAge=$MIN_JOB_AGE
 KillWait=5
 InactiveLimit=0
 SlurmdTimeout=60
-NodeName=$host $hw RealMemory=$real State=UNKNOWN
-PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP
+$node_lines
+PartitionName=local Nodes=$(node_names | paste -sd,) Default=YES MaxTime=INFINITE State=UP
 EOF
     mv "$CONF.new" "$CONF"
 }
 
 install_system_conf() {
     mkdir -p /etc/slurm
-    if [[ -e $SYS_CONF ]] && ! head -n 1 "$SYS_CONF" | grep -q '^# overparam-dist local cluster'; then
-        say "$SYS_CONF exists and is not ours: left alone. Point clients at this cluster with"
+    if [[ -e $SYS_CONF ]] && [[ $(head -n 1 "$SYS_CONF") != "$MARK" ]] && running_other_cluster; then
+        say "$SYS_CONF exists and is not this cluster's: left alone. Point clients at this cluster with"
         say "  export SLURM_CONF=$CONF"
         return 0
     fi
     cp "$CONF" "$SYS_CONF.overparam-new"
     mv "$SYS_CONF.overparam-new" "$SYS_CONF"
+}
+
+running_other_cluster() {  # $SYS_CONF is not ours, or is another local cluster's that still runs
+    local other
+    head -n 1 "$SYS_CONF" | grep -q '^# overparam-dist local cluster' || return 0
+    other=$(head -n 1 "$SYS_CONF" | sed -n 's/.* from \(.*\)\/slurm.conf$/\1/p')
+    [[ -n $other ]] && pid_alive "$other/slurmctld.pid" slurmctld
 }
 
 remove_system_conf() {
@@ -239,29 +278,40 @@ wait_until_usable() {
         sleep 0.3
     done
     while ! node_usable; do
-        state=$(node_state)
-        if ((!resumed)) && [[ $state == down* || $state == drain* ]]; then
+        state=$(node_states)
+        if ((!resumed)) && [[ $state == *down* || $state == *drain* ]]; then
             # A node left down/drained by an earlier run of this cluster: bring it back.
-            scontrol update nodename="$(node_name)" state=resume >/dev/null 2>&1 || true
+            scontrol update nodename="$(node_names | paste -sd,)" state=resume >/dev/null 2>&1 || true
             resumed=1
         fi
-        ((SECONDS < deadline)) || { tail -n 20 "$DIR/log/slurmd.log" >&2 || true; die "node $(node_name) is '$state' after ${START_TIMEOUT}s; see $DIR/log/slurmd.log"; }
-        running_slurmd || { tail -n 20 "$DIR/log/slurmd.log" >&2 || true; die "slurmd exited; see $DIR/log/slurmd.log"; }
+        ((SECONDS < deadline)) || die "nodes are '$state' after ${START_TIMEOUT}s; see $DIR/log/slurmd*.log"
+        running_slurmd || die "a slurmd exited; see $DIR/log/slurmd*.log"
         sleep 0.3
     done
 }
 
 cmd_start() {
+    local want=1
+    case "${1:-}" in
+        "") ;;
+        --nodes) want=${2:-} ;;
+        *) echo "usage: $0 start [--nodes N]" >&2; exit 2 ;;
+    esac
+    [[ $want =~ ^[1-9][0-9]?$ ]] || { echo "local-cluster: --nodes must be a whole number from 1 to 99, not '$want'" >&2; exit 2; }
     [[ $(id -u) == 0 ]] || cannot_install "must run as root (slurmd runs jobs as their users; packages come from apt-get)"
+    if running_ctld && ((want != NODES)); then
+        die "this cluster runs with $NODES node(s), not $want: stop it first ($0 stop)"
+    fi
+    NODES=$want
     if running_munged && running_ctld && running_slurmd; then
         if node_usable; then
-            say "already running (node $(node_name): $(node_state)); nothing to do"
+            say "already running ($(node_states)); nothing to do"
             install_system_conf
             return 0
         fi
-        say "daemons run but node $(node_name) is '$(node_state)': waiting for it"
+        say "daemons run but the nodes are '$(node_states)': waiting for them"
         wait_until_usable
-        say "node $(node_name) is $(node_state)"
+        say "$(node_states)"
         return 0
     fi
     mkdir -p "$DIR" "$DIR/state" "$DIR/spool" "$DIR/log"
@@ -274,19 +324,27 @@ cmd_start() {
         setsid slurmctld -f "$CONF" </dev/null >>"$DIR/log/slurmctld.out" 2>&1 ||
             die "slurmctld did not start; see $DIR/log/slurmctld.log and $DIR/log/slurmctld.out"
     fi
-    if ! running_slurmd; then
-        setsid slurmd -f "$CONF" </dev/null >>"$DIR/log/slurmd.out" 2>&1 ||
-            die "slurmd did not start; see $DIR/log/slurmd.log and $DIR/log/slurmd.out"
-    fi
+    echo "$NODES" >"$NODES_FILE"
+    local n
+    for n in $(node_names); do
+        pid_alive "$(slurmd_pid_file "$n")" slurmd && continue
+        if ((NODES == 1)); then
+            setsid slurmd -f "$CONF" </dev/null >>"$DIR/log/slurmd.out" 2>&1 ||
+                die "slurmd did not start; see $DIR/log/slurmd.log and $DIR/log/slurmd.out"
+        else
+            setsid slurmd -f "$CONF" -N "$n" </dev/null >>"$DIR/log/slurmd.$n.out" 2>&1 ||
+                die "slurmd $n did not start; see $DIR/log/slurmd.$n.log and $DIR/log/slurmd.$n.out"
+        fi
+    done
     wait_until_usable
-    say "up: node $(node_name) is $(node_state) (slurmctld pid $(cat "$DIR/slurmctld.pid"), slurmd pid $(cat "$DIR/slurmd.pid"))"
+    say "up: $(node_states)(slurmctld pid $(cat "$DIR/slurmctld.pid"), slurmd pid(s) $(slurmd_pids))"
     say "config $CONF, logs $DIR/log/"
 }
 
 cmd_stop() {
-    if ! running_munged && ! running_ctld && ! running_slurmd; then
+    if ! running_munged && ! running_ctld && ! any_slurmd; then
         say "not running; nothing to do"
-        rm -f "$DIR/slurmctld.pid" "$DIR/slurmd.pid" "$DIR/munge/munged.pid"
+        rm -f "$DIR/slurmctld.pid" "$DIR/slurmd.pid" "$DIR"/slurmd.node*.pid "$DIR/munge/munged.pid" "$NODES_FILE"
         remove_system_conf
         return 0
     fi
@@ -304,8 +362,10 @@ cmd_stop() {
             done
         fi
     fi
-    stop_daemon "$DIR/slurmd.pid" slurmd
+    local n
+    for n in $(node_names); do stop_daemon "$(slurmd_pid_file "$n")" slurmd; done
     stop_daemon "$DIR/slurmctld.pid" slurmctld
+    rm -f "$NODES_FILE"
     stop_daemon "$DIR/munge/munged.pid" munged
     remove_system_conf
 }
@@ -314,12 +374,12 @@ cmd_status() {
     local ok=0
     running_munged && say "munged    pid $(cat "$DIR/munge/munged.pid")" || { say "munged    not running"; ok=1; }
     running_ctld && say "slurmctld pid $(cat "$DIR/slurmctld.pid")" || { say "slurmctld not running"; ok=1; }
-    running_slurmd && say "slurmd    pid $(cat "$DIR/slurmd.pid")" || { say "slurmd    not running"; ok=1; }
+    running_slurmd && say "slurmd    pid(s) $(slurmd_pids)" || { say "slurmd    not running (all $NODES)"; ok=1; }
     if ((ok == 0)); then
         if node_usable; then
-            say "node $(node_name): $(node_state) (config $CONF)"
+            say "nodes: $(node_states)(config $CONF)"
         else
-            say "node $(node_name): '$(node_state)' (not usable)"
+            say "nodes: '$(node_states)' (not usable)"
             ok=1
         fi
     fi
@@ -327,11 +387,11 @@ cmd_status() {
 }
 
 case "${1:-}" in
-    start) cmd_start ;;
+    start) shift; cmd_start "$@" ;;
     stop) cmd_stop ;;
     status) cmd_status ;;
     *)
-        echo "usage: $0 start|stop|status   (state in \$OVERPARAM_SLURM_DIR, default /tmp/overparam-slurm)" >&2
+        echo "usage: $0 start [--nodes N]|stop|status   (state in \$OVERPARAM_SLURM_DIR, default /tmp/overparam-slurm)" >&2
         exit 2
         ;;
 esac
