@@ -100,7 +100,7 @@ any_slurmd() {
     for n in $(node_names); do pid_alive "$(slurmd_pid_file "$n")" slurmd && return 0; done
     return 1
 }
-slurmd_pids() { local n; for n in $(node_names); do cat "$(slurmd_pid_file "$n")" 2>/dev/null; done | tr '\n' ' '; }
+slurmd_pids() { local n; for n in $(node_names); do cat "$(slurmd_pid_file "$n")" 2>/dev/null; done | paste -sd' '; }
 running_munged() { pid_alive "$DIR/munge/munged.pid" munged; }
 
 # --- node state -----------------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ node_state() {
     timeout 15 sinfo -h -N -n "$1" -o %T 2>/dev/null | head -n 1 || true
 }
 
-node_states() { local n; for n in $(node_names); do echo -n "$n $(node_state "$n"); "; done; }
+node_states() { local n; for n in $(node_names); do echo "$n $(node_state "$n")"; done | paste -sd, | sed 's/,/, /g'; }
 
 node_usable() {  # every node
     local n
@@ -337,7 +337,7 @@ cmd_start() {
         fi
     done
     wait_until_usable
-    say "up: $(node_states)(slurmctld pid $(cat "$DIR/slurmctld.pid"), slurmd pid(s) $(slurmd_pids))"
+    say "up: $(node_states) (slurmctld pid $(cat "$DIR/slurmctld.pid"), slurmd pid(s) $(slurmd_pids))"
     say "config $CONF, logs $DIR/log/"
 }
 
@@ -377,7 +377,7 @@ cmd_status() {
     running_slurmd && say "slurmd    pid(s) $(slurmd_pids)" || { say "slurmd    not running (all $NODES)"; ok=1; }
     if ((ok == 0)); then
         if node_usable; then
-            say "nodes: $(node_states)(config $CONF)"
+            say "nodes: $(node_states) (config $CONF)"
         else
             say "nodes: '$(node_states)' (not usable)"
             ok=1

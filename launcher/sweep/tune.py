@@ -106,8 +106,8 @@ def _fit_worker_group(config: dict) -> None:
     res = config["resources"]
     per_worker = worker_resources(res["cpus"], res["gpus"])
     tp = config["cfg"]["parallel"]["tp"]
-    nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
     _wait_for_previous_attempt(config)
+    nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"cfg": config["cfg"], "pid_file": config["pid_file"], "queue": queue},
