@@ -35,6 +35,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     if args.quiet:
         cfg.run.quiet = True
+    if args.print_config:  # as Hydra's --cfg job: the resolved config, nothing run
+        from overparam_dist.config import to_yaml
+
+        print(to_yaml(cfg), end="")
+        return 0
     check_available(cfg)
     check_backend(cfg)
     check_fits_memory(cfg)
@@ -63,13 +68,36 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG = """\
+Every config key, its default and what it allows: README.md, "Configuration reference" (the schema itself is
+overparam_dist/config.py). Flags and key=value overrides mix in any order.
+
+examples:
+  overparam train model.width=1024 model.depth=2 --quiet
+  overparam train --config configs/experiment/paper_fc.yaml parallel.dp=2 --print-config
+  overparam sweep --config configs/sweep/quickstart.yaml train.steps=200
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("overparam-dist")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="overparam", description="Over-parameterization studies at cluster scale.")
+    p = _Parser(prog="overparam", description="Over-parameterization studies at cluster scale.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"overparam {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train one trial (spawns parallel.dp x parallel.tp local processes if needed)")
     t.add_argument("--config", help="YAML file merged over the defaults")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML; run nothing")
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(fn=cmd_train)
 
@@ -128,8 +156,22 @@ def _add_jobs(sub) -> None:
     j.set_defaults(fn=cmd_jobs)
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line with flags and key=value overrides in any order: argparse's positional list stops
+    at the first flag, so the key=value words left over after it join the subcommand's overrides, in order."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    words = [w for w in extra if "=" in w and not w.startswith("-")]
+    unknown = [w for w in extra if w not in words]
+    if unknown or (words and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or words)}")
+    if words:
+        args.overrides = [*args.overrides, *words]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     warnings.filterwarnings("ignore", message=".*torch.distributed is disabled.*")
     try:
         return args.fn(args)

@@ -1,0 +1,46 @@
+"""Issue 15, items 1, 2 (--print-config) and 5: flags and key=value overrides in any order, in every subcommand
+that takes overrides; the resolved config printed without running; --version and a --help that says where the
+keys are documented."""
+
+import re
+
+import yaml
+from conftest import ROOT, run_cli
+
+from overparam_dist.config import load_config, to_dict
+
+
+def test_print_config_is_the_resolved_config_and_runs_nothing(tmp_path):
+    mixed = run_cli("train", "model.width=32", "--quiet", "seed=1", "--print-config", f"run.dir={tmp_path / 'r'}",
+                    cwd=tmp_path)
+    assert mixed.returncode == 0, mixed.stderr
+    printed = yaml.safe_load(mixed.stdout)
+    want = to_dict(load_config(None, ["model.width=32", "seed=1", f"run.dir={tmp_path / 'r'}", "run.quiet=true"]))
+    assert printed == want and printed["model"]["width"] == 32 and printed["seed"] == 1
+    assert not (tmp_path / "r").exists() and list(tmp_path.iterdir()) == []  # nothing written
+    ordered = run_cli("train", "--quiet", "--print-config", "model.width=32", "seed=1", f"run.dir={tmp_path / 'r'}",
+                      cwd=tmp_path)
+    assert ordered.stdout == mixed.stdout
+
+
+def test_overrides_after_a_flag_reach_every_subcommand(tmp_path):
+    # sweep: an override after --runs-dir is read (a bad one is refused, naming it, before Ray starts)
+    res = run_cli("sweep", "--config", str(ROOT / "configs/sweep/quickstart.yaml"), "train.steps=5",
+                  "--runs-dir", str(tmp_path), "model.widht=3", cwd=tmp_path)
+    assert res.returncode == 2 and "model.widht" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    # submit slurm --trial --dry-run: both overrides are in the script it would submit
+    res = run_cli("submit", "slurm", "--trial", "model.width=48", "--dry-run", "seed=7", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "model.width=48" in res.stdout and "seed=7" in res.stdout
+    # a word that is neither a flag nor key=value is still refused in one line
+    res = run_cli("train", "--quiet", "model.width=32", "--bogus", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == "overparam: error: unrecognized arguments: --bogus"
+
+
+def test_version_and_help():
+    res = run_cli("--version")
+    assert res.returncode == 0 and re.fullmatch(r"overparam \d+\.\d+\.\d+\n", res.stdout), res.stdout
+    res = run_cli("--help")
+    assert res.returncode == 0 and "Configuration reference" in res.stdout and "overparam_dist/config.py" in res.stdout
+    examples = res.stdout.split("examples:")[1].strip().splitlines()
+    assert len(examples) == 3 and all(line.strip().startswith("overparam ") for line in examples)
