@@ -1,4 +1,4 @@
-"""Issue 15, items 1, 2 (--print-config) and 5: flags and key=value overrides in any order, in every subcommand
+"""Issue 15, items 1, 2 (--print-config), 5 and 6 (best and worst): flags and key=value overrides in any order, in every subcommand
 that takes overrides; the resolved config printed without running; --version and a --help that says where the
 keys are documented."""
 
@@ -44,3 +44,23 @@ def test_version_and_help():
     assert res.returncode == 0 and "Configuration reference" in res.stdout and "overparam_dist/config.py" in res.stdout
     examples = res.stdout.split("examples:")[1].strip().splitlines()
     assert len(examples) == 3 and all(line.strip().startswith("overparam ") for line in examples)
+
+
+def test_progress_line_ranks_finished_trials_only(tmp_path):
+    import io
+
+    from launcher.sweep.progress import Book
+    from launcher.sweep.spec import load_sweep
+
+    sweep = load_sweep(str(ROOT / "configs/sweep/quickstart.yaml"), [], runs_dir=str(tmp_path))
+    a, b, c = (t.name for t in sweep.trials[:3])
+    sweep.dir.mkdir(parents=True)
+    book = Book(sweep, out=io.StringIO())
+    book.started(a)
+    book.result(a, {"train/loss": 0.01})
+    assert "loss best" not in book.line()  # nothing finished yet
+    book.finished(b, {"status": "completed", "train/loss": 0.5})
+    book.finished(c, {"status": "completed", "train/loss": 0.2})
+    book.started(sweep.trials[3].name)
+    book.result(sweep.trials[3].name, {"train/loss": 99.0})  # just started: neither best nor worst
+    assert book.line().endswith(f"loss best 0.2 ({c}) worst 0.5 ({b})"), book.line()

@@ -119,10 +119,11 @@ class Book:
                  f"running {c['running']}"]
         if self.scheduled:  # a grid knows its size; a search does not
             parts.append(f"pending {max(0, self.scheduled - ended - c['running'])}")
-        if self.loss:
-            best = min(self.loss, key=self.loss.get)
-            worst = max(self.loss, key=self.loss.get)
-            parts.append(f"loss best {self.loss[best]:.3g} ({best}) worst {self.loss[worst]:.3g} ({worst})")
+        # Over finished trials only: a running trial's loss is still falling, and one just started would be "worst".
+        final = {n: v for n, v in self.loss.items() if self.state.get(n) in ("completed", "diverged")}
+        if final:
+            best, worst = min(final, key=final.get), max(final, key=final.get)
+            parts.append(f"loss best {final[best]:.3g} ({best}) worst {final[worst]:.3g} ({worst})")
         return " | ".join(parts)
 
     def maybe_print(self, every_s: float, force: bool = False) -> None:
