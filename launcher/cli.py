@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from . import report as report_cmd
 
     report_cmd.register(sub)
+    from . import presets
+
+    presets.register(sub)
     return p
 
 
@@ -167,6 +170,14 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"unrecognized arguments: {' '.join(unknown or words)}")
     if words:
         args.overrides = [*args.overrides, *words]
+    if getattr(args, "config", None):  # a preset name, or a path
+        from .presets import resolve
+
+        trial = args.command == "train" or getattr(args, "trial", False)
+        try:
+            args.config = resolve(args.config, "trial" if trial else "sweep")
+        except ConfigError as exc:
+            parser.exit(EXIT_BAD_INPUT, f"overparam: error: {exc}\n")
     return args
 
 

@@ -1,6 +1,6 @@
-"""Issue 15, items 1, 2 (--print-config), 5 and 6 (best and worst): flags and key=value overrides in any order, in every subcommand
-that takes overrides; the resolved config printed without running; --version and a --help that says where the
-keys are documented."""
+"""Issue 15, in part: flags and key=value overrides in any order, in every subcommand that takes overrides (item 1);
+`train --print-config` (item 2); presets by name and `overparam presets` (item 3); --version and a --help that says
+where the keys are documented (item 5); best and worst over finished trials in the progress line (item 6)."""
 
 import re
 
@@ -64,3 +64,19 @@ def test_progress_line_ranks_finished_trials_only(tmp_path):
     book.started(sweep.trials[3].name)
     book.result(sweep.trials[3].name, {"train/loss": 99.0})  # just started: neither best nor worst
     assert book.line().endswith(f"loss best 0.2 ({c}) worst 0.5 ({b})"), book.line()
+
+
+def test_presets_by_name(tmp_path):
+    by_path = run_cli("train", "--config", str(ROOT / "configs/experiment/paper_fc.yaml"), "--print-config")
+    assert by_path.returncode == 0, by_path.stderr
+    for name in ("experiment/paper_fc", "paper_fc", "paper_fc.yaml"):
+        res = run_cli("train", "--config", name, "--print-config", cwd=tmp_path)
+        assert res.returncode == 0 and res.stdout == by_path.stdout, (name, res.stderr)
+    res = run_cli("submit", "slurm", "--config", "quickstart", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0 and f"--config {ROOT / 'configs/sweep/quickstart.yaml'}" in res.stdout, res.stderr
+    res = run_cli("train", "--config", "nothere", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--config 'nothere'" in res.stderr, res.stderr
+    listing = run_cli("presets").stdout.splitlines()
+    names = {line.split()[0] for line in listing[:-1]}
+    assert names == {str(p.relative_to(ROOT / "configs").with_suffix("")) for p in (ROOT / "configs").rglob("*.yaml")}
+    assert "sweep/quickstart" in names and all(len(line.split(None, 1)) == 2 for line in listing[:-1])
