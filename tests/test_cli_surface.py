@@ -2,7 +2,9 @@
 `train --print-config` (item 2); presets by name and `overparam presets` (item 3); --version and a --help that says
 where the keys are documented (item 5); best and worst over finished trials in the progress line (item 6)."""
 
+import csv
 import re
+from pathlib import Path
 
 import yaml
 from conftest import ROOT, run_cli
@@ -80,3 +82,33 @@ def test_presets_by_name(tmp_path):
     names = {line.split()[0] for line in listing[:-1]}
     assert names == {str(p.relative_to(ROOT / "configs").with_suffix("")) for p in (ROOT / "configs").rglob("*.yaml")}
     assert "sweep/quickstart" in names and all(len(line.split(None, 1)) == 2 for line in listing[:-1])
+
+
+def test_sweep_dry_run_prints_the_trials_and_touches_nothing(tmp_path):
+    before = set(Path("/tmp").glob("opr-*"))
+    res = run_cli("sweep", "model.width=32,64,128", "model.depth=1,2", "--dry-run", "train.steps=50",
+                  "parallel.dp=2", "--address", "127.0.0.1:1", cwd=tmp_path)  # never reached: no Ray
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("sweep multirun: 6 trial(s)") and "nothing written" in lines[0]
+    assert lines[1].split() == ["trial", "model.width", "model.depth", "processes", "cpus", "gpus", "steps"]
+    assert lines[2].split() == ["w32-d1", "32", "1", "2", "2", "0", "50"]
+    assert lines[-1].split() == ["total", "12", "300"]
+    assert list(tmp_path.iterdir()) == [] and set(Path("/tmp").glob("opr-*")) == before
+
+
+def test_multirun_without_a_file_runs_the_grid(tmp_path, ray_address):
+    res = run_cli("sweep", "model.width=16,32", "--runs-dir", str(tmp_path), "train.steps=2", "data.n=8",
+                  "metrics.every=1", "wandb.mode=disabled", "--address", ray_address, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(tmp_path / "multirun" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["trial"], r["model.width"], r["status"]) for r in rows) == [
+        ("w16", "16", "completed"), ("w32", "32", "completed")]
+    # An experiment file as --config is the multirun's base
+    res = run_cli("sweep", "--config", "paper_fc", "model.width=64,128", "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0 and [ln.split()[0] for ln in res.stdout.splitlines()[2:4]] == ["w64", "w128"]
+
+
+def test_readme_quotes_the_quickstart_sweep_file_verbatim():
+    assert (ROOT / "configs/sweep/quickstart.yaml").read_text() in (ROOT / "README.md").read_text()

@@ -13,6 +13,7 @@ from overparam_dist.config import ConfigError, load_config, run_dir
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import check_run_dir
 
+from ..sweep.multirun import looks_like_experiment
 from ..sweep.spec import load_sweep
 from .client import JOB_ID, slurm_cmd
 from .options import SlurmOptions, add_submit_args
@@ -106,20 +107,9 @@ def _load_sweep(args: SlurmOptions):
         return load_sweep(args.config, args.overrides, runs_dir=args.runs_dir or "runs")
     except ConfigError as exc:
         msg = str(exc)
-        if "unknown key" in msg and _looks_like_experiment(args.config):
+        if "unknown key" in msg and looks_like_experiment(args.config):
             msg += " (an experiment config? submit one trial with --trial)"
         raise ConfigError(msg) from None
-
-
-def _looks_like_experiment(path: str) -> bool:
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError):
-        return False
-    sections = {"seed", "model", "data", "train", "metrics", "parallel", "checkpoint", "run", "wandb"}
-    return isinstance(data, dict) and bool(data) and set(data) <= sections
 
 
 def add_submit_parser(targets) -> argparse.ArgumentParser:

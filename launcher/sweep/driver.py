@@ -122,7 +122,15 @@ def after_sweep(outcome: Outcome) -> None:
 
 def cmd_sweep(args) -> int:
     """`overparam sweep --config FILE [--quick] [--resume] [--address ADDR] [--runs-dir DIR] [key=value ...]`."""
-    sweep = load_sweep(args.config, args.overrides, runs_dir=args.runs_dir, quick=args.quick)
+    from .multirun import dry_run_table, sweep_args
+
+    config, overrides = sweep_args(args.config, args.overrides)
+    sweep = load_sweep(config, overrides, runs_dir=args.runs_dir, quick=args.quick)
+    if args.dry_run:
+        from .spec import trial_demand
+
+        print(dry_run_table(sweep, trial_demand))
+        return 0
     try:
         outcome = run_sweep(sweep, address=args.address, resume=args.resume, progress_every=args.progress_every)
     except KeyboardInterrupt:
@@ -158,7 +166,10 @@ def cmd_sweep(args) -> int:
 
 def add_parser(sub) -> None:
     s = sub.add_parser("sweep", help="run every trial of a sweep file on Ray (embedded, or a cluster with --address)")
-    s.add_argument("--config", required=True, help="sweep YAML (configs/sweep/*.yaml)")
+    s.add_argument("--config", default=None,
+                   help="sweep YAML (configs/sweep/*.yaml) or experiment YAML (the base of a multirun), a path or a "
+                        "preset name; default: a multirun on the default experiment")
+    s.add_argument("--dry-run", action="store_true", help="print the trials (processes, CPUs/GPUs, steps); run nothing")
     s.add_argument("--address", default=None,
                    help="Ray cluster to use (HOST:6379, ray://HOST:10001 or auto); default: RAY_ADDRESS, "
                         "else a private local Ray started and stopped by this command")
@@ -169,5 +180,6 @@ def add_parser(sub) -> None:
                    help="the file's small variant (its `quick:` keys), run as <name>-quick (every configs/repro/)")
     s.add_argument("--progress-every", type=float, default=10.0, help="seconds between progress lines")
     s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="sweep keys (name=, grid.KEY=[..], resources.cpus=, search.widths=[..]) or trial config keys")
+                   help="sweep keys (name=, grid.KEY=[..], resources.cpus=, search.widths=[..]), trial config keys, "
+                        "or KEY=a,b,c: a grid axis (multirun)")
     s.set_defaults(fn=cmd_sweep)
