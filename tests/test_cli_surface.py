@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, read_rows, run_cli
 
 from overparam_dist.config import load_config, to_dict
 
@@ -105,6 +105,16 @@ def test_multirun_without_a_file_runs_the_grid(tmp_path, ray_address):
         rows = list(csv.DictReader(f))
     assert sorted((r["trial"], r["model.width"], r["status"]) for r in rows) == [
         ("w16", "16", "completed"), ("w32", "32", "completed")]
+    # The same sweep as pandas DataFrames (issue 15, item 9)
+    from overparam_dist.analysis import load_sweep
+
+    trials, metrics = load_sweep(tmp_path / "multirun")
+    assert sorted(trials["trial"]) == ["w16", "w32"] and sorted(trials["model.width"]) == [16, 32]
+    for name in ("w16", "w32"):
+        want = read_rows(tmp_path / "multirun" / name)
+        got = metrics[metrics["trial"] == name]
+        assert list(got["step"]) == [r["step"] for r in want] == [0, 1, 2]
+        assert list(got["train/loss"]) == [r["train/loss"] for r in want]
     # An experiment file as --config is the multirun's base
     res = run_cli("sweep", "--config", "paper_fc", "model.width=64,128", "--dry-run", cwd=tmp_path)
     assert res.returncode == 0 and [ln.split()[0] for ln in res.stdout.splitlines()[2:4]] == ["w64", "w128"]
@@ -112,3 +122,14 @@ def test_multirun_without_a_file_runs_the_grid(tmp_path, ray_address):
 
 def test_readme_quotes_the_quickstart_sweep_file_verbatim():
     assert (ROOT / "configs/sweep/quickstart.yaml").read_text() in (ROOT / "README.md").read_text()
+
+
+def test_python_api_runs_a_trial(tmp_path):
+    from overparam_dist import load_config, run_trial
+
+    cfg = load_config(None, ["model.width=16", "data.n=8", "train.steps=3", "metrics.every=1",
+                             "wandb.mode=disabled", f"run.dir={tmp_path / 'api'}", "run.quiet=true"])
+    summary = run_trial(cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert [r["step"] for r in read_rows(tmp_path / "api")] == [0, 1, 2, 3]
+    assert summary["train/loss"] == read_rows(tmp_path / "api")[-1]["train/loss"]
