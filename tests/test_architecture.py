@@ -39,10 +39,12 @@ def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
-            found.add(mod)
-            for a in node.names:  # `from . import x` imports the module x
-                if f"{mod}.{a.name}" in modules:
-                    found.add(f"{mod}.{a.name}")
+            submodules = {f"{mod}.{a.name}" for a in node.names} & set(modules)
+            if not node.module and len(submodules) == len(node.names):
+                found |= submodules  # `from . import x, y` of submodules only: not the package's own names
+            else:
+                found.add(mod)
+                found |= submodules  # `from . import x` imports the module x
     return found
 
 
