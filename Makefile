@@ -6,10 +6,14 @@ TORCH := torch==2.13.0
 .PHONY: demo test lint gallery clean-venv
 
 .venv/.installed: pyproject.toml
+	@echo "setting up .venv (once, about 2 minutes): 1/3 pip"
 	test -d .venv || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
+	@echo "setting up .venv: 2/3 $(TORCH) (the CPU wheel)"
 	$(PY) -m pip install -q $(TORCH)
+	@echo "setting up .venv: 3/3 overparam-dist and its dependencies (ray, wandb, matplotlib, ...)"
 	$(PY) -m pip install -q -e '.[dev]'
+	@echo "setting up .venv: done"
 	touch $@
 
 demo: .venv/.installed
