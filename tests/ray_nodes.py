@@ -1,10 +1,11 @@
 """A Ray cluster of several nodes on this host, for tests: `python tests/ray_nodes.py STATE_FILE NODES CPUS`.
 
-It starts a head and NODES - 1 more nodes on 127.0.0.1 (ray.cluster_utils.Cluster, each node its own raylet with
-CPUS CPUs) and writes {"address", "nodes": [{"id", "raylet_pid"}]} to STATE_FILE. Then it reads stdin: a line
-"add" removes the nodes whose raylet died and starts one more node (STATE_FILE is rewritten); end of input stops
-every process it started (Cluster.shutdown stops only its own, by PID). It runs in its own process because a
-driver joins one Ray only, and the test session already drives the shared one (conftest.ray_address).
+It starts a head without CPUs and NODES nodes on 127.0.0.1 (ray.cluster_utils.Cluster, each node its own raylet
+with CPUS CPUs) and writes {"address", "nodes": [{"id", "raylet_pid"}]} (the head first) to STATE_FILE. Then it
+reads stdin: a line "add" removes the nodes whose raylet died and starts one more node (STATE_FILE is
+rewritten); end of input stops every process it started (Cluster.shutdown stops only its own, by PID). It runs
+in its own process because a driver joins one Ray only, and the test session already drives the shared one
+(conftest.ray_address).
 """
 
 import json
@@ -34,10 +35,12 @@ def main() -> None:
     temp_dir = f"/tmp/ortn-{os.getpid()}"  # short: AF_UNIX paths
     # A dead node is seen dead after 3 missed 1-s health checks (Ray's default: about 30 s)
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
-    head = {**node, "include_dashboard": False, "temp_dir": temp_dir, "_system_config": health}
+    # The head holds the GCS and no CPUs: every trial process runs on the NODES nodes added to it, any of
+    # which a test may kill.
+    head = {**node, "num_cpus": 0, "include_dashboard": False, "temp_dir": temp_dir, "_system_config": health}
     cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
-        for _ in range(n_nodes - 1):
+        for _ in range(n_nodes):
             cluster.add_node(**node)
         cluster.wait_for_nodes()
         _write_state(cluster, state)
