@@ -47,8 +47,8 @@ def main() -> None:
         for line in sys.stdin:
             if line.strip() == "add":
                 dead = [n for n in cluster.worker_nodes if n.all_processes["raylet"][0].process.poll() is not None]
-                for n in dead:
-                    cluster.remove_node(n, allow_graceful=False)  # a killed node: what is left of it goes
+                for n in dead:  # a killed node: forgotten (its processes are dead; remove_node would kill them)
+                    cluster.worker_nodes.discard(n)
                 cluster.add_node(**node)
                 cluster.wait_for_nodes(timeout=120)  # also until the GCS sees the dead node dead
                 _write_state(cluster, state)

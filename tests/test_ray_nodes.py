@@ -28,9 +28,13 @@ def ray_nodes(tmp_path):
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
 
-    def read_state(last_node: str | None = None) -> dict:
+    def ids() -> set[str]:
+        return {n["id"] for n in json.loads(state_file.read_text())["nodes"]} if state_file.is_file() else set()
+
+    def read_state(known: set[str] | None = None) -> dict:
+        """The state once it names a node not in `known` (the helper's node order is not stable)."""
         deadline = time.time() + 180
-        while not (state_file.is_file() and json.loads(state_file.read_text())["nodes"][-1]["id"] != last_node):
+        while not (ids() - (known or set())):
             assert proc.poll() is None and time.time() < deadline, "the Ray nodes did not start"
             time.sleep(0.2)
         return json.loads(state_file.read_text())
@@ -38,7 +42,7 @@ def ray_nodes(tmp_path):
     def add_node() -> dict:
         proc.stdin.write("add\n")
         proc.stdin.flush()
-        return read_state(json.loads(state_file.read_text())["nodes"][-1]["id"])
+        return read_state(ids())
 
     try:
         yield read_state(), add_node
