@@ -7,7 +7,8 @@ from pathlib import Path
 
 from overparam_dist.config import ConfigError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+from .sweep.spec import CONFIGS
+
 # Where a bare name is looked for, per command: an experiment for a trial, a sweep file for a sweep.
 SEARCH = {"trial": ("experiment", "sweep", "repro"), "sweep": ("sweep", "repro", "experiment")}
 
