@@ -137,7 +137,8 @@ def test_sweep_spreads_over_two_nodes_and_tp_pairs_stay_inside_a_node(ray_nodes,
 
 
 @pytest.mark.slow
-def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_path):
+@pytest.mark.parametrize("lost_holds_the_trial", [False, True], ids=["workers-only", "with-trial-actor"])
+def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_path, lost_holds_the_trial):
     state, add_node = ray_nodes
     spec = {"name": "lost", "overrides": {**TRIAL, "model.width": 256, "train.steps": 300, "checkpoint.every": 20,
                                           "parallel.dp": 2, "parallel.tp": 2},
@@ -152,7 +153,7 @@ def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_pa
     # trial's Train workers among them). The node that does not hold the Tune trial's own actor: see the closing
     # note of issue 14 for the other case. A raylet killed alone leaves its workers training on over gloo for
     # minutes, holding the run directory.
-    lost = next(n for n in state["nodes"][1:] if not _hosts_the_tune_trial(n["raylet_pid"]))
+    lost = next(n for n in state["nodes"][1:] if _hosts_the_tune_trial(n["raylet_pid"]) == lost_holds_the_trial)
     for pid in _process_tree(lost["raylet_pid"]):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)

@@ -12,6 +12,7 @@ Nodes are told apart by Ray node id: two Ray nodes may share a host.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from overparam_dist.config import ConfigError
 
@@ -77,3 +78,31 @@ def tp_group_nodes(dp: int, tp: int, per_worker: dict[str, float]) -> list[str]:
 def worker_label_selectors(nodes: list[str], tp: int) -> list[dict[str, str]]:
     """Ray Train's per-worker label selector: tp consecutive workers on each chosen node."""
     return [{"ray.io/node-id": node_id} for node_id in nodes for _ in range(tp)]
+
+
+def remember_placement_group(path: Path) -> None:
+    """In a Train worker: write the worker group's placement group id, for the next attempt to remove it."""
+    import ray
+
+    pg = ray.util.get_current_placement_group()
+    if pg is not None:
+        path.write_text(pg.id.hex() + "\n")
+
+
+def remove_previous_placement_group(path: Path) -> None:
+    """Before a retried trial starts its worker group: remove the previous attempt's placement group.
+
+    Measured: when a lost node also held the trial's Tune actor (and with it the Train controller that created
+    the group), Ray keeps the group RESCHEDULING for ever, its bundles on the dead node pinned there by label
+    and those on the surviving nodes still reserved; the retry's workers then never fit. Removing a group that
+    is already gone does nothing."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
+
+    if not path.is_file():
+        return
+    pg_id = path.read_text().strip()
+    if ray.util.placement_group_table().get(pg_id, {}).get("state", "REMOVED") != "REMOVED":
+        ray.util.remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pg_id)))
+    path.unlink(missing_ok=True)

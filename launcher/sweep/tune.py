@@ -27,6 +27,8 @@ from .placement import (
     TRAINABLE_CPU,
     check_tp_fits_a_node,
     fits_one_node,
+    remember_placement_group,
+    remove_previous_placement_group,
     tp_group_nodes,
     worker_label_selectors,
     worker_resources,
@@ -106,6 +108,7 @@ def _fit_worker_group(config: dict) -> None:
     res = config["resources"]
     per_worker = worker_resources(res["cpus"], res["gpus"])
     tp = config["cfg"]["parallel"]["tp"]
+    remove_previous_placement_group(_placement_group_file(config))
     _wait_for_previous_attempt(config)
     nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
     trainer = TorchTrainer(
@@ -148,6 +151,10 @@ def _wait_for_previous_attempt(config: dict) -> None:
             time.sleep(1.0)
 
 
+def _placement_group_file(config: dict) -> Path:
+    return Path(config["pid_file"]).with_suffix(".placement_group")
+
+
 def _tune_result_queue():
     """The Tune trial's result queue, which TuneReportCallback itself feeds, or None.
 
@@ -174,6 +181,7 @@ def _train_worker(config: dict) -> None:
     on_log = None
     if ray.train.get_context().get_world_rank() == 0:
         write_pid(config["pid_file"])
+        remember_placement_group(_placement_group_file(config))
         on_log = config["queue"].put if config.get("queue") is not None else None
     summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
@@ -248,13 +256,13 @@ def _callback(book: Book, every_s: float):
             book.maybe_print(every_s)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
-            print(f"[{book.sweep.name}] trial {name_of(trial)} failed, retrying from its last checkpoint: "
-                  f"{_trial_error(trial)}", file=book.out, flush=True)
+            book.say(f"[{book.sweep.name}] trial {name_of(trial)} failed, retrying from its last checkpoint: "
+                     f"{_trial_error(trial)}")
 
         def on_trial_error(self, iteration, trials, trial, **info):
             err = _trial_error(trial)
             book.ended(name_of(trial), error=err)
-            print(f"[{book.sweep.name}] trial {name_of(trial)} failed: {err}", file=book.out, flush=True)
+            book.say(f"[{book.sweep.name}] trial {name_of(trial)} failed: {err}")
 
         def on_step_end(self, iteration, trials, **info):
             book.maybe_print(every_s)
