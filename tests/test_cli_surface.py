@@ -133,3 +133,51 @@ def test_python_api_runs_a_trial(tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert [r["step"] for r in read_rows(tmp_path / "api")] == [0, 1, 2, 3]
     assert summary["train/loss"] == read_rows(tmp_path / "api")[-1]["train/loss"]
+
+
+def _sweep_file(tmp_path, name: str, seeds: list[int]) -> Path:
+    spec = {"name": name, "grid": {"seed": seeds},
+            "overrides": {"model.width": 32, "data.n": 16, "data.target": "regression", "train.steps": 400,
+                          "train.stop_at_fit": False, "metrics.every": 10, "checkpoint.every": 0}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_sweep_progress_is_a_live_table_on_a_terminal_and_plain_lines_otherwise(tmp_path, ray_address):
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "launcher", "sweep", "--runs-dir", str(tmp_path / "runs"), "--address",
+            ray_address, "--progress-every", "1"]
+    main, sub = pty.openpty()
+    proc = subprocess.Popen([*args, "--config", str(_sweep_file(tmp_path, "tty", [0, 1]))], cwd=ROOT, stdin=sub,
+                            stdout=sub, stderr=sub, close_fds=True)
+    os.close(sub)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the process closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    assert proc.wait(timeout=60) == 0, screen[-3000:]
+    text = screen.decode(errors="replace")
+    redraws = text.split("\x1b[")
+    assert len(redraws) > 2 and all(re.match(r"\d+F", r) for r in redraws[1::2]), text[-2000:]  # redrawn in place
+    assert re.search(r"trial\s+step/steps\s+loss\s+steps/s", text), text[-2000:]
+    rows = re.findall(r"\n(s[01])\s+(\d+)/400\s+(\S+)\s+(\S+)", text)  # a running trial: step of steps, loss, rate
+    assert any(0 < int(step) < 400 and rate != "-" and float(rate) > 0 for _, step, _, rate in rows), rows
+    assert re.search(r"running \d \| pending \d \| ETA \d\d:\d\d", text), text[-2000:]
+    assert "done 2/2 (diverged 0, failed 0)" in text.rsplit("\x1b[J", 1)[-1]  # the table left on the screen
+
+    # Not a terminal (a log file, Ray Jobs, Slurm): plain lines, no escape codes, no table.
+    res = subprocess.run([*args, "--config", str(_sweep_file(tmp_path, "plain", [0]))], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "\x1b[" not in res.stdout + res.stderr and "step/steps" not in res.stdout
+    assert re.search(r"\[plain \d\d:\d\d\] done 1/1 \(diverged 0, failed 0\)", res.stdout), res.stdout

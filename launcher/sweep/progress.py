@@ -1,5 +1,10 @@
 """The driver's ledger of a sweep's trials: their states and summaries, results.csv rewritten each time a trial
-ends, the progress line printed while the sweep runs, and the table printed at its end."""
+ends, the progress shown while the sweep runs, and the table printed at its end.
+
+Progress on a terminal is a live table, redrawn in place about once a second: one row per running trial (step
+of steps, loss, steps/s), the counts and the sweep's ETA. When the output is not a terminal (a log file, Ray
+Jobs, Slurm) it is one plain line at a time, without escape codes.
+"""
 
 from __future__ import annotations
 
@@ -42,6 +47,10 @@ class Book:
         self._last_line = ""
         self._last_print = 0.0
         self.scheduled = 0  # trials the plan will run (pending + running + ended), for the progress line
+        self.step: dict[str, int] = {}  # latest logged step of a running trial
+        self.first: dict[str, tuple[float, int]] = {}  # (time, step) of a running trial's first result
+        self.live = _is_terminal(self.out)
+        self._drawn = 0  # lines of the live table now on the terminal
 
     def __getstate__(self):  # Tune pickles its searcher and callbacks (which hold the book): not the stream
         return {k: v for k, v in self.__dict__.items() if k != "out"}
@@ -49,10 +58,13 @@ class Book:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.out = sys.stdout
+        self.live = _is_terminal(self.out)
 
     # --- events
     def started(self, name: str) -> None:
         self.state[name] = "running"
+        self.step.pop(name, None)
+        self.first.pop(name, None)
 
     def result(self, name: str, result: dict) -> None:
         """A Tune result of the trial: a logged row, or (with `summary`) its final summary."""
@@ -63,6 +75,10 @@ class Book:
         loss = result.get(names.TRAIN_LOSS)
         if isinstance(loss, (int, float)):
             self.loss[name] = float(loss)
+        step = result.get("step")
+        if isinstance(step, int):
+            self.step[name] = step
+            self.first.setdefault(name, (time.time(), step))
 
     def finished(self, name: str, summary: dict, write: bool = True) -> None:
         self.summary[name] = summary
@@ -126,13 +142,78 @@ class Book:
             parts.append(f"loss best {final[best]:.3g} ({best}) worst {final[worst]:.3g} ({worst})")
         return " | ".join(parts)
 
+    def rate(self, name: str) -> float | None:
+        """Steps per second of a running trial since its first logged row."""
+        if name not in self.first or name not in self.step:
+            return None
+        t0, s0 = self.first[name]
+        dt = time.time() - t0
+        return (self.step[name] - s0) / dt if dt > 0 and self.step[name] > s0 else None
+
+    def eta_s(self) -> float | None:
+        """Seconds left: the steps still to run (running trials' rest, pending trials whole) over the running
+        trials' summed steps/s. None before any rate is known, or for a search (its size is not known)."""
+        running = [n for n, s in self.state.items() if s == "running"]
+        rates = [r for r in map(self.rate, running) if r]
+        if not self.scheduled or not rates:
+            return None
+        left = sum(max(0, self.by_name[n].cfg.train.steps - self.step.get(n, 0)) for n in running)
+        c = self.counts()
+        pending = max(0, self.scheduled - sum(c.values()))
+        if pending:
+            known = [t.cfg.train.steps for t in self.sweep.trials if t.name not in self.state]
+            left += pending * (sum(known) / len(known) if known else 0)
+        return left / sum(rates)
+
+    def table(self) -> list[str]:
+        """The live table: the running trials, then the progress line with the ETA."""
+        running = [n for n in self.by_name if self.state.get(n) == "running"]
+        width = max([len(n) for n in running] + [5])
+        lines = [f"{'trial':<{width}}  {'step/steps':>13}  {'loss':>10}  {'steps/s':>8}"]
+        for n in running:
+            steps = self.by_name[n].cfg.train.steps
+            at = f"{self.step[n]}/{steps}" if n in self.step else f"-/{steps}"
+            loss, rate = self.loss.get(n), self.rate(n)
+            lines.append(f"{n:<{width}}  {at:>13}  {f'{loss:.4g}' if loss is not None else '-':>10}  "
+                         f"{f'{rate:.1f}' if rate else '-':>8}")
+        eta = self.eta_s()
+        lines.append(self.line() + f" | ETA {_clock(eta) if eta is not None else '?'}")
+        return lines
+
     def maybe_print(self, every_s: float, force: bool = False) -> None:
-        """A progress line when the counts change (at most once a second) and every `every_s` seconds."""
+        """Not a terminal: a progress line when the counts change (at most once a second) and every `every_s`
+        seconds. A terminal: the live table, redrawn at most once a second."""
         now = time.time()
         key = json.dumps(self.counts())
+        if self.live:
+            if force or now - self._last_print >= 1.0:
+                self._erase()
+                lines = self.table()
+                self.out.write("\n".join(lines) + "\n")
+                self.out.flush()
+                self._drawn, self._last_print = len(lines), now
+            return
         if force or (key != self._last_line and now - self._last_print >= 1.0) or now - self._last_print >= every_s:
             print(self.line(), file=self.out, flush=True)
             self._last_line, self._last_print = key, now
+
+    def say(self, message: str) -> None:
+        """A message that stays (a trial failed or is retried): above the live table, which is drawn again."""
+        self._erase()
+        print(message, file=self.out, flush=True)
+        self._last_print = 0.0
+
+    def _erase(self) -> None:
+        if self.live and self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")  # to the table's first line, then clear to the end
+            self._drawn = 0
+
+
+def _is_terminal(out) -> bool:
+    try:
+        return out.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _clock(s: float) -> str:
