@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import Config, to_dict
+from .config import AUTO, Config, to_dict
 from .rundir import CONFIG_FILE, METRICS_FILE, WANDB_DIR, atomic_write
 
 
@@ -107,7 +107,7 @@ def warn_wandb(what: str, exc: BaseException, stacklevel: int = 3) -> None:
 
 
 def wandb_init(*, mode: str, project: str, entity: str, group: str, job_type: str, name: str, run_id: str,
-               out_dir: Path, config: dict):
+               out_dir: Path, config: dict, tags: list[str] | None = None):
     """wandb.init with the settings every run of ours uses (offline files under `out_dir`/wandb/).
 
     Raises whatever wandb raises; callers turn that into one WandbWarning. Never passes an API key:
@@ -121,6 +121,7 @@ def wandb_init(*, mode: str, project: str, entity: str, group: str, job_type: st
         group=group or None,
         job_type=job_type,
         name=name,
+        tags=tags,
         id=run_id,
         resume="allow",  # a restarted trial continues its run (offline: a new offline-run-* dir, same id)
         dir=str(out_dir),
@@ -137,7 +138,10 @@ def _wandb_value(v: Any) -> bool:
 
 
 def _run_config(cfg: Config, run_dir: Path) -> dict:
-    """The resolved config as written to config.yaml (with its `derived:` facts), else the schema dict."""
+    """The resolved config as written to config.yaml (with its `derived:` facts), else the schema dict. With
+    train.lr=auto, train.lr is the base rate the trial resolved and uses (so W&B's columns compare step sizes
+    across trials) and train.lr_rule says it was auto."""
+    config = to_dict(cfg)
     path = run_dir / CONFIG_FILE
     if path.is_file():
         try:
@@ -145,10 +149,38 @@ def _run_config(cfg: Config, run_dir: Path) -> dict:
 
             loaded = yaml.safe_load(path.read_text())
             if isinstance(loaded, dict):
-                return loaded
+                config = loaded
         except Exception:
             pass
-    return to_dict(cfg)
+    used = config.get("derived", {}).get("lr", {}).get("lr")
+    if isinstance(used, (int, float)) and config.get("train", {}).get("lr") == AUTO:
+        config["train"] = {**config["train"], "lr": used, "lr_rule": AUTO}
+    return config
+
+
+def wandb_names(cfg: Config, name: str) -> tuple[str, list[str]]:
+    """A trial's W&B run name, unique across the sweeps of a project (<sweep>/<trial>), and its tags, so that runs
+    sort and filter themselves by sweep, architecture, parameterization, depth and width."""
+    m = cfg.model
+    group = cfg.wandb.group
+    tags = ([f"sweep:{group}"] if group else []) + [f"arch:{m.arch}", f"param:{m.param}", f"depth:{m.depth}",
+                                                     f"width:{m.width}"]
+    return (f"{group}/{name}" if group else name), tags
+
+
+SUMMARY_META = "run"  # W&B summary: the trial's facts (status, dp, tp, wall time ...) nested here, apart from metrics
+
+
+def wandb_summary(summary: dict, meta: dict | None = None) -> dict:
+    """summary.json for the W&B run summary: metric keys ("family/name", metrics/names.py) at the top level, where
+    W&B charts and sorts them; every other fact of the trial (and `meta`) under SUMMARY_META. Non-finite floats
+    are left out."""
+    def finite(v: Any) -> bool:
+        return not (isinstance(v, float) and not math.isfinite(v))
+
+    metrics = {k: v for k, v in summary.items() if "/" in k and finite(v)}
+    facts = {k: v for k, v in summary.items() if "/" not in k and finite(v)}
+    return {**metrics, SUMMARY_META: {**facts, **(meta or {})}}
 
 
 _WANDB_BLOCK = 32768  # .wandb files: LevelDB-log framing in 32 KiB blocks after a 7-byte file header
@@ -239,17 +271,20 @@ class WandbSink:
     def __init__(self, cfg: Config, run_dir: Path, name: str, resume_step: int | None = None):
         self.run = None
         self.osh = None
+        self.meta: dict[str, Any] = {}  # facts for the summary's SUMMARY_META besides summary.json's
         self.mode = wandb_mode(cfg.wandb.mode)
         if self.mode == "disabled":
             return
         try:
+            run_name, tags = wandb_names(cfg, name)
             self.run = wandb_init(
                 mode=self.mode, project=cfg.wandb.project, entity=cfg.wandb.entity, group=cfg.wandb.group,
-                job_type="trial", name=name, run_id=wandb_run_id(run_dir), out_dir=run_dir,
-                config=_run_config(cfg, run_dir))
+                job_type="trial", name=run_name, run_id=wandb_run_id(run_dir), out_dir=run_dir,
+                config=_run_config(cfg, run_dir), tags=tags)
             self.osh = _OshTrigger(self.run, self.mode)
             if resume_step is not None:
-                self.run.summary["resumed_from_step"] = resume_step
+                self.meta["resumed_from_step"] = resume_step
+                self.run.summary[SUMMARY_META] = dict(self.meta)
                 self._backfill(run_dir, resume_step)
         except Exception as exc:  # never let W&B stop training
             warn_wandb("W&B disabled for this trial, continuing with JSONL only", exc)
@@ -295,8 +330,7 @@ class WandbSink:
 
     def summary(self, summary: dict) -> None:
         def put():
-            self.run.summary.update({k: v for k, v in summary.items()
-                                     if not (isinstance(v, float) and not math.isfinite(v))})
+            self.run.summary.update(wandb_summary(summary, self.meta))
         self._guard(put)
 
     def preempting(self) -> None:

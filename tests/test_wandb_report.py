@@ -344,7 +344,7 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
     run_dir = tmp_path / "runs" / "g" / "t1"
     env = sub_env(WANDB_MODE="offline", WANDB_API_KEY=FAKE_KEY)
     res = subprocess.run([sys.executable, "-m", "launcher", "train", "--quiet", f"run.dir={run_dir}", "wandb.group=g",
-                          "model.width=32", *[a for a in TINY if a != "run.quiet=true"]],
+                          "run.name=t1", "model.width=32", *[a for a in TINY if a != "run.quiet=true"]],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     (run,) = offline_runs(run_dir)
@@ -352,9 +352,17 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
     meta = run_record(recs)
     assert meta["run_group"] == "g" and meta["job_type"] == "trial"
     assert meta["run_id"] == (run_dir / "wandb_id").read_text().strip()
+    # Named <sweep>/<trial>, tagged to sort and filter by sweep, architecture, parameterization, depth, width
+    assert meta["display_name"] == "g/t1", meta
+    assert meta["tags"] == ["sweep:g", "arch:fc", "param:paper", "depth:2", "width:32"], meta
     config = dict(meta["config"]["update"])
     config.pop("_wandb", None)
-    assert config == yaml.safe_load((run_dir / "config.yaml").read_text())  # the resolved config (+ derived)
+    written = yaml.safe_load((run_dir / "config.yaml").read_text())
+    # The resolved config (+ derived), except that train.lr is the step size used, not "auto"
+    assert written["train"]["lr"] == "auto" and config["train"]["lr_rule"] == "auto"
+    assert config["train"]["lr"] == written["derived"]["lr"]["lr"] > 0
+    config["train"] = {k: v for k, v in config["train"].items() if k != "lr_rule"} | {"lr": "auto"}
+    assert config == written
     assert config["derived"]["lr"]["rule"] == "auto" and config["derived"]["lr"]["kernel"] == "infinite-width"
     assert config["derived"]["lr"]["lambda_max"] > 0  # the step's kernel reaches W&B too
 
@@ -369,10 +377,13 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
             assert got[k] == pytest.approx(want[k], rel=1e-12, abs=0), (r["step"], k)
 
     summary = final_summary(recs)
+    facts = summary.pop("run")  # the trial's facts apart from its metrics
     for k, v in read_summary(run_dir).items():
         if v is not None:
-            assert summary[k] == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k
-    assert summary["status"] == "completed"
+            got = summary[k] if "/" in k else facts[k]
+            assert got == (pytest.approx(v, rel=1e-12) if isinstance(v, float) else v), k
+    assert all("/" in k for k in summary if not k.startswith("_")), summary.keys()  # only metrics at the top
+    assert facts["status"] == "completed" and facts["dp"] == 1 and facts["tp"] == 1 and facts["wall_s"] > 0
     assert files_containing(tmp_path, FAKE_KEY.encode()) == []
 
 
@@ -406,7 +417,7 @@ def test_killed_and_retried_trial_continues_the_same_offline_run(tmp_path):
     for step, item in {**history(recs1), **history(recs2)}.items():
         assert item["train/loss"] == pytest.approx(jsonl[step]["train/loss"], rel=1e-12)
     s2 = final_summary(recs2)
-    assert s2["resumed_from_step"] == 40 and s2["status"] == "completed" and s2["steps"] == 100
+    assert s2["run"]["resumed_from_step"] == 40 and s2["run"]["status"] == "completed" and s2["run"]["steps"] == 100
 
     # `overparam wandb sync` uploads both pieces, oldest first; without a login it refuses in one line.
     dry = cli("wandb", "sync", str(tmp_path), "--dry-run")
