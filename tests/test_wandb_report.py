@@ -296,7 +296,12 @@ def test_summary_run_logs_figures_and_table_in_the_group(sweep_dir, tmp_path, mo
     assert row["results._type"] == "table-file" and row["results.nrows"] == len(WIDTHS) * len(DEPTHS) * len(SEEDS)
     table = json.loads((run / "files" / row["results.path"]).read_text())
     assert "model.width" in table["columns"] and "drift/weight_rel" in table["columns"]
-    # The same sweep logged again continues the same run at the next step.
+    # The same report again (a second `make demo`) logs nothing: no duplicate step, no new table version.
+    assert log_summary_run(rep) == run_id
+    flush_wandb()
+    assert offline_runs(sweep_dir) == [run]
+    # A changed one continues the same run at the next step.
+    rep.results.trials[0].row["train/loss"] = 123.0
     assert log_summary_run(rep) == run_id
     flush_wandb()
     runs = offline_runs(sweep_dir)

@@ -54,17 +54,29 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
     W&B is disabled or failed (one WandbWarning). The run's files go to runs/<sweep>/wandb/, next to the trials'.
 
     The id is kept in runs/<sweep>/wandb_summary_run.json, so a new report of the same sweep continues the same
-    run (resume="allow") at the next step: the latest figures and table are the run's summary.
+    run (resume="allow") at the next step: the latest figures and table are the run's summary. A report whose
+    tables equal the last one logged (a second `make demo`, which reuses the finished trials) logs nothing: no
+    duplicate history step, no new table versions.
     """
     res: SweepResults = report.results
     mode = mode or wandb_mode(str(res.wandb_setting("mode", "offline")))
     if mode == "disabled":
         return None
     state = _summary_run_state(res.dir)
+    from .html import results_table
+
+    cols = [c for c in res.columns if c != "error"] + (["error"] if "error" in res.columns else [])
+    data = [[_cell(t.row.get(c)) for c in cols] for t in res.trials]
+    fits = [f for fig in report.figures for f in fig.fits]
+    slopes = [[f.metric, f.series, f.slope, f.ci95[0] if f.ci95 else None, f.ci95[1] if f.ci95 else None,
+               f.reference, theory.inside(f.ci95, f.reference), f.method] for f in fits]
+    short_cols, short_rows = results_table(res)
+    short = [[_cell(v) for v in r] for r in short_rows]
+    digest = hashlib.sha1(json.dumps([cols, data, slopes, short_cols, short], default=str).encode()).hexdigest()
+    if state.get("digest") == digest:
+        return state["id"]
     try:
         import wandb
-
-        from .html import results_table
 
         run = wandb_init(
             mode=mode, project=str(res.wandb_setting("project", "overparam-dist")),
@@ -74,21 +86,13 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
                     "depths": res.depths})
         try:
             step = int(state.get("step", -1)) + 1
-            cols = [c for c in res.columns if c != "error"] + (["error"] if "error" in res.columns else [])
-            data = [[_cell(t.row.get(c)) for c in cols] for t in res.trials]
-            fits = [f for fig in report.figures for f in fig.fits]
             row: dict[str, Any] = {
                 RESULTS_TABLE: wandb.Table(columns=cols, data=data, allow_mixed_types=True),
                 SLOPES_TABLE: wandb.Table(
                     columns=["metric", "series", "slope", "ci95_lo", "ci95_hi", "theory", "theory_inside", "method"],
-                    data=[[f.metric, f.series, f.slope, f.ci95[0] if f.ci95 else None,
-                           f.ci95[1] if f.ci95 else None, f.reference, theory.inside(f.ci95, f.reference), f.method]
-                          for f in fits],
-                    allow_mixed_types=True),
+                    data=slopes, allow_mixed_types=True),
+                "results_short": wandb.Table(columns=short_cols, data=short, allow_mixed_types=True),
             }
-            short_cols, short_rows = results_table(res)
-            row["results_short"] = wandb.Table(columns=short_cols, data=[[_cell(v) for v in r] for r in short_rows],
-                                               allow_mixed_types=True)
             for fig in report.figures:
                 if fig.path is not None:
                     row[IMAGE_PREFIX + fig.name] = wandb.Image(str(fig.path), caption=fig.title)
@@ -98,7 +102,7 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
                     run.summary[f"slope/{f.metric}/{f.series}"] = f.slope
         finally:
             run.finish()
-        (res.dir / SUMMARY_RUN_FILE).write_text(json.dumps({"id": state["id"], "step": step}) + "\n")
+        atomic_write(res.dir / SUMMARY_RUN_FILE, json.dumps({"id": state["id"], "step": step, "digest": digest}) + "\n")
         return state["id"]
     except Exception as exc:
         warn_wandb("W&B summary run not logged", exc)
