@@ -58,7 +58,14 @@ def report_sweep(sweep_dir: str | Path, wandb_group_run: bool = True, out=None):
 
 def cmd_report(args: argparse.Namespace) -> int:
     from overparam_dist.analysis.report import build_local_report
+    from overparam_dist.analysis.trial_report import build_trial_report, is_trial_dir
 
+    if is_trial_dir(Path(args.run_dir)):
+        if args.log_run or args.wandb:
+            raise ConfigError("--log-run and --wandb take a sweep directory runs/<sweep>/, not a trial's")
+        trial = build_trial_report(args.run_dir, args.out)
+        print(f"report: {trial.index} ({len(trial.figures)} figures)")
+        return 0
     rep = build_local_report(args.run_dir, args.out)
     print(f"report: {rep.index} ({len(rep.images)} figures)")
     if args.log_run:
@@ -162,9 +169,10 @@ def cmd_wandb_sync(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add `report` and `wandb sync` to the `overparam` subcommands."""
-    r = subparsers.add_parser("report", help="plots + index.html for a sweep (runs/<sweep>/report/); "
-                                             "--wandb also builds a W&B Report")
-    r.add_argument("run_dir", metavar="RUN_DIR", help="a sweep directory runs/<sweep>/ (results.csv + trial dirs)")
+    r = subparsers.add_parser("report", help="plots + index.html for a sweep (runs/<sweep>/report/) or one trial "
+                                             "(runs/<trial>/report/); --wandb also builds a W&B Report")
+    r.add_argument("run_dir", metavar="RUN_DIR", help="a sweep directory runs/<sweep>/ (results.csv + trial dirs), "
+                                                      "or one trial's directory (metrics.jsonl)")
     r.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report/)")
     r.add_argument("--log-run", action="store_true",
                    help="also log the figures and the results table to the sweep's W&B summary run "

@@ -3,6 +3,8 @@
     runs/<sweep>/<trial>/config.yaml     the resolved config, plus `derived:` facts (effective lr, data, world)
     runs/<sweep>/<trial>/metrics.jsonl   one JSON object per logged step (metric keys: metrics/names.py)
     runs/<sweep>/<trial>/summary.json    final metrics + status (completed | diverged | preempted)
+    runs/<sweep>/<trial>/ntk_spectrum.json  the probe NTK's eigenvalues at init, at the end and of K_inf (or null)
+    runs/<sweep>/<trial>/report/         the single-trial report (analysis/trial_report.py)
     runs/<sweep>/<trial>/checkpoints/    DCP checkpoints, step_<8 digits>/
     runs/<sweep>/<trial>/wandb/          offline W&B run files
     runs/<sweep>/results.csv             one row per trial (analysis/results.py writes and reads it)
@@ -31,6 +33,7 @@ from .config import Config, ConfigError, flatten, run_dir, to_dict
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+SPECTRUM_FILE = "ntk_spectrum.json"
 CHECKPOINTS_DIR = "checkpoints"
 WANDB_DIR = "wandb"
 RESULTS_FILE = "results.csv"
@@ -142,6 +145,11 @@ def write_config(out: Path, cfg: Config, derived: dict) -> Path:
 
 def write_summary(out: Path, summary: dict) -> Path:
     return atomic_write(Path(out) / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+def write_spectrum(out: Path, step: int, spectrum: dict) -> Path:
+    """{"step_end": the step of "end", "init": [...], "end": [...], "infinite": [...] or null}, ascending."""
+    return atomic_write(Path(out) / SPECTRUM_FILE, json.dumps({"step_end": step, **spectrum}) + "\n")
 
 
 NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",

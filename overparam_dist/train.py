@@ -332,6 +332,8 @@ class Trainer:
         }
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
         if self.sinks is not None:
+            if self.theory.track_ntk:
+                rundir.write_spectrum(self.out, step, self.theory.spectrum)
             rundir.write_summary(self.out, summary)
             self.sinks.finish(summary)
         world.barrier()

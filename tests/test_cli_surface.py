@@ -6,6 +6,7 @@ import csv
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from conftest import ROOT, read_rows, run_cli
 
@@ -181,3 +182,39 @@ def test_sweep_progress_is_a_live_table_on_a_terminal_and_plain_lines_otherwise(
     assert res.returncode == 0, res.stderr
     assert "\x1b[" not in res.stdout + res.stderr and "step/steps" not in res.stdout
     assert re.search(r"\[plain \d\d:\d\d\] done 1/1 \(diverged 0, failed 0\)", res.stdout), res.stdout
+
+
+def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tmp_path):
+    import json
+
+    from overparam_dist.train import run_trial
+
+    trial = tmp_path / "t"
+    run_trial(load_config(None, [f"run.dir={trial}", "model.width=64", "data.n=16", "train.steps=40",
+                                 "metrics.every=5", "train.stop_at_fit=false", "run.quiet=true"]))
+    res = run_cli("report", str(trial))
+    assert res.returncode == 0, res.stderr
+    out = trial / "report"
+    assert {p.name for p in out.iterdir()} == {"loss.png", "drift.png", "ntk.png", "ntk_spectrum.png",
+                                               "figures.json", "index.html"}
+    rows = read_rows(trial)
+    figs = {f["name"]: f for f in json.loads((out / "figures.json").read_text())}
+    (loss,) = figs["loss"]["panels"][0]["series"]
+    assert loss["x"] == [r["step"] for r in rows] and loss["y"] == [r["train/loss"] for r in rows]
+    kernel = {s["label"]: s for s in figs["ntk"]["panels"][0]["series"]}
+    assert kernel["ntk/rel_drift"]["y"] == [r["ntk/rel_drift"] for r in rows if r["ntk/rel_drift"] > 0]
+    # The spectrum file agrees with the metrics logged from their own eigen-decompositions, at init and at the end
+    spec = json.loads((trial / "ntk_spectrum.json").read_text())
+    assert spec["step_end"] == 40 == rows[-1]["step"] and len(spec["init"]) == len(spec["end"]) == 16
+    assert spec["init"][0] == pytest.approx(rows[0]["ntk/lambda_min"], rel=1e-9)
+    assert sum(spec["init"]) == pytest.approx(rows[0]["ntk/trace"], rel=1e-9)
+    assert spec["end"][0] == pytest.approx(rows[-1]["ntk/lambda_min"], rel=1e-9)
+    assert spec["end"][-1] == pytest.approx(rows[-1]["ntk/lambda_max"], rel=1e-9)
+    assert spec["infinite"][0] == pytest.approx(rows[0]["ntk/lambda_min_inf"], rel=1e-9)
+    curves = {s["label"]: s["y"] for s in figs["ntk_spectrum"]["panels"][0]["series"]}
+    assert curves["at init (K_0)"] == sorted(spec["init"], reverse=True)
+    assert curves["at the end (step 40)"] == sorted(spec["end"], reverse=True)
+    assert curves["infinite width (K_inf)"] == sorted(spec["infinite"], reverse=True)
+    assert "Trial <code>t</code>" in (out / "index.html").read_text()
+    bad = run_cli("report", str(trial), "--wandb")
+    assert bad.returncode == 2 and "not a trial's" in bad.stderr and "Traceback" not in bad.stderr

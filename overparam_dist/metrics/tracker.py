@@ -126,8 +126,12 @@ class TheoryMetrics:
         # Once per trial, at step 0 and in the summary: label complexity from K_0 and K_inf (label_complexity.py),
         # lambda_min of K_inf.
         self.once: dict[str, float] = {}
+        # Eigenvalues of the probe kernel, ascending: at init, at the last measured step, and of K_inf where known
+        # (rundir.SPECTRUM_FILE, for the single-trial report)
+        self.spectrum: dict[str, list[float] | None] = {"init": None, "end": None, "infinite": None}
         if track_ntk:
             self.k0 = self._ntk(model)
+            self.spectrum["init"] = torch.linalg.eigvalsh(self.k0).tolist()
             if probe_targets is not None:
                 theta0 = trial_ntk(model, probe_x, parallel, outputs="full") * self.scale
                 self.once[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
@@ -135,7 +139,8 @@ class TheoryMetrics:
                 k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
                                            bias=bias, classes=classes).to(self.k0.device)
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
-                self.once[names.NTK_LAMBDA_MIN_INF] = float(torch.linalg.eigvalsh(k_inf)[0])
+                self.spectrum["infinite"] = torch.linalg.eigvalsh(k_inf).tolist()
+                self.once[names.NTK_LAMBDA_MIN_INF] = self.spectrum["infinite"][0]
                 if probe_targets is not None:
                     self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
@@ -175,6 +180,7 @@ class TheoryMetrics:
     def _ntk_metrics(self) -> dict[str, float]:
         k = self._ntk(self.model)
         evals = torch.linalg.eigvalsh(k)  # the eigenvectors went with the per-row label complexity
+        self.spectrum["end"] = evals.tolist()
         out = {
             names.NTK_REL_DRIFT: float((k - self.k0).norm() / self.k0.norm()),
             names.NTK_LAMBDA_MIN: float(evals[0]),
