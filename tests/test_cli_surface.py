@@ -218,3 +218,58 @@ def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tm
     assert "Trial <code>t</code>" in (out / "index.html").read_text()
     bad = run_cli("report", str(trial), "--wandb")
     assert bad.returncode == 2 and "not a trial's" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_dashboard_names_each_trial_actor_and_its_log_shows_progress(tmp_path):
+    """Through the Ray dashboard's REST API during a sweep on its private Ray: one actor per trial, its repr
+    <sweep>/<trial>; its log holds that trial's progress and no wandb teardown traceback."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    spec = {"name": "dash", "grid": {"seed": [0, 1]}, "resources": {"cpus": 2},  # one at a time on 2 CPUs
+            "overrides": {"model.width": 32, "data.n": 16, "data.target": "regression", "train.steps": 200,
+                          "train.stop_at_fit": False, "metrics.every": 20, "checkpoint.every": 0}}
+    (tmp_path / "dash.yaml").write_text(yaml.safe_dump(spec))
+    log = tmp_path / "sweep.log"
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "sweep", "--config", str(tmp_path / "dash.yaml"),
+                             "--runs-dir", str(tmp_path / "runs")], cwd=ROOT, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "WANDB_MODE": "offline"})
+
+    def get(path: str):
+        with urllib.request.urlopen(url + path, timeout=10) as r:
+            return r.read().decode()
+
+    url, actors, logs = None, {}, {}
+    try:
+        while proc.poll() is None:
+            time.sleep(0.5)
+            if url is None:
+                found = re.search(r"Ray dashboard: (http://127\.0\.0\.1:\d+)", log.read_text())
+                url = found.group(1) if found else None
+                continue
+            try:
+                listed = json.loads(get("/api/v0/actors?detail=1&limit=100"))["data"]["result"]["result"]
+                for a in listed:
+                    actors[a["actor_id"]] = a
+                for aid, a in actors.items():  # a trial's actor that has ended: its whole log
+                    if a["state"] == "DEAD" and a.get("repr_name", "").startswith("dash/") and aid not in logs:
+                        logs[aid] = {s: get(f"/api/v0/logs/file?actor_id={aid}&suffix={s}&lines=5000")
+                                     for s in ("out", "err")}
+            except OSError:  # the dashboard starting or already stopping
+                pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.wait() == 0, log.read_text()[-3000:]
+    trial_actors = {a["repr_name"]: aid for aid, a in actors.items() if a.get("repr_name", "").startswith("dash/")}
+    assert set(trial_actors) == {"dash/s0", "dash/s1"}, [a.get("repr_name") for a in actors.values()]
+    aid = trial_actors["dash/s0"]
+    assert aid in logs, "s0's actor ended before s1's, while the dashboard still ran"
+    steps = [int(s) for s in re.findall(r"^\[dash/s0\] step (\d+)/200 train/loss \S+$", logs[aid]["out"], re.M)]
+    assert steps == list(range(0, 201, 20)) and "[dash/s0] ended" in logs[aid]["out"], logs[aid]["out"][-2000:]
+    assert "Traceback" not in logs[aid]["err"] and "ConnectionResetError" not in logs[aid]["err"], logs[aid]["err"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from overparam_dist.config import ConfigError, from_dict, to_dict
+from overparam_dist.metrics.names import TRAIN_LOSS
 
 from .cluster import RayInfo
 from .local_trial import run_local_processes, write_pid
@@ -79,6 +80,26 @@ def _name_node() -> None:
     os.environ["OVERPARAM_NODE"] = "ray-" + ray.get_runtime_context().get_node_id()[:12]
 
 
+def trial_label(config: dict) -> str:
+    """<sweep>/<trial>: the trial's actor on the Ray dashboard, the prefix of its log lines, its W&B run name."""
+    return f"{config['cfg']['wandb']['group']}/{config['trial']}"
+
+
+def _progress_printer(config: dict, report=None):
+    """`report` (a Tune report, or None) that also prints each logged row to this process's log: the trial's
+    actor log on the Ray dashboard then shows its progress."""
+    label, steps = trial_label(config), config["cfg"]["train"]["steps"]
+
+    def on_log(row: dict) -> None:
+        loss = row.get(TRAIN_LOSS)
+        print(f"[{label}] step {row.get('step')}/{steps}" + (f" train/loss {loss:.4g}" if loss is not None else ""),
+              flush=True)
+        if report is not None:
+            report(row)
+
+    return on_log
+
+
 def trainable(config: dict) -> None:
     """The Tune function trainable of one trial."""
     from ray import tune
@@ -90,12 +111,36 @@ def trainable(config: dict) -> None:
         from overparam_dist.train import run_trial
 
         write_pid(config["pid_file"])
-        summary = run_trial(from_dict(config["cfg"]), on_log=tune.report)  # each logged row: a Tune result
+        summary = run_trial(from_dict(config["cfg"]), on_log=_progress_printer(config, tune.report))
         tune.report(final_result(summary))
     elif config["local"]:
-        tune.report(final_result(run_local_processes(config, tune.report)))
+        tune.report(final_result(run_local_processes(config, _progress_printer(config, tune.report))))
     else:
         _fit_worker_group(config)
+    _stop_wandb_service()
+    print(f"[{trial_label(config)}] ended", flush=True)
+
+
+def _stop_wandb_service() -> None:
+    """Stop this process's W&B service now, while it still answers. Left to wandb's atexit hook, it is already
+    gone when Ray ends the actor, and every trial's log ended with a ConnectionResetError traceback."""
+    import sys
+
+    if "wandb" in sys.modules:
+        sys.modules["wandb"].teardown()
+
+
+def _trial_actor():
+    """The trainable as an actor class whose repr is the trial: the Ray dashboard's Actors page lists each trial's
+    actor by <sweep>/<trial> (not "trainable"), and Ray prefixes its log lines with it. Ray takes an actor's repr
+    once, when it is created: so each trial gets its own actor (run_tune: reuse_actors=False)."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class TrialActor(wrap_function(trainable)):
+        def __repr__(self) -> str:
+            return trial_label(self.config) if "trial" in getattr(self, "config", {}) else "trainable"
+
+    return TrialActor
 
 
 def _fit_worker_group(config: dict) -> None:
@@ -113,7 +158,8 @@ def _fit_worker_group(config: dict) -> None:
     nodes = tp_group_nodes(config["workers"] // tp, tp, per_worker)  # chosen anew at every (Tune) retry
     trainer = TorchTrainer(
         _train_worker,
-        train_loop_config={"cfg": config["cfg"], "pid_file": config["pid_file"], "queue": queue},
+        train_loop_config={"cfg": config["cfg"], "trial": config["trial"], "pid_file": config["pid_file"],
+                           "queue": queue},
         scaling_config=ray.train.ScalingConfig(num_workers=config["workers"], use_gpu=res["gpus"] > 0,
                                                resources_per_worker=per_worker,
                                                label_selector=worker_label_selectors(nodes, tp)),
@@ -182,8 +228,9 @@ def _train_worker(config: dict) -> None:
     if ray.train.get_context().get_world_rank() == 0:
         write_pid(config["pid_file"])
         remember_placement_group(_placement_group_file(config))
-        on_log = config["queue"].put if config.get("queue") is not None else None
+        on_log = _progress_printer(config, config["queue"].put if config.get("queue") is not None else None)
     summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
+    _stop_wandb_service()
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
 
 
@@ -326,12 +373,12 @@ def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, slots: int, pr
         return plan.should_stop(searcher.names.get(trial_id))
 
     tuner = tune.Tuner(
-        tune.with_resources(trainable, _placement),
+        tune.with_resources(_trial_actor(), _placement),
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             num_samples=plan.total,
             max_concurrent_trials=slots,
-            reuse_actors=True,
+            reuse_actors=False,  # one actor per trial, named by it (_trial_actor)
             trial_name_creator=lambda trial: trial.config["trial"],
             trial_dirname_creator=lambda trial: trial.config["trial"],
         ),
