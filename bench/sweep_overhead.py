@@ -4,7 +4,8 @@
    trial has one torch thread), against the same trials run by `run_trial` in this process with one torch
    thread (the baseline, measured in this run). Sweeps of 1 and of N trials give the fixed cost of a sweep
    (Tune start, the first trial's process and imports) and the marginal cost of each further trial:
-   marginal overhead = (T_N - T_1) / (N - 1) - baseline. Target: <= 3 s per trial.
+   marginal overhead = (T_N - T_1) / (N - 1) - baseline. Target: <= 3 s per trial. Measured both ways: one Ray
+   actor per trial (the default: each trial named on the dashboard) and `reuse_actors: true`.
 2. 2-worker trials (parallel.dp=2) on a private Ray with all CPUs, one at a time, by both paths in the same run:
    local processes inside the Tune trial (launcher/sweep/local_trial.py, what a trial that fits one node gets;
    target: start and stop <= 5 s per trial) and a Ray Train V2 worker group (what a trial spanning nodes gets).
@@ -47,12 +48,12 @@ SMALL = {"model.width": 128, "model.depth": 2, "data.n": 32, "train.steps": args
 NCPU = os.cpu_count() or 2
 
 
-def write_sweep(d: Path, name: str, overrides: dict, grid: dict, cpus: float) -> Path:
+def write_sweep(d: Path, name: str, overrides: dict, grid: dict, cpus: float, reuse: bool) -> Path:
     import yaml
 
     path = d / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"name": name, "overrides": overrides, "grid": grid,
-                                    "resources": {"cpus": cpus}}))
+                                    "resources": {"cpus": cpus}, "reuse_actors": reuse}))
     return path
 
 
@@ -67,8 +68,9 @@ def baseline(d: Path, seeds: list[int], extra: dict) -> list[float]:
     return times
 
 
-def timed_sweep(d: Path, name: str, overrides: dict, grid: dict, cpus: float) -> tuple[float, list[dict]]:
-    sweep = load_sweep(write_sweep(d, name, overrides, grid, cpus), [], runs_dir=d / "runs")
+def timed_sweep(d: Path, name: str, overrides: dict, grid: dict, cpus: float,
+                reuse: bool = False) -> tuple[float, list[dict]]:
+    sweep = load_sweep(write_sweep(d, name, overrides, grid, cpus, reuse), [], runs_dir=d / "runs")
     t = time.perf_counter()
     out = run_sweep(sweep, progress_every=1e9, out=open(os.devnull, "w"))
     wall = time.perf_counter() - t
@@ -87,10 +89,12 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     base_mean = sum(base) / len(base)
 
     t0 = time.perf_counter()
+    single = {}  # reuse_actors -> (sweep of 1 trial, sweep of N trials)
     with ray_session(None, num_cpus=1):
         ray_start = time.perf_counter() - t0
-        wall_1, _ = timed_sweep(d, "single1", SMALL, {"seed": [0]}, cpus=1)
-        wall_n, _ = timed_sweep(d, "singleN", SMALL, {"seed": seeds}, cpus=1)
+        for reuse in (False, True):
+            single[reuse] = (timed_sweep(d, f"single1-{reuse}", SMALL, {"seed": [0]}, cpus=1, reuse=reuse)[0],
+                             timed_sweep(d, f"singleN-{reuse}", SMALL, {"seed": seeds}, cpus=1, reuse=reuse)[0])
     import launcher.sweep.tune as tune_module
 
     two = {}  # path -> (sweep of 1 trial, sweep of 3 trials): the marginal trial excludes the sweep's fixed cost
@@ -111,15 +115,15 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     assert res.returncode == 0, res.stderr
 
     n = len(seeds)
-    marginal = (wall_n - wall_1) / (n - 1) - base_mean
-    fixed = wall_1 - base_mean
     print(f"{NCPU} CPUs; trials: FC width {SMALL['model.width']} depth {SMALL['model.depth']}, n={SMALL['data.n']}, "
           f"{args.steps} steps, metrics every 10 (11 Tune reports), checkpoints every 50")
     print(f"private local Ray start (1 CPU): {ray_start:.1f} s")
-    print(f"single-process trials, one at a time: run_trial in-process {base_mean:.2f} s/trial (baseline); "
-          f"sweep of 1 trial {wall_1:.2f} s, of {n} trials {wall_n:.2f} s")
-    print(f"  -> per-trial overhead {marginal:+.2f} s (marginal, target <= 3 s); fixed per sweep {fixed:.2f} s; "
-          f"mean per trial in the {n}-trial sweep {wall_n / n - base_mean:+.2f} s")
+    print(f"single-process trials, one at a time: run_trial in-process {base_mean:.2f} s/trial (baseline)")
+    for reuse, (wall_1, wall_n) in single.items():
+        marginal = (wall_n - wall_1) / (n - 1) - base_mean
+        print(f"  {'reuse_actors: true ' if reuse else 'an actor per trial'}: sweep of 1 trial {wall_1:.2f} s, of {n} "
+              f"trials {wall_n:.2f} s -> per-trial overhead {marginal:+.2f} s (marginal, target <= 3 s); fixed per "
+              f"sweep {wall_1 - base_mean:.2f} s")
     print(f"2-worker trials, one at a time; `overparam train parallel.dp=2` {train_dp2:.1f} s:")
     for path, ((wall1, _), (wall3, sums3)) in two.items():
         marginal2, own2 = (wall3 - wall1) / 2, sum(s["wall_s"] for s in sums3) / 3

@@ -31,6 +31,9 @@ class SweepConfig:
     grid: dict[str, Any] = field(default_factory=dict)  # config key -> list of values
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
+    # false: one Ray actor per trial, named <sweep>/<trial> on the dashboard; true: actors run trial after trial,
+    # which saves their start (imports of Ray Tune and torch: about 7 s per trial on 2 cores)
+    reuse_actors: bool = False
     search: SearchConfig = field(default_factory=SearchConfig)
     reproduces: Optional[str] = None  # a claim of overparam_dist/analysis/claims.py: the report sets it beside ours
     quick: dict[str, Any] = field(default_factory=dict)  # sweep key -> value, applied by --quick

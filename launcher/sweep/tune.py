@@ -133,12 +133,16 @@ def _stop_wandb_service() -> None:
 def _trial_actor():
     """The trainable as an actor class whose repr is the trial: the Ray dashboard's Actors page lists each trial's
     actor by <sweep>/<trial> (not "trainable"), and Ray prefixes its log lines with it. Ray takes an actor's repr
-    once, when it is created: so each trial gets its own actor (run_tune: reuse_actors=False)."""
+    once, when it is created: so each trial gets its own actor, unless the sweep says reuse_actors (its actors are
+    then named by the sweep alone, and their logs say which trial each line is from)."""
     from ray.tune.trainable.function_trainable import wrap_function
 
     class TrialActor(wrap_function(trainable)):
         def __repr__(self) -> str:
-            return trial_label(self.config) if "trial" in getattr(self, "config", {}) else "trainable"
+            config = getattr(self, "config", {})
+            if "trial" not in config:
+                return "trainable"
+            return f"{config['cfg']['wandb']['group']} trials" if config["reuse_actors"] else trial_label(config)
 
     return TrialActor
 
@@ -276,6 +280,7 @@ def trial_config(sweep: Sweep, t: Trial) -> dict:
         # A multi-process trial that fits one node runs as local processes (local_trial.py), else a worker group.
         "local": t.workers > 1 and fits_one_node(*trial_demand(t, sweep.resources)),
         "resources": dict(sweep.resources),
+        "reuse_actors": sweep.reuse_actors,
         "pid_file": str(sweep.dir / PIDS_DIR / f"{t.name}.pid"),
         "train_storage": str(sweep.dir / "_ray" / "train"),
     }
@@ -378,7 +383,7 @@ def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, slots: int, pr
             search_alg=searcher,
             num_samples=plan.total,
             max_concurrent_trials=slots,
-            reuse_actors=False,  # one actor per trial, named by it (_trial_actor)
+            reuse_actors=sweep.reuse_actors,  # false: one actor per trial, named by it (_trial_actor)
             trial_name_creator=lambda trial: trial.config["trial"],
             trial_dirname_creator=lambda trial: trial.config["trial"],
         ),
