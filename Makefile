@@ -20,7 +20,7 @@ demo: .venv/.installed
 	$(PY) -m launcher.demo
 
 test: .venv/.installed
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # The README's reproductions gallery: every configs/repro/ sweep (finished trials are reused), then its claim's
 # figure copied to docs/figures/. About 12 minutes on 2 cores.

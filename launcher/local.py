@@ -21,15 +21,26 @@ def _worker(cfg_dict: dict) -> dict:
         raise ConfigError(str(exc)) from None
 
 
+# Started by a fork server that imported these once: each process then starts without importing torch and the
+# library itself (about 3.4 s of a 2-core machine's time per process; bench/sweep_overhead.py). The server is a
+# fresh process (spawned, no threads), so forking it is safe, and it lives as long as this process: later trials
+# of a reused Ray actor fork from it at once.
+PRELOAD = ["torch", "overparam_dist.train"]
+
+
 def spawn_local(nprocs: int, fn, *args) -> dict:
     """Run fn(*args) in nprocs local processes with torch's elastic launcher (a standalone rendezvous
     on a free loopback port, as `torchrun --standalone`); returns {rank: return value}."""
+    import multiprocessing
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    multiprocessing.set_forkserver_preload(PRELOAD)  # only read when the fork server starts
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                           run_id=f"overparam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
-                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1, start_method="spawn")
+                          rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
+                          start_method="forkserver")
     # A failed worker's traceback (and its siblings' SIGTERM) are re-raised below, or become one line.
     logs = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [log.level for log in logs]
