@@ -105,20 +105,22 @@ def trainable(config: dict) -> None:
     from ray import tune
 
     _name_node()
-    if _preempted_already(config):
-        tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
-    elif config["workers"] == 1:
-        from overparam_dist.train import run_trial
+    try:
+        if _preempted_already(config):
+            tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
+        elif config["workers"] == 1:
+            from overparam_dist.train import run_trial
 
-        write_pid(config["pid_file"])
-        summary = run_trial(from_dict(config["cfg"]), on_log=_progress_printer(config, tune.report))
-        tune.report(final_result(summary))
-    elif config["local"]:
-        tune.report(final_result(run_local_processes(config, _progress_printer(config, tune.report))))
-    else:
-        _fit_worker_group(config)
-    _stop_wandb_service()
-    print(f"[{trial_label(config)}] ended", flush=True)
+            write_pid(config["pid_file"])
+            summary = run_trial(from_dict(config["cfg"]), on_log=_progress_printer(config, tune.report))
+            tune.report(final_result(summary))
+        elif config["local"]:
+            tune.report(final_result(run_local_processes(config, _progress_printer(config, tune.report))))
+        else:
+            _fit_worker_group(config)
+    finally:  # a failed trial too
+        _stop_wandb_service()
+        print(f"[{trial_label(config)}] ended", flush=True)
 
 
 def _stop_wandb_service() -> None:
@@ -233,8 +235,10 @@ def _train_worker(config: dict) -> None:
         write_pid(config["pid_file"])
         remember_placement_group(_placement_group_file(config))
         on_log = _progress_printer(config, config["queue"].put if config.get("queue") is not None else None)
-    summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
-    _stop_wandb_service()
+    try:
+        summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
+    finally:
+        _stop_wandb_service()
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
 
 
