@@ -8,7 +8,8 @@
    actor per trial (the default: each trial named on the dashboard) and `reuse_actors: true`.
 2. 2-worker trials (parallel.dp=2) on a private Ray with all CPUs, one at a time, by both paths in the same run:
    local processes inside the Tune trial (launcher/sweep/local_trial.py, what a trial that fits one node gets;
-   target: start and stop <= 5 s per trial) and a Ray Train V2 worker group (what a trial spanning nodes gets).
+   target: start and stop <= 5 s per trial), with an actor per trial and with reuse_actors (the fork server of
+   launcher/local.py then stays warm), and a Ray Train V2 worker group (what a trial spanning nodes gets).
    Sweeps of 1 and 3 trials: start and stop = (T_3 - T_1) / 2 - run_trial's own time inside them (summary
    wall_s). Beside them, the same trial under `overparam train parallel.dp=2` (torch's local launcher).
 3. The quickstart (configs/sweep/quickstart.yaml) end to end: `overparam sweep` in a subprocess, embedded
@@ -100,12 +101,13 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     two = {}  # path -> (sweep of 1 trial, sweep of 3 trials): the marginal trial excludes the sweep's fixed cost
     dp2 = {**SMALL, "parallel.dp": 2}
     with ray_session(None, num_cpus=NCPU):
-        for path in ("local processes", "worker group"):
+        for path, reuse in (("local processes, an actor per trial", False), ("local processes, reuse_actors", True),
+                            ("worker group", False)):
             if path == "worker group":
                 tune_module.fits_one_node = lambda cpus, gpus: False  # as for a trial that spans nodes
-            tag = path.split()[0]
-            two[path] = (timed_sweep(d, f"{tag}1", dp2, {"seed": [0]}, cpus=NCPU / 2),
-                         timed_sweep(d, f"{tag}3", dp2, {"seed": [0, 1, 2]}, cpus=NCPU / 2))
+            tag = f"{path.split()[0]}-{reuse}"
+            two[path] = (timed_sweep(d, f"{tag}1", dp2, {"seed": [0]}, cpus=NCPU / 2, reuse=reuse),
+                         timed_sweep(d, f"{tag}3", dp2, {"seed": [0, 1, 2]}, cpus=NCPU / 2, reuse=reuse))
     # Reference for the 2-worker trials: the same trial under `overparam train parallel.dp=2`.
     t = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "launcher", "train", "--quiet", f"run.dir={d / 'train-dp2'}",
