@@ -50,7 +50,7 @@ def main() -> None:
                 for n in dead:  # a killed node: forgotten (its processes are dead; remove_node would kill them)
                     cluster.worker_nodes.discard(n)
                 cluster.add_node(**node)
-                cluster.wait_for_nodes(timeout=120)  # also until the GCS sees the dead node dead
+                cluster.wait_for_nodes(timeout=240)  # also until the GCS sees the dead node dead
                 _write_state(cluster, state)
     finally:
         cluster.shutdown()
