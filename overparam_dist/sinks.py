@@ -158,6 +158,11 @@ def _run_config(cfg: Config, run_dir: Path) -> dict:
     return config
 
 
+def run_label(group: str, name: str) -> str:
+    """<sweep>/<trial>: a trial's name unique across the sweeps of a project (W&B run name, Ray actor)."""
+    return f"{group}/{name}" if group else name
+
+
 def wandb_names(cfg: Config, name: str) -> tuple[str, list[str]]:
     """A trial's W&B run name, unique across the sweeps of a project (<sweep>/<trial>), and its tags, so that runs
     sort and filter themselves by sweep, architecture, parameterization, depth and width."""
@@ -165,7 +170,7 @@ def wandb_names(cfg: Config, name: str) -> tuple[str, list[str]]:
     group = cfg.wandb.group
     tags = ([f"sweep:{group}"] if group else []) + [f"arch:{m.arch}", f"param:{m.param}", f"depth:{m.depth}",
                                                      f"width:{m.width}"]
-    return (f"{group}/{name}" if group else name), tags
+    return run_label(group, name), tags
 
 
 SUMMARY_META = "run"  # W&B summary: the trial's facts (status, dp, tp, wall time ...) nested here, apart from metrics

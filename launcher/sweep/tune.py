@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from overparam_dist.config import ConfigError, from_dict, to_dict
-from overparam_dist.metrics.names import TRAIN_LOSS
 
 from .cluster import RayInfo
 from .local_trial import run_local_processes, write_pid
@@ -38,6 +37,7 @@ from .plans import FINISHED, Plan
 from .preemption import preempt_requested, reclaim_usr1
 from .progress import SUMMARY_KEY, Book
 from .spec import Sweep, Trial, trial_demand
+from .trial_log import progress_printer, stop_wandb_service, trial_label
 
 PIDS_DIR = ".workers"  # <trial>.pid: the process that runs run_trial (rank 0), for operators and tests
 
@@ -80,26 +80,6 @@ def _name_node() -> None:
     os.environ["OVERPARAM_NODE"] = "ray-" + ray.get_runtime_context().get_node_id()[:12]
 
 
-def trial_label(config: dict) -> str:
-    """<sweep>/<trial>: the trial's actor on the Ray dashboard, the prefix of its log lines, its W&B run name."""
-    return f"{config['cfg']['wandb']['group']}/{config['trial']}"
-
-
-def _progress_printer(config: dict, report=None):
-    """`report` (a Tune report, or None) that also prints each logged row to this process's log: the trial's
-    actor log on the Ray dashboard then shows its progress."""
-    label, steps = trial_label(config), config["cfg"]["train"]["steps"]
-
-    def on_log(row: dict) -> None:
-        loss = row.get(TRAIN_LOSS)
-        print(f"[{label}] step {row.get('step')}/{steps}" + (f" train/loss {loss:.4g}" if loss is not None else ""),
-              flush=True)
-        if report is not None:
-            report(row)
-
-    return on_log
-
-
 def trainable(config: dict) -> None:
     """The Tune function trainable of one trial."""
     from ray import tune
@@ -112,24 +92,15 @@ def trainable(config: dict) -> None:
             from overparam_dist.train import run_trial
 
             write_pid(config["pid_file"])
-            summary = run_trial(from_dict(config["cfg"]), on_log=_progress_printer(config, tune.report))
+            summary = run_trial(from_dict(config["cfg"]), on_log=progress_printer(config, tune.report))
             tune.report(final_result(summary))
         elif config["local"]:
-            tune.report(final_result(run_local_processes(config, _progress_printer(config, tune.report))))
+            tune.report(final_result(run_local_processes(config, progress_printer(config, tune.report))))
         else:
             _fit_worker_group(config)
     finally:  # a failed trial too
-        _stop_wandb_service()
+        stop_wandb_service()
         print(f"[{trial_label(config)}] ended", flush=True)
-
-
-def _stop_wandb_service() -> None:
-    """Stop this process's W&B service now, while it still answers. Left to wandb's atexit hook, it is already
-    gone when Ray ends the actor, and every trial's log ended with a ConnectionResetError traceback."""
-    import sys
-
-    if "wandb" in sys.modules:
-        sys.modules["wandb"].teardown()
 
 
 def _trial_actor():
@@ -234,11 +205,11 @@ def _train_worker(config: dict) -> None:
     if ray.train.get_context().get_world_rank() == 0:
         write_pid(config["pid_file"])
         remember_placement_group(_placement_group_file(config))
-        on_log = _progress_printer(config, config["queue"].put if config.get("queue") is not None else None)
+        on_log = progress_printer(config, config["queue"].put if config.get("queue") is not None else None)
     try:
         summary = run_trial(from_dict(config["cfg"]), on_log=on_log)
     finally:
-        _stop_wandb_service()
+        stop_wandb_service()
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
 
 
