@@ -59,10 +59,14 @@ def test_sweep_file_and_command_line_rules(tmp_path):
         load_sweep(spec, ["model.depth=3"])
     cw = load_sweep(spec, ["grid.model.width=null", "search=critical_width", "search.widths=[4,8,16]"])
     assert cw.kind == "critical_width" and len(cw.trials) == 2 * 3 and cw.trials[0].name == "d1-w4"
+    # reuse_actors: auto (None) unless told; the copy kept in the sweep's directory says so
+    assert s.reuse_actors is None and s.to_yaml_dict()["reuse_actors"] == "auto"
+    reuse = [load_sweep(spec, [f"reuse_actors={v}"]).reuse_actors for v in ("true", "false", "auto")]
+    assert reuse == [True, False, None]
 
 
 @pytest.mark.parametrize("case", ["unknown_sweep_key", "unknown_config_key", "bad_value", "grid_axis_override",
-                                  "bad_search", "unreachable_address", "unreachable_dashboard"])
+                                  "bad_search", "bad_reuse_actors", "unreachable_address", "unreachable_dashboard"])
 def test_bad_sweep_input_is_one_line_exit_2(tmp_path, case):
     spec = {"grid": {"model.width": [16, 32]}, "overrides": {"train.steps": 2}}
     args = []
@@ -76,6 +80,8 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, case):
         args = ["model.width=3"]
     elif case == "bad_search":
         args = ["search.kind=critical_width", "grid.model.width=null", "search.k=1"]
+    elif case == "bad_reuse_actors":
+        spec["reuse_actors"] = "sometimes"
     path = _write(tmp_path, spec)
     runs = tmp_path / "runs"
     if case == "unreachable_dashboard":
@@ -90,7 +96,9 @@ def test_bad_sweep_input_is_one_line_exit_2(tmp_path, case):
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert lines[0].startswith("overparam: error:")
     expect = {"unknown_sweep_key": "grdi", "unknown_config_key": "widht", "bad_value": "model.width",
-              "grid_axis_override": "grid axis", "bad_search": "search.k", "unreachable_address": "cannot reach",
+              "grid_axis_override": "grid axis", "bad_search": "search.k",
+              "bad_reuse_actors": "'reuse_actors' = 'sometimes' must be true, false or auto",
+              "unreachable_address": "cannot reach",
               "unreachable_dashboard": "cannot reach"}[case]
     assert expect in lines[0]
     if case != "unreachable_address":
@@ -208,6 +216,22 @@ def test_quickstart_sweep(ray_address, tmp_path):
             assert math.isfinite(float(r["ntk/rel_drift"]))
     table = width_table(sweep.dir / "results.csv")
     assert "slope" in table and "drift/weight_rel" in table
+    # reuse_actors: auto on a cluster the sweep connects to: a new actor, so a new process, for every trial
+    assert len({(sweep.dir / ".workers" / f"{r['trial']}.pid").read_text() for r in rows}) == 8
+
+
+@pytest.mark.slow
+def test_reuse_actors_auto_reuses_them_on_the_private_ray(tmp_path):
+    """On the private Ray a sweep starts, `reuse_actors: auto` runs trial after trial in one actor: each new actor
+    would import Ray Tune and torch again (tune.actors_reused)."""
+    spec = _write(tmp_path, {"name": "auto", "grid": {"seed": [0, 1, 2]}, "resources": {"cpus": 2},  # one at a time
+                             "overrides": {"model.width": 16, "data.n": 8, "train.steps": 5, "metrics.every": 5,
+                                           "checkpoint.every": 0}})
+    res = run_cli("sweep", "--config", str(spec), "--runs-dir", str(tmp_path / "runs"), env={"RAY_ADDRESS": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "(private, stopped at the end); actors reused trial after trial" in res.stdout, res.stdout
+    pids = {(tmp_path / "runs" / "auto" / ".workers" / f"s{i}.pid").read_text() for i in range(3)}
+    assert len(pids) == 1, pids
 
 
 def _loss_rows(run_dir: Path) -> list[dict]:

@@ -32,8 +32,9 @@ class SweepConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
     # false: one Ray actor per trial, named <sweep>/<trial> on the dashboard; true: actors run trial after trial,
-    # which saves their start (imports of Ray Tune and torch: about 7 s per trial on 2 cores)
-    reuse_actors: bool = False
+    # which saves their start (imports of Ray Tune and torch: about 6 s per trial on 2 cores); None (`auto`, the
+    # default): true on the private Ray a sweep starts, false on a cluster it connects to (tune.actors_reused)
+    reuse_actors: Optional[bool] = None
     search: SearchConfig = field(default_factory=SearchConfig)
     reproduces: Optional[str] = None  # a claim of overparam_dist/analysis/claims.py: the report sets it beside ours
     quick: dict[str, Any] = field(default_factory=dict)  # sweep key -> value, applied by --quick

@@ -8,7 +8,7 @@ A sweep file (configs/sweep/*.yaml) has these keys, all optional but `grid` or `
     grid: {model.width: [64, 256], model.depth: [1, 2]}    # cartesian product over config keys
     resources: {cpus: 1, gpus: 0}        # per process of a trial (a trial has parallel.dp x parallel.tp)
     max_failures: 2                      # retries of a failed trial (each resumes from its checkpoint)
-    reuse_actors: false                  # true: Ray actors run trial after trial (faster; not named per trial)
+    reuse_actors: auto                   # true: actors run trial after trial; false: one named actor per trial
     search: {kind: critical_width, widths: [4, 8, ..., 256], k: 0}    # absent = the grid itself
     reproduces: lee2019_linear           # a published claim (overparam_dist/analysis/claims.py) the report checks
     quick: {grid.model.width: [64, 256]} # the keys `--quick` changes (a small variant, run as <name>-quick)
@@ -97,7 +97,7 @@ class Sweep:
     grid: dict[str, list]
     resources: dict[str, float]
     max_failures: int
-    reuse_actors: bool
+    reuse_actors: bool | None  # None: auto (tune.actors_reused)
     search: dict[str, Any]  # {"kind": "grid"} or {"kind": "critical_width", "widths": [...], "k": 0}
     runs_dir: Path
     trials: list[Trial] = field(default_factory=list)  # grid: every trial; critical_width: every candidate
@@ -132,7 +132,8 @@ class Sweep:
         return {
             "name": self.name, "base": str(self.base) if self.base else None, "overrides": self.overrides,
             "grid": self.grid, "resources": self.resources, "max_failures": self.max_failures,
-            "reuse_actors": self.reuse_actors, "search": self.search, "reproduces": self.reproduces,
+            "reuse_actors": "auto" if self.reuse_actors is None else self.reuse_actors, "search": self.search,
+            "reproduces": self.reproduces,
         }
 
 
@@ -301,7 +302,7 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     search = _normalise_search(raw.get("search"), where)
     typed = _typed(where, {"resources": raw.get("resources") or {}, "search": search,
                            "max_failures": raw.get("max_failures", SweepConfig.max_failures),
-                           "reuse_actors": raw.get("reuse_actors", SweepConfig.reuse_actors)})
+                           "reuse_actors": _reuse_actors(raw.get("reuse_actors", "auto"), where)})
     res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
     for key, v in res.items():
         if not math.isfinite(v) or v < 0 or (key == "cpus" and v <= 0):
@@ -324,6 +325,14 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
                   runs_dir=Path(runs_dir).absolute(), reproduces=reproduces)
     sweep.trials = _expand(sweep, where)
     return sweep
+
+
+def _reuse_actors(value: Any, where: str) -> bool | None:
+    if value == "auto" or value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: 'reuse_actors' = {value!r} must be true, false or auto")
+    return value
 
 
 def _typed(where: str, sections: dict[str, Any]) -> SweepConfig:

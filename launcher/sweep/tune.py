@@ -106,8 +106,8 @@ def trainable(config: dict) -> None:
 def _trial_actor():
     """The trainable as an actor class whose repr is the trial: the Ray dashboard's Actors page lists each trial's
     actor by <sweep>/<trial> (not "trainable"), and Ray prefixes its log lines with it. Ray takes an actor's repr
-    once, when it is created: so each trial gets its own actor, unless the sweep says reuse_actors (its actors are
-    then named by the sweep alone, and their logs say which trial each line is from)."""
+    once, when it is created: so each trial gets its own actor, unless its actors are reused (actors_reused; they
+    are then named by the sweep alone, and their logs say which trial each line is from)."""
     from ray.tune.trainable.function_trainable import wrap_function
 
     class TrialActor(wrap_function(trainable)):
@@ -118,6 +118,15 @@ def _trial_actor():
             return f"{config['cfg']['wandb']['group']} trials" if config["reuse_actors"] else trial_label(config)
 
     return TrialActor
+
+
+def actors_reused(sweep: Sweep, info: RayInfo) -> bool:
+    """Whether an actor runs trial after trial. A new actor is a new process that imports Ray Tune, torch and the
+    library again: about 6 s of a core per trial here (bench/sweep_overhead.py), which nothing can hide when the
+    trials keep every core busy. `reuse_actors: auto` therefore reuses them on the private Ray of a laptop or a
+    single node, where the sweep's own terminal table names every trial, and gives each trial its own named
+    actor on a cluster the sweep connects to, where the dashboard is how it is watched."""
+    return info.embedded if sweep.reuse_actors is None else sweep.reuse_actors
 
 
 def _fit_worker_group(config: dict) -> None:
@@ -213,7 +222,7 @@ def _train_worker(config: dict) -> None:
     ray.train.report(final_result(summary))  # every worker: Train V2's report is a barrier
 
 
-def _searcher(plan: Plan, book: Book):
+def _searcher(plan: Plan, book: Book, reuse: bool):
     from ray.tune.search import Searcher
 
     class PlanSearcher(Searcher):
@@ -233,7 +242,7 @@ def _searcher(plan: Plan, book: Book):
             if t is None:
                 return None
             self.names[trial_id] = t.name
-            return trial_config(book.sweep, t)
+            return trial_config(book.sweep, t, reuse)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             name = self.names.pop(trial_id, None)
@@ -247,7 +256,7 @@ def _searcher(plan: Plan, book: Book):
     return PlanSearcher()
 
 
-def trial_config(sweep: Sweep, t: Trial) -> dict:
+def trial_config(sweep: Sweep, t: Trial, reuse_actors: bool) -> dict:
     return {
         "trial": t.name,
         "cfg": to_dict(t.cfg),
@@ -255,7 +264,7 @@ def trial_config(sweep: Sweep, t: Trial) -> dict:
         # A multi-process trial that fits one node runs as local processes (local_trial.py), else a worker group.
         "local": t.workers > 1 and fits_one_node(*trial_demand(t, sweep.resources)),
         "resources": dict(sweep.resources),
-        "reuse_actors": sweep.reuse_actors,
+        "reuse_actors": reuse_actors,
         "pid_file": str(sweep.dir / PIDS_DIR / f"{t.name}.pid"),
         "train_storage": str(sweep.dir / "_ray" / "train"),
     }
@@ -342,12 +351,13 @@ def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, slots: int, pr
 
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the legacy reporter is silent at verbose=0
     where = f"Ray at {info.address}" + (" (private, stopped at the end)" if info.embedded else "")
-    what = plan.describe()
-    print(f"[{sweep.name}] {what}, up to {slots} at a time, on {where}", file=out)
+    reuse = actors_reused(sweep, info)
+    actors = "actors reused trial after trial" if reuse else "one actor per trial"
+    print(f"[{sweep.name}] {plan.describe()}, up to {slots} at a time, on {where}; {actors}", file=out)
     if info.dashboard_url:
         print(f"[{sweep.name}] Ray dashboard: {info.dashboard_url}", file=out, flush=True)
 
-    searcher = _searcher(plan, book)
+    searcher = _searcher(plan, book, reuse)
 
     def stop(trial_id: str, result: dict) -> bool:
         return plan.should_stop(searcher.names.get(trial_id))
@@ -358,7 +368,7 @@ def run_tune(sweep: Sweep, plan: Plan, book: Book, info: RayInfo, slots: int, pr
             search_alg=searcher,
             num_samples=plan.total,
             max_concurrent_trials=slots,
-            reuse_actors=sweep.reuse_actors,  # false: one actor per trial, named by it (_trial_actor)
+            reuse_actors=reuse,  # false: one actor per trial, named by it (_trial_actor)
             trial_name_creator=lambda trial: trial.config["trial"],
             trial_dirname_creator=lambda trial: trial.config["trial"],
         ),
