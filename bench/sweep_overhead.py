@@ -4,12 +4,14 @@
    trial has one torch thread), against the same trials run by `run_trial` in this process with one torch
    thread (the baseline, measured in this run). Sweeps of 1 and of N trials give the fixed cost of a sweep
    (Tune start, the first trial's process and imports) and the marginal cost of each further trial:
-   marginal overhead = (T_N - T_1) / (N - 1) - baseline. Target: <= 3 s per trial. Measured both ways: one Ray
-   actor per trial (the default: each trial named on the dashboard) and `reuse_actors: true`.
+   marginal overhead = (T_N - T_1) / (N - 1) - baseline. Target: <= 3 s per trial. Measured both ways:
+   `reuse_actors: true` (what `reuse_actors: auto`, the default, gives on a private Ray like this one) and one Ray
+   actor per trial (what auto gives on a cluster a sweep connects to: each trial named on the dashboard).
 2. 2-worker trials (parallel.dp=2) on a private Ray with all CPUs, one at a time, by both paths in the same run:
    local processes inside the Tune trial (launcher/sweep/local_trial.py, what a trial that fits one node gets;
-   target: start and stop <= 5 s per trial), with an actor per trial and with reuse_actors (the fork server of
-   launcher/local.py then stays warm), and a Ray Train V2 worker group (what a trial spanning nodes gets).
+   target: start and stop <= 5 s per trial), with reuse_actors (the default here; the fork server of
+   launcher/local.py then stays warm) and with an actor per trial, and a Ray Train V2 worker group (what a trial
+   spanning nodes gets).
    Sweeps of 1 and 3 trials: start and stop = (T_3 - T_1) / 2 - run_trial's own time inside them (summary
    wall_s). Beside them, the same trial under `overparam train parallel.dp=2` (torch's local launcher).
 3. The quickstart (configs/sweep/quickstart.yaml) end to end: `overparam sweep` in a subprocess, embedded
@@ -101,8 +103,8 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     two = {}  # path -> (sweep of 1 trial, sweep of 3 trials): the marginal trial excludes the sweep's fixed cost
     dp2 = {**SMALL, "parallel.dp": 2}
     with ray_session(None, num_cpus=NCPU):
-        for path, reuse in (("local processes, an actor per trial", False), ("local processes, reuse_actors", True),
-                            ("worker group", False)):
+        for path, reuse in (("local processes, reuse_actors (auto here)", True),
+                            ("local processes, an actor per trial", False), ("worker group", False)):
             if path == "worker group":
                 tune_module.fits_one_node = lambda cpus, gpus: False  # as for a trial that spans nodes
             tag = f"{path.split()[0]}-{reuse}"
@@ -123,9 +125,9 @@ with tempfile.TemporaryDirectory(prefix="opr-bench-") as tmp:
     print(f"single-process trials, one at a time: run_trial in-process {base_mean:.2f} s/trial (baseline)")
     for reuse, (wall_1, wall_n) in single.items():
         marginal = (wall_n - wall_1) / (n - 1) - base_mean
-        print(f"  {'reuse_actors: true ' if reuse else 'an actor per trial'}: sweep of 1 trial {wall_1:.2f} s, of {n} "
-              f"trials {wall_n:.2f} s -> per-trial overhead {marginal:+.2f} s (marginal, target <= 3 s); fixed per "
-              f"sweep {wall_1 - base_mean:.2f} s")
+        mode = "reuse_actors: true (auto here)" if reuse else "an actor per trial"
+        print(f"  {mode}: sweep of 1 trial {wall_1:.2f} s, of {n} trials {wall_n:.2f} s -> per-trial overhead "
+              f"{marginal:+.2f} s (marginal, target <= 3 s); fixed per sweep {wall_1 - base_mean:.2f} s")
     print(f"2-worker trials, one at a time; `overparam train parallel.dp=2` {train_dp2:.1f} s:")
     for path, ((wall1, _), (wall3, sums3)) in two.items():
         marginal2, own2 = (wall3 - wall1) / 2, sum(s["wall_s"] for s in sums3) / 3

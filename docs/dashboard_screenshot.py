@@ -17,6 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "dashboard_actors.png"
 SPEC = {"name": "dashboard", "grid": {"model.width": [32, 64], "seed": [0, 1]}, "resources": {"cpus": 1},
+        "reuse_actors": False,  # one named actor per trial, as on a cluster (auto reuses them on this private Ray)
         "overrides": {"data.n": 16, "train.steps": 3000, "train.stop_at_fit": False, "metrics.every": 100,
                       "checkpoint.every": 0, "wandb.mode": "disabled"}}
 

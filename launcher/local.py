@@ -6,8 +6,6 @@ import logging
 import uuid
 
 from overparam_dist.config import Config, ConfigError, from_dict, to_dict
-from overparam_dist.parallel.dims import ParallelDims
-from overparam_dist.parallel.distributed import env_world_size
 
 _CONFIG_ERROR = "ConfigError: "
 
@@ -28,15 +26,22 @@ def _worker(cfg_dict: dict) -> dict:
 PRELOAD = ["torch", "overparam_dist.train"]
 
 
+def _start_fork_server() -> None:
+    """Start the fork server now, before this process imports torch itself: the two imports then overlap (this
+    module imports no torch at its top for that reason)."""
+    import multiprocessing.forkserver
+
+    multiprocessing.set_forkserver_preload(PRELOAD)  # only read when the fork server starts
+    multiprocessing.forkserver.ensure_running()  # returns at once; the server imports PRELOAD on its own
+
+
 def spawn_local(nprocs: int, fn, *args) -> dict:
     """Run fn(*args) in nprocs local processes with torch's elastic launcher (a standalone rendezvous
     on a free loopback port, as `torchrun --standalone`); returns {rank: return value}."""
-    import multiprocessing
-
+    _start_fork_server()
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    multiprocessing.set_forkserver_preload(PRELOAD)  # only read when the fork server starts
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                           run_id=f"overparam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
@@ -61,6 +66,9 @@ def spawn_local(nprocs: int, fn, *args) -> dict:
 
 def launch_trial(cfg: Config) -> dict:
     """Join a surrounding launcher (torchrun, srun, Ray) if there is one, else start processes."""
+    from overparam_dist.parallel.dims import ParallelDims
+    from overparam_dist.parallel.distributed import env_world_size
+
     world = env_world_size()
     dims = ParallelDims.from_config(cfg)
     if world > 1 or dims.world == 1:
