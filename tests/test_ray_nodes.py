@@ -181,6 +181,6 @@ def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_pa
     summary = read_summary(run)
     assert summary["status"] == "completed" and summary["steps"] == 300
     assert [r["step"] for r in read_rows(run)] == list(range(0, 301, 5))  # nothing lost, nothing logged twice
-    nodes = _nodes(run)  # config.yaml keeps the first attempt's placement: tp pairs inside a node there too
+    nodes = _nodes(run)  # config.yaml is rewritten by every attempt: the retry's placement, tp pairs inside a node
     assert nodes[0] == nodes[1] != nodes[2] == nodes[3], nodes
 
