@@ -124,7 +124,9 @@ def test_sweep_spreads_over_two_nodes_and_tp_pairs_stay_inside_a_node(ray_nodes,
               "grid": {"seed": [0, 1, 2, 3]}, "resources": {"cpus": 1}}
     proc = _sweep(tmp_path, state, spread)
     assert proc.wait(timeout=300) == 0, (tmp_path / "spread.log").read_text()[-3000:]
-    ran_on = {_nodes(d)[0] for d in (tmp_path / "runs" / "spread").glob("s[0-3]")}
+    placement = {d.name: _nodes(d) for d in sorted((tmp_path / "runs" / "spread").glob("s[0-3]"))}
+    print("placement of the spread sweep's trials:", placement)
+    ran_on = {nodes[0] for nodes in placement.values()}
     assert ran_on == _ray_ids(state), ran_on
 
     # dp=2 x tp=2 needs 4 CPUs: no node holds it, so a worker group with one tp pair pinned to each node.
@@ -135,6 +137,7 @@ def test_sweep_spreads_over_two_nodes_and_tp_pairs_stay_inside_a_node(ray_nodes,
     assert proc.wait(timeout=300) == 0, (tmp_path / "layout.log").read_text()[-3000:]
     run = tmp_path / "runs" / "layout" / "trial"
     nodes = _nodes(run)
+    print("placement of the dp=2 x tp=2 trial, by rank:", nodes)
     assert nodes[0] == nodes[1] != nodes[2] == nodes[3] and set(nodes) == _ray_ids(state), nodes
     single = tmp_path / "single"
     args = [f"{k}={v}" for k, v in {**TRIAL, "train.steps": 10, "checkpoint.every": 0}.items()]
@@ -182,5 +185,6 @@ def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_pa
     assert summary["status"] == "completed" and summary["steps"] == 300
     assert [r["step"] for r in read_rows(run)] == list(range(0, 301, 5))  # nothing lost, nothing logged twice
     nodes = _nodes(run)  # config.yaml is rewritten by every attempt: the retry's placement, tp pairs inside a node
+    print(f"placement after the retry (lost node ray-{lost['id'][:12]}), by rank:", nodes)
     assert nodes[0] == nodes[1] != nodes[2] == nodes[3], nodes
 
