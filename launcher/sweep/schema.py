@@ -32,7 +32,7 @@ class SweepConfig:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
     # false: one Ray actor per trial, named <sweep>/<trial> on the dashboard; true: actors run trial after trial,
-    # which saves their start (imports of Ray Tune and torch: about 6 s per trial on 2 cores); None (`auto`, the
+    # which saves their start (imports of Ray Tune and torch: 7 s per trial on 2 cores); None (`auto`, the
     # default): true on the private Ray a sweep starts, false on a cluster it connects to (tune.actors_reused)
     reuse_actors: Optional[bool] = None
     search: SearchConfig = field(default_factory=SearchConfig)
