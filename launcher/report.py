@@ -47,13 +47,20 @@ def report_sweep(sweep_dir: str | Path, wandb_group_run: bool = True, out=None):
         return None
     print(f"report: {rep.index}", file=out)
     if wandb_group_run:
-        from overparam_dist.analysis.wandb_report import log_summary_run
-
-        run_id = log_summary_run(rep)
-        if run_id is not None:
-            print(f"report: logged to W&B summary run {run_id} (group {rep.results.group}) under "
-                  f"{rep.results.dir / 'wandb'}/", file=out)
+        report_to_summary_run(rep, out)
     return rep
+
+
+def report_to_summary_run(rep, out=None) -> None:
+    """Log the report to the sweep's W&B summary run, and say what was logged (nothing when it is unchanged)."""
+    from overparam_dist.analysis.wandb_report import log_summary_run
+
+    logged = log_summary_run(rep)
+    if logged is not None:
+        what = (f"logged at step {logged.step}" if logged.step is not None
+                else "unchanged since its last step, nothing logged")
+        print(f"report: W&B summary run {logged.id} (group {rep.results.group}, under {rep.results.dir / 'wandb'}/): "
+              f"{what}", file=out)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -69,11 +76,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     rep = build_local_report(args.run_dir, args.out)
     print(f"report: {rep.index} ({len(rep.images)} figures)")
     if args.log_run:
-        from overparam_dist.analysis.wandb_report import log_summary_run
-
-        run_id = log_summary_run(rep)
-        if run_id is not None:
-            print(f"W&B summary run: {run_id} (group {rep.results.group})")
+        report_to_summary_run(rep)
     if not args.wandb:
         return 0
     return _wandb_report(rep, args)

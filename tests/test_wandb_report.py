@@ -276,14 +276,18 @@ def test_report_cli_writes_report_dir_and_bad_dir_is_exit_2(sweep_dir, tmp_path)
 
 
 def test_summary_run_logs_figures_and_table_in_the_group(sweep_dir, tmp_path, monkeypatch):
+    import io
+
+    from launcher.report import report_to_summary_run
     from overparam_dist.analysis.report import build_local_report
-    from overparam_dist.analysis.wandb_report import log_summary_run
+    from overparam_dist.analysis.wandb_report import SummaryRun, log_summary_run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
     rep = build_local_report(sweep_dir, tmp_path / "report")
-    run_id = log_summary_run(rep)
-    assert run_id is not None
+    first = log_summary_run(rep)
+    assert first is not None and first.step == 0
+    run_id = first.id
     flush_wandb()
     (run,) = offline_runs(sweep_dir)
     recs = records(wandb_file(run))
@@ -297,12 +301,16 @@ def test_summary_run_logs_figures_and_table_in_the_group(sweep_dir, tmp_path, mo
     table = json.loads((run / "files" / row["results.path"]).read_text())
     assert "model.width" in table["columns"] and "drift/weight_rel" in table["columns"]
     # The same report again (a second `make demo`) logs nothing: no duplicate step, no new table version.
-    assert log_summary_run(rep) == run_id
+    assert log_summary_run(rep) == SummaryRun(run_id, None)
+    said = io.StringIO()
+    report_to_summary_run(rep, said)  # what the end of a sweep prints
+    assert said.getvalue().endswith(f"summary run {run_id} (group tiny, under {sweep_dir / 'wandb'}/): unchanged "
+                                     "since its last step, nothing logged\n"), said.getvalue()
     flush_wandb()
     assert offline_runs(sweep_dir) == [run]
     # A changed one continues the same run at the next step.
     rep.results.trials[0].row["train/loss"] = 123.0
-    assert log_summary_run(rep) == run_id
+    assert log_summary_run(rep) == SummaryRun(run_id, 1)
     flush_wandb()
     runs = offline_runs(sweep_dir)
     assert len(runs) == 2 and list(history(records(wandb_file(runs[1])))) == [1]

@@ -16,6 +16,7 @@ import hashlib
 import json
 import netrc
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -49,9 +50,16 @@ def _summary_run_state(sweep_dir: Path) -> dict:
     return {"id": hashlib.sha1((str(sweep_dir.resolve()) + "#summary").encode()).hexdigest()[:16], "step": -1}
 
 
-def log_summary_run(report, *, mode: str | None = None) -> str | None:
-    """Log `report` (an analysis.report.LocalReport) to the sweep's summary run. Returns the run id, or None when
-    W&B is disabled or failed (one WandbWarning). The run's files go to runs/<sweep>/wandb/, next to the trials'.
+@dataclass(frozen=True)
+class SummaryRun:
+    id: str
+    step: int | None  # the step this report was logged at; None: its tables equal the last ones, nothing logged
+
+
+def log_summary_run(report, *, mode: str | None = None) -> SummaryRun | None:
+    """Log `report` (an analysis.report.LocalReport) to the sweep's summary run. Returns the run and the step
+    logged, or None when W&B is disabled or failed (one WandbWarning). The run's files go to runs/<sweep>/wandb/,
+    next to the trials'.
 
     The id is kept in runs/<sweep>/wandb_summary_run.json, so a new report of the same sweep continues the same
     run (resume="allow") at the next step: the latest figures and table are the run's summary. A report whose
@@ -74,7 +82,7 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
     short = [[_cell(v) for v in r] for r in short_rows]
     digest = hashlib.sha1(json.dumps([cols, data, slopes, short_cols, short], default=str).encode()).hexdigest()
     if state.get("digest") == digest:
-        return state["id"]
+        return SummaryRun(state["id"], None)
     try:
         import wandb
 
@@ -103,7 +111,7 @@ def log_summary_run(report, *, mode: str | None = None) -> str | None:
         finally:
             run.finish()
         atomic_write(res.dir / SUMMARY_RUN_FILE, json.dumps({"id": state["id"], "step": step, "digest": digest}) + "\n")
-        return state["id"]
+        return SummaryRun(state["id"], step)
     except Exception as exc:
         warn_wandb("W&B summary run not logged", exc)
         return None
