@@ -25,24 +25,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from overparam_dist.data import check_available
-    from overparam_dist.footprint import check_fits_memory
-    from overparam_dist.parallel.distributed import check_backend
+    # Everything up to "already finished" imports no torch, so a bad input answers in well under a second.
+    from overparam_dist.data_files import check_available
     from overparam_dist.rundir import check_run_dir, check_unlocked, finished_summary
-
-    from .local import launch_trial
 
     cfg = load_config(args.config, args.overrides)
     if args.quiet:
         cfg.run.quiet = True
+    if args.resolved and not args.print_config:
+        return _fail("--resolved goes with --print-config (it adds what needs the model to the printed config)")
     if args.print_config:  # as Hydra's --cfg job: the resolved config, nothing run
-        from overparam_dist.config import to_yaml
-
-        print(to_yaml(cfg), end="")
-        return 0
+        return _print_config(cfg, args.resolved)
     check_available(cfg)
-    check_backend(cfg)
-    check_fits_memory(cfg)
     check_run_dir(cfg)
     check_unlocked(run_dir(cfg))  # before any process starts: one line, not a worker's traceback
     done = finished_summary(run_dir(cfg), cfg)
@@ -51,6 +45,13 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{done['requested_steps']} (dp={done.get('dp')}, tp={done.get('tp')}); nothing was trained. Change "
               "train.steps, train.stop_at_fit or train.target_loss to continue it, or run.name for a new trial")
         return 0
+    from overparam_dist.footprint import check_fits_memory  # these two need torch: a meta model, CUDA's presence
+    from overparam_dist.parallel.distributed import check_backend
+
+    from .local import launch_trial
+
+    check_backend(cfg)
+    check_fits_memory(cfg)
     summary = launch_trial(cfg)
     if os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) != "0":
         return 0  # under torchrun / srun every rank runs this: rank 0 reports
@@ -65,6 +66,25 @@ def cmd_train(args: argparse.Namespace) -> int:
           + (f", train/acc {acc:.3f}" if acc is not None else "") if loss is not None
           else f"{summary['status']} after {summary['steps']} steps")
     print(f"outputs: {out}/ (config.yaml, metrics.jsonl, summary.json, checkpoints/)")
+    return 0
+
+
+def _print_config(cfg, resolved: bool) -> int:
+    """The config as YAML (every key, preset and overrides merged); with `resolved`, also the `derived:` facts
+    a trial records at init (train.lr=auto's step, the per-layer steps, the data), computed here in one process."""
+    from overparam_dist.config import to_yaml
+
+    print(to_yaml(cfg), end="")
+    if resolved:
+        import yaml
+
+        from overparam_dist.data_files import check_available
+        from overparam_dist.step_size import resolved_at_init
+
+        check_available(cfg)
+        derived = resolved_at_init(cfg)
+        print(f"# --resolved added (computed from the model at init): {', '.join('derived.' + k for k in derived)}")
+        print(yaml.safe_dump({"derived": derived}, sort_keys=False), end="")
     return 0
 
 
@@ -98,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="YAML file merged over the defaults")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML; run nothing")
+    t.add_argument("--resolved", action="store_true",
+                   help="with --print-config: also compute what needs the model (train.lr=auto's step, ...)")
     t.add_argument("overrides", nargs="*", metavar="key=value")
     t.set_defaults(fn=cmd_train)
 

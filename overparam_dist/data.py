@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
-from .data_files import CIFAR10_MD5, MNIST_MD5, read_cifar_batch, read_idx, verify_file
+from .data_files import check_available, files_of, read_cifar_batch, read_idx, verify_files
 
 DATA_SEED_OFFSET = 1_000_003  # data and weights use different streams of the same seed
 
@@ -65,21 +65,6 @@ def _teacher_targets(x: torch.Tensor, classes: int, g: torch.Generator, width: i
     return y.float()
 
 
-def _find(root: Path, stem: str) -> Path | None:
-    for candidate in (root / (stem + ".gz"), root / stem):  # the compressed original first: it has a checksum
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def _mnist_dir(root: Path) -> Path:
-    return root / "MNIST" / "raw"
-
-
-def _cifar_dir(root: Path) -> Path:
-    return root / "cifar-10-batches-py"
-
-
 def _download(name: str, root: Path) -> None:
     try:
         import torchvision  # noqa: F401
@@ -93,52 +78,6 @@ def _download(name: str, root: Path) -> None:
     cls(str(root), train=True, download=True)
 
 
-def check_available(cfg: Config) -> None:
-    """Raise ConfigError if the data set cannot be loaded (called before any process starts)."""
-    name, root = cfg.data.name, Path(cfg.data.root)
-    if name == "mnist" and not cfg.data.download:
-        d = _mnist_dir(root)
-        files = [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
-        if None in files:
-            raise ConfigError(
-                f"data.name=mnist: no MNIST training files in '{d}' "
-                "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]); set data.root, or data.download=true"
-            )
-    if name == "cifar10" and not cfg.data.download:
-        d = _cifar_dir(root)
-        if not (d / "data_batch_1").is_file():
-            raise ConfigError(
-                f"data.name=cifar10: no CIFAR-10 batches in '{d}' (data_batch_1..5); "
-                "set data.root, or data.download=true"
-            )
-    if name == "digits":
-        try:
-            import sklearn  # noqa: F401
-        except ImportError:
-            raise ConfigError("data.name=digits needs scikit-learn (pip install scikit-learn)") from None
-    if not cfg.data.download:
-        _verify(cfg)
-
-
-def _files(cfg: Config) -> list[Path]:
-    root = Path(cfg.data.root)
-    if cfg.data.name == "mnist":
-        d = _mnist_dir(root)
-        return [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
-    if cfg.data.name == "cifar10":
-        d = _cifar_dir(root)
-        return [p for i in range(1, 6) if (p := d / f"data_batch_{i}").is_file()]
-    return []
-
-
-def _verify(cfg: Config) -> None:
-    """The files against their published checksums, before anything reads them (data_files.py)."""
-    if cfg.data.verify:
-        known = MNIST_MD5 if cfg.data.name == "mnist" else CIFAR10_MD5
-        for path in _files(cfg):
-            verify_file(path, known)
-
-
 def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
     name, root = cfg.data.name, Path(cfg.data.root)
     if cfg.data.download and name in ("mnist", "cifar10"):
@@ -150,11 +89,11 @@ def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
         bunch = load_digits()
         x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8)
         return x, torch.tensor(bunch.target, dtype=torch.int64), 10
-    _verify(cfg)  # again after a download: what is read is what was checked
+    verify_files(cfg)  # again after a download: what is read is what was checked
     if name == "mnist":
-        images, labels = _files(cfg)
+        images, labels = files_of(cfg)
         return read_idx(images).float().unsqueeze(1), read_idx(labels).long(), 10
-    xs, ys = zip(*(read_cifar_batch(path) for path in _files(cfg)))
+    xs, ys = zip(*(read_cifar_batch(path) for path in files_of(cfg)))
     return torch.cat(xs).float(), torch.cat(ys), 10
 
 

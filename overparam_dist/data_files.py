@@ -15,10 +15,12 @@ import io
 import pickle
 import struct
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from .config import Config, ConfigError
 
-from .config import ConfigError
+if TYPE_CHECKING:  # torch is imported by the readers only: validating a config must not pay for it
+    import torch
 
 # Published checksums (the files as distributed; torchvision checks the same ones).
 MNIST_MD5 = {
@@ -57,6 +59,8 @@ def verify_file(path: Path, known: dict[str, str]) -> None:
 
 def read_idx(path: Path) -> torch.Tensor:
     """An unsigned-byte IDX array (MNIST), its header checked against its size."""
+    import torch
+
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
@@ -73,6 +77,67 @@ def read_idx(path: Path) -> torch.Tensor:
     if len(body) != torch.Size(shape).numel():
         raise ConfigError(f"data file '{path}' holds {len(body)} bytes for an array of shape {tuple(shape)}")
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for candidate in (root / (stem + ".gz"), root / stem):  # the compressed original first: it has a checksum
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _mnist_dir(root: Path) -> Path:
+    return root / "MNIST" / "raw"
+
+
+def _cifar_dir(root: Path) -> Path:
+    return root / "cifar-10-batches-py"
+
+
+def check_available(cfg: Config) -> None:
+    """Raise ConfigError if the data set cannot be loaded (called before any process starts)."""
+    name, root = cfg.data.name, Path(cfg.data.root)
+    if name == "mnist" and not cfg.data.download:
+        d = _mnist_dir(root)
+        files = [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
+        if None in files:
+            raise ConfigError(
+                f"data.name=mnist: no MNIST training files in '{d}' "
+                "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]); set data.root, or data.download=true"
+            )
+    if name == "cifar10" and not cfg.data.download:
+        d = _cifar_dir(root)
+        if not (d / "data_batch_1").is_file():
+            raise ConfigError(
+                f"data.name=cifar10: no CIFAR-10 batches in '{d}' (data_batch_1..5); "
+                "set data.root, or data.download=true"
+            )
+    if name == "digits":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            raise ConfigError("data.name=digits needs scikit-learn (pip install scikit-learn)") from None
+    if not cfg.data.download:
+        verify_files(cfg)
+
+
+def files_of(cfg: Config) -> list[Path]:
+    root = Path(cfg.data.root)
+    if cfg.data.name == "mnist":
+        d = _mnist_dir(root)
+        return [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
+    if cfg.data.name == "cifar10":
+        d = _cifar_dir(root)
+        return [p for i in range(1, 6) if (p := d / f"data_batch_{i}").is_file()]
+    return []
+
+
+def verify_files(cfg: Config) -> None:
+    """The files against their published checksums, before anything reads them."""
+    if cfg.data.verify:
+        known = MNIST_MD5 if cfg.data.name == "mnist" else CIFAR10_MD5
+        for path in files_of(cfg):
+            verify_file(path, known)
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -92,6 +157,8 @@ class _ArraysOnly(pickle.Unpickler):
 
 def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (N, 3, 32, 32) uint8, labels (N,)) of one CIFAR-10 python batch."""
+    import torch
+
     try:
         batch = _ArraysOnly(io.BytesIO(path.read_bytes()), encoding="latin1").load()
         data, labels = batch["data"], batch["labels"]

@@ -63,3 +63,34 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
     lr = cfg.train.lr_scale * xs.shape[0] / lam
     return lr, {"rule": AUTO, "kernel": kernel, "samples": int(xs.shape[0]), "lambda_max": lam,
                 "lr_scale": cfg.train.lr_scale, "lr": lr}
+
+
+def effective_lrs(base: float, rules: dict, trained: list[str]) -> dict[str, float]:
+    """The step of every trained parameter: the base lr times its parameterization's per-layer scale."""
+    return {name: base * rules[name].lr_scale for name in trained}
+
+
+def resolved_at_init(cfg: Config) -> dict:
+    """The `derived:` facts of config.yaml that follow from the config and the initial weights alone, computed
+    in this process as a trial's rank 0 would (`overparam train --print-config --resolved`). The initial
+    weights are the same at any dp and tp (models/init.py), so one unsharded model gives every trial's values."""
+    from . import precision
+    from .data import build_dataset
+    from .metrics.linearization import lin_gap_off_reason
+    from .models import build_model
+
+    ds = build_dataset(cfg)
+    dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=dtype)
+    with precision.exact():
+        base, lr_facts = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
+    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
+    return init_facts(cfg, lr_facts, effective_lrs(base, rules, trained), lin_off, ds.info)
+
+
+def init_facts(cfg: Config, lr_facts: dict, effective_lr: dict, lin_off: str | None, data_info: dict) -> dict:
+    """config.yaml's `derived:` facts known at initialisation, spelled once for a trial and for --resolved."""
+    return {"train_outer": effective_train_outer(cfg), "lr": lr_facts,
+            "lin_gap": {"on": True} if lin_off is None else {"on": False, "why": lin_off},
+            "effective_lr": effective_lr, "data": data_info}

@@ -32,7 +32,7 @@ from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
 from .preemption import Preemption
 from .sinks import OnLog, Sinks
-from .step_size import resolve_lr
+from .step_size import effective_lrs, init_facts, resolve_lr
 
 
 def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
@@ -111,7 +111,7 @@ class Trainer:
         self.net = self.par.wrap(self.model)
         self.step_net = torch.compile(self.net) if cfg.train.compile else self.net  # the training forward only
         base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, self.x_all, ds.num_outputs, self.par)
-        self.effective_lr = {n: base * self.rules[n].lr_scale for n in self.trained}
+        self.effective_lr = effective_lrs(base, self.rules, list(self.trained))
         self.hidden_lr = next((lr for n, lr in self.effective_lr.items() if n.startswith("hidden.")),
                               next(iter(self.effective_lr.values())))
         groups: dict[float, list] = {}
@@ -130,7 +130,7 @@ class Trainer:
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
-        self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs) if cfg.metrics.ntk else "metrics.ntk=false"
+        self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
         self.lin = None if self.lin_off else LinearizationGap(
             self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
 
@@ -166,11 +166,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         world = self.world
         rundir.write_config(self.out, self.cfg, {
-            "train_outer": effective_train_outer(self.cfg),
-            "lr": self.lr_facts,
-            "lin_gap": {"on": True} if self.lin else {"on": False, "why": self.lin_off},
-            "effective_lr": self.effective_lr,
-            "data": self.ds.info,
+            **init_facts(self.cfg, self.lr_facts, self.effective_lr, self.lin_off, self.ds.info),
             "world": {"dp": world.dp, "tp": world.tp, "device": str(self.device), "nodes": world.nodes},
         })
         return Sinks(self.cfg, self.out, self.name, self.start_step if self.resumed else None, on_log)

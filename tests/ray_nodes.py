@@ -33,6 +33,11 @@ def main() -> None:
     state, n_nodes, cpus = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     node = {"num_cpus": cpus, "node_ip_address": "127.0.0.1"}
     temp_dir = f"/tmp/ortn-{os.getpid()}"  # short: AF_UNIX paths
+    # Cluster() writes the head's address to <Ray's temp root>/ray/ray_current_cluster whatever temp_dir says, and
+    # the root is /tmp unless RAY_TMPDIR names one: point it here, so nothing depends on a /tmp/ray that an earlier
+    # Ray happened to leave, and nothing is left behind.
+    os.makedirs(os.path.join(temp_dir, "ray"))
+    os.environ["RAY_TMPDIR"] = temp_dir
     # A dead node is seen dead after 3 missed 1-s health checks (Ray's default: about 30 s)
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
     # The head holds the GCS and no CPUs: every trial process runs on the NODES nodes added to it, any of

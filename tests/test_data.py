@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from overparam_dist.config import ConfigError, load_config
-from overparam_dist.data import build_dataset, check_available
+from overparam_dist.data import build_dataset
+from overparam_dist.data_files import check_available
 
 
 def test_synthetic_satisfies_the_theory_assumptions():

@@ -25,7 +25,7 @@ def submit(ns: argparse.Namespace) -> int:
     args = SlurmOptions.from_args(ns)
     if not args.trial:
         return submit_sweep(args)
-    from overparam_dist.data import check_available
+    from overparam_dist.data_files import check_available
 
     cfg = load_config(args.config, args.overrides)
     script, sdir = trial_script(args, cfg)  # Slurm options first: they need no torch import

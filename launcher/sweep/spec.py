@@ -115,8 +115,7 @@ class Sweep:
         """What can be checked before Ray starts or a job is queued: every data set (once per data config) and
         every trial directory (one holding another experiment is refused); with `on_this_host` (a private local
         Ray), that each trial's processes fit in this host's memory. One ConfigError line."""
-        from overparam_dist.data import check_available
-        from overparam_dist.footprint import check_fits_memory
+        from overparam_dist.data_files import check_available
         from overparam_dist.rundir import check_run_dir
 
         checked: set[str] = set()
@@ -126,6 +125,8 @@ class Sweep:
                 checked.add(key)
             check_run_dir(t.cfg)
             if on_this_host:
+                from overparam_dist.footprint import check_fits_memory  # torch: only where the trials run here
+
                 check_fits_memory(t.cfg)
 
     def to_yaml_dict(self) -> dict:

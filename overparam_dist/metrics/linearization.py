@@ -32,6 +32,8 @@ from .tracker import trial_ntk
 
 def lin_gap_off_reason(cfg: Config, n: int, outputs: int) -> str | None:
     """Why ntk/lin_gap is off for this trial, or None when it is on."""
+    if not cfg.metrics.ntk:
+        return "metrics.ntk=false"
     if cfg.train.loss != "mse":
         return "train.loss is not mse: the linearised residual has a closed form only for the squared loss"
     if cfg.train.batch_size not in (0, n):
