@@ -1,9 +1,10 @@
-# The two commands a researcher needs: `make demo` and `make test`.
+# The two commands a researcher needs: `make demo` and `make test` (the tests CI runs); `make test-fast` is the
+# edit loop's tier: unit and exactness tests, no Ray, no Slurm, no multi-process run (tests/conftest.py).
 PY := .venv/bin/python
 # torch is pinned to the local CPU wheel first: a looser range would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint gallery clean-venv
+.PHONY: demo test test-fast lint gallery clean-venv
 
 .venv/.installed: pyproject.toml
 	@echo "setting up .venv (once, about 2 minutes): 1/3 pip"
@@ -19,8 +20,13 @@ TORCH := torch==2.13.0
 demo: .venv/.installed
 	$(PY) -m launcher.demo
 
+# Two pytest-xdist workers: the tests that use Ray or Slurm run in turn on one (they wait on those services a third
+# of the time), everything else on both (tests/conftest.py).
 test: .venv/.installed
-	$(PY) -m pytest -q --durations=30
+	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=30
+
+test-fast: .venv/.installed
+	$(PY) -m pytest -q -m "not slow" --durations=15
 
 # The README's reproductions gallery: every configs/repro/ sweep (finished trials are reused), then its claim's
 # figure copied to docs/figures/. About 12 minutes on 2 cores.

@@ -7,6 +7,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# `make test` runs two pytest-xdist workers on 2 cores: each runs torch, and every process it starts, on one thread
+# (as torchrun does for several processes). Two threads each would oversubscribe the cores: a test that took 66 s
+# alone took 174 s beside the other worker.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Tests opt in to W&B explicitly; everything else runs without it (and never online).
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -72,3 +77,17 @@ def kill_after_checkpoint(args: list[str], run_dir: Path, step: int, env: dict |
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+# `make test-fast` runs `-m "not slow"`: the unit and exactness tests. Multi-process tests say @pytest.mark.slow.
+# A test that starts or uses a Ray or a Slurm cluster (one of these fixtures, or @pytest.mark.services) is slow, and
+# `make test` runs all of them one after another on one pytest-xdist worker (group "services"), while the other
+# worker runs the rest: they share the session's Ray and Slurm, and two Rays at once would contend for the
+# dashboard agent's fixed port.
+SERVICE_FIXTURES = {"ray_address", "ray_nodes", "ray_head", "slurm_cluster", "jobs", "two_node_slurm"}
+
+
+def pytest_itemcollected(item):  # as each test is collected: before pytest-xdist reads the xdist_group markers
+    if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("services"):
+        item.add_marker(pytest.mark.slow)
+        item.add_marker(pytest.mark.xdist_group("services"))

@@ -221,6 +221,7 @@ def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tm
 
 
 @pytest.mark.slow
+@pytest.mark.services
 def test_dashboard_names_each_trial_actor_and_its_log_shows_progress(tmp_path):
     """Through the Ray dashboard's REST API during a sweep on its private Ray: one actor per trial, its repr
     <sweep>/<trial>; its log holds that trial's progress and no wandb teardown traceback."""

@@ -168,6 +168,7 @@ def test_a_second_sweep_driver_is_refused(tmp_path):
     assert not sdir.exists()  # created only for the lock, and removed with it
 
 
+@pytest.mark.slow
 def test_rerun_with_other_stop_rules_continues_or_says_so(tmp_path):
     run = tmp_path / "run"
     common = [*QUICK, f"run.dir={run}", "train.steps=60", "metrics.every=10", "data.target=regression",
@@ -245,6 +246,7 @@ def _listening(pids: set[int]) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.services
 def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_path):
     import glob
 

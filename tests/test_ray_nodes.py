@@ -19,10 +19,12 @@ TRIAL = {"model.width": 64, "data.n": 16, "data.target": "regression", "metrics.
          "train.stop_at_fit": False}
 
 
-@pytest.fixture
-def ray_nodes(tmp_path):
+@pytest.fixture(scope="module")
+def ray_nodes(tmp_path_factory):
     """A Ray on 127.0.0.1, a head without CPUs and two nodes of 2 CPUs; yields (state, add_node); stopped at the
-    end by closing its stdin (its own processes, by PID), or killed by PID if it does not stop."""
+    end by closing its stdin (its own processes, by PID), or killed by PID if it does not stop. One for the module:
+    the node-lost test, which kills a node, comes last."""
+    tmp_path = tmp_path_factory.mktemp("ray_nodes")
     state_file = tmp_path / "ray_nodes.json"
     proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "ray_nodes.py"), str(state_file), "2", "2"],
                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -152,7 +154,7 @@ def test_sweep_spreads_over_two_nodes_and_tp_pairs_stay_inside_a_node(ray_nodes,
 @pytest.mark.slow
 def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_path):
     state, add_node = ray_nodes
-    spec = {"name": "lost", "overrides": {**TRIAL, "model.width": 256, "train.steps": 300, "checkpoint.every": 20,
+    spec = {"name": "lost", "overrides": {**TRIAL, "model.width": 256, "train.steps": 150, "checkpoint.every": 20,
                                           "parallel.dp": 2, "parallel.tp": 2},
             "grid": {"seed": [0]}, "resources": {"cpus": 1}, "max_failures": 4}
     proc = _sweep(tmp_path, state, spec)
@@ -182,8 +184,8 @@ def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_pa
     log = (tmp_path / "lost.log").read_text()
     assert "retrying from its last checkpoint" in log, log[-3000:]
     summary = read_summary(run)
-    assert summary["status"] == "completed" and summary["steps"] == 300
-    assert [r["step"] for r in read_rows(run)] == list(range(0, 301, 5))  # nothing lost, nothing logged twice
+    assert summary["status"] == "completed" and summary["steps"] == 150
+    assert [r["step"] for r in read_rows(run)] == list(range(0, 151, 5))  # nothing lost, nothing logged twice
     nodes = _nodes(run)  # config.yaml is rewritten by every attempt: the retry's placement, tp pairs inside a node
     print(f"placement after the retry (lost node ray-{lost['id'][:12]}), by rank:", nodes)
     assert nodes[0] == nodes[1] != nodes[2] == nodes[3], nodes

@@ -221,14 +221,21 @@ def test_quickstart_sweep(ray_address, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.services
 def test_reuse_actors_auto_reuses_them_on_the_private_ray(tmp_path):
     """On the private Ray a sweep starts, `reuse_actors: auto` runs trial after trial in one actor: each new actor
-    would import Ray Tune and torch again (tune.actors_reused)."""
+    would import Ray Tune and torch again (tune.actors_reused). Issue 31: on a machine where Ray never ran, whose
+    temp roots (RAY_TMPDIR, TMPDIR) do not exist yet; the sweep creates nothing there."""
     spec = _write(tmp_path, {"name": "auto", "grid": {"seed": [0, 1, 2]}, "resources": {"cpus": 2},  # one at a time
                              "overrides": {"model.width": 16, "data.n": 8, "train.steps": 5, "metrics.every": 5,
                                            "checkpoint.every": 0}})
-    res = run_cli("sweep", "--config", str(spec), "--runs-dir", str(tmp_path / "runs"), env={"RAY_ADDRESS": ""})
+    no_root = tmp_path / "no-such-root"
+    env = {"RAY_ADDRESS": "", "RAY_TMPDIR": str(no_root / "ray"), "TMPDIR": str(no_root / "tmp")}
+    res = run_cli("sweep", "--config", str(spec), "--runs-dir", str(tmp_path / "runs"), env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert not no_root.exists()  # nothing depends on, or is left in, Ray's default temp root
+    rows = list(csv.DictReader((tmp_path / "runs" / "auto" / "results.csv").open()))
+    assert sorted((r["trial"], r["status"]) for r in rows) == [(f"s{i}", "completed") for i in range(3)]
     assert "(private, stopped at the end); actors reused trial after trial" in res.stdout, res.stdout
     pids = {(tmp_path / "runs" / "auto" / ".workers" / f"s{i}.pid").read_text() for i in range(3)}
     assert len(pids) == 1, pids

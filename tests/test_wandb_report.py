@@ -275,6 +275,7 @@ def test_report_cli_writes_report_dir_and_bad_dir_is_exit_2(sweep_dir, tmp_path)
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr, bad.stderr
 
 
+@pytest.mark.slow
 def test_summary_run_logs_figures_and_table_in_the_group(sweep_dir, tmp_path, monkeypatch):
     import io
 
@@ -338,6 +339,7 @@ def test_wandb_report_spec_offline(sweep_dir):
     assert any(p["viewType"] == "Weave" and '"results"' in json.dumps(p["config"]) for p in panels)
 
 
+@pytest.mark.slow
 def test_wandb_report_without_login_writes_spec_and_exits_2(sweep_dir, tmp_path):
     spec_file = sweep_dir / "report" / "wandb_report.json"
     spec_file.unlink(missing_ok=True)
@@ -353,6 +355,7 @@ def test_wandb_report_without_login_writes_spec_and_exits_2(sweep_dir, tmp_path)
 # ---------------------------------------------------------------------------------------------- trials
 
 
+@pytest.mark.slow
 def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path):
     run_dir = tmp_path / "runs" / "g" / "t1"
     env = sub_env(WANDB_MODE="offline", WANDB_API_KEY=FAKE_KEY)
@@ -400,6 +403,7 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
     assert files_containing(tmp_path, FAKE_KEY.encode()) == []
 
 
+@pytest.mark.slow
 def test_killed_and_retried_trial_continues_the_same_offline_run(tmp_path):
     run_dir = tmp_path / "retry"
     args = [sys.executable, "-m", "launcher", "train", "--quiet", f"run.dir={run_dir}", "data.target=regression",
@@ -481,6 +485,7 @@ def test_wandb_mode_resolution(monkeypatch):
     assert wandb_mode("offline") == "disabled" and wandb_mode("online") == "online"
 
 
+@pytest.mark.slow
 def test_wandb_osh_is_triggered_when_installed(tmp_path, monkeypatch):
     import types
 
@@ -507,6 +512,7 @@ def test_wandb_osh_is_triggered_when_installed(tmp_path, monkeypatch):
     assert len(syncs) >= 2 and all(p.resolve() == run.resolve() for p in syncs)  # first row, then after finish
 
 
+@pytest.mark.slow
 def test_history_reader_agrees_with_wandb_over_several_blocks(tmp_path, monkeypatch):
     from overparam_dist.sinks import wandb_init
 

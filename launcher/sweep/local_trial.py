@@ -29,13 +29,10 @@ def write_pid(path: str) -> None:
     atomic_write(Path(path), f"{os.getpid()}\n")
 
 
-def _rank(cfg_dict: dict, rows, pid_file: str, cpus: float) -> dict:
+def _rank(cfg_dict: dict, rows, pid_file: str) -> dict:
     """One local process of the trial (spawned: everything it needs comes as arguments)."""
-    import torch
-
     from overparam_dist.train import run_trial
 
-    torch.set_num_threads(max(1, int(cpus)))  # the bundle's CPUs shared out, not each process taking them all
     on_log = None
     if int(os.environ.get("RANK", "0")) == 0:
         write_pid(pid_file)
@@ -53,8 +50,9 @@ def run_local_processes(config: dict[str, Any], report) -> dict:
 
     def launch() -> None:
         try:
+            # The bundle's CPUs per process, not each process taking all the node's cores.
             result["summary"] = spawn_local(config["workers"], _rank, config["cfg"], rows, config["pid_file"],
-                                            config["resources"]["cpus"])[0]
+                                            threads=max(1, int(config["resources"]["cpus"])))[0]
         except BaseException as exc:  # re-raised in the trainable's thread below
             result["error"] = exc
         finally:
