@@ -76,7 +76,7 @@ def resolved_at_init(cfg: Config) -> dict:
     weights are the same at any dp and tp (models/init.py), so one unsharded model gives every trial's values."""
     from . import precision
     from .data import build_dataset
-    from .metrics.linearization import lin_gap_off_reason
+    from .metrics.linearization import edge_ratio, lin_gap_off_reason, unstable_reason
     from .models import build_model
 
     ds = build_dataset(cfg)
@@ -84,9 +84,12 @@ def resolved_at_init(cfg: Config) -> dict:
     model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=dtype)
     with precision.exact():
         base, lr_facts = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
-    trained = [n for n, p in model.named_parameters() if p.requires_grad]
+    effective = effective_lrs(base, rules, [n for n, p in model.named_parameters() if p.requires_grad])
     lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
-    return init_facts(cfg, lr_facts, effective_lrs(base, rules, trained), lin_off, ds.info)
+    if lin_off is None:  # as the trial decides it (train.py): the closed form needs a stable linearisation
+        with precision.exact():
+            lin_off = unstable_reason(edge_ratio(model, ds.x.to(dtype), effective))
+    return init_facts(cfg, lr_facts, effective, lin_off, ds.info)
 
 
 def init_facts(cfg: Config, lr_facts: dict, effective_lr: dict, lin_off: str | None, data_info: dict) -> dict:

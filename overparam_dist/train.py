@@ -133,6 +133,8 @@ class Trainer:
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
         self.lin = None if self.lin_off else LinearizationGap(
             self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
+        if self.lin is not None and (unstable := self.lin.unstable_reason()):
+            self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
 
     def _resume(self) -> tuple[int, bool]:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
@@ -325,6 +327,7 @@ class Trainer:
                                   for n, p in self.trained.items()),
             "dp": world.dp,
             "tp": world.tp,
+            "lin_gap_off": self.lin_off,
         }
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
         if self.sinks is not None:

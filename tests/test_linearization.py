@@ -1,5 +1,7 @@
 """Issue 13, item 1: ntk/lin_gap and ntk/lin_loss against an explicitly linearised model (torch.func.jvp around
-theta_0) trained by the same gradient descent, in float64; 0 at step 0; and its fall with width."""
+theta_0) trained by the same gradient descent, in float64; 0 at step 0; and its fall with width. Issue 24, item 3
+in part: where the linearised dynamics are unstable (lr * lambda_max(Theta_0) / n >= 2) neither is logged, and the
+reason is in config.yaml and summary.json."""
 
 import pytest
 import torch
@@ -76,6 +78,45 @@ def test_lin_gap_in_a_trial_is_zero_at_init_and_off_where_undefined(tmp_path):
     assert all(names.NTK_LIN_GAP not in r for r in read_rows(tmp_path / "off"))
     off = yaml.safe_load((tmp_path / "off" / "config.yaml").read_text())["derived"]["lin_gap"]
     assert off["on"] is False and "mini-batch" in off["why"]
+
+
+
+def test_edge_ratio_is_lr_lambda_max_over_n_of_the_jacobian_kernel():
+    """The edge ratio against Theta_0 = sum_p s_p J_p J_p^T built from torch.func Jacobians, in float64."""
+    cfg = load_config(None, ["model.param=ntk", "model.width=40", "model.depth=2", "data.n=8", "data.dim=6",
+                             "data.target=regression", "data.classes=3", "seed=2"])
+    ds = build_dataset(cfg)
+    x = ds.x.double()
+    model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=torch.float64)
+    step_of = {n: 0.9 * rules[n].lr_scale for n, p in model.named_parameters() if p.requires_grad}
+    lin = LinearizationGap(model, x, ds.y.double(), step_of)
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    jac = torch.func.jacrev(lambda ps: torch.func.functional_call(model, {**params, **ps}, (x,)).reshape(-1))(
+        {n: params[n] for n in step_of})
+    theta = sum(step_of[n] * j.reshape(j.shape[0], -1) @ j.reshape(j.shape[0], -1).T for n, j in jac.items())
+    assert lin.edge_ratio == pytest.approx(float(torch.linalg.eigvalsh(theta)[-1]) / len(x), rel=1e-10)
+    assert lin.unstable_reason() is None  # 0.9 x the auto step: far below the edge
+    fast = LinearizationGap(model, x, ds.y.double(), {n: 2.5 / lin.edge_ratio * s for n, s in step_of.items()})
+    assert fast.edge_ratio == pytest.approx(2.5, rel=1e-10) and "unstable" in fast.unstable_reason()
+
+
+def test_unstable_linearisation_is_not_logged_and_says_why(tmp_path):
+    """The quickstart's w32-d1 (paper, m = 32, train.lr=auto from K_inf): the empirical kernel is larger than K_inf,
+    the linearised model diverges (it logged lin_gap = 1e26), and the net itself still trains."""
+    for width in (32, 256):
+        run = tmp_path / f"w{width}"
+        summary = run_trial(load_config(None, [*QUIET, f"model.width={width}", "model.depth=1", "data.n=32",
+                                               "data.target=regression", "train.steps=40", "metrics.every=20",
+                                               "train.stop_at_fit=false", f"run.dir={run}"]))
+        derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]["lin_gap"]
+        rows = read_rows(run)
+        if width == 32:
+            assert derived["on"] is False and "unstable" in derived["why"] and summary["lin_gap_off"] == derived["why"]
+            assert all(names.NTK_LIN_GAP not in r and names.NTK_LIN_LOSS not in r for r in rows)
+            assert summary["status"] == "completed" and rows[-1][names.TRAIN_LOSS] < rows[0][names.TRAIN_LOSS]
+        else:  # wide enough: the linearisation is stable, logged, and close
+            assert derived == {"on": True} and summary["lin_gap_off"] is None
+            assert 0 < rows[-1][names.NTK_LIN_GAP] < 0.5
 
 
 @pytest.mark.slow

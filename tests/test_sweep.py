@@ -307,3 +307,29 @@ def test_critical_width_search_tiny(ray_address, tmp_path):
     assert len(by_trial) < 2 * len(widths)  # a search, not the whole grid
     fit = json.loads((sweep.dir / "critical_width_fit.json").read_text())
     assert fit["b"] is None and fit["cells"] == 2  # depth does not vary; 2 cells leave no dof for a CI
+
+
+def test_a_requested_exit_inside_a_callback_leaves_no_traceback_in_the_trial_log():
+    """Ray's SIGTERM handler raising SystemExit inside a weakref callback (the actor being ended after its trial) is
+    not reported; any other exception raised where Python cannot raise it still is, with its traceback."""
+    import subprocess
+    import sys
+
+    script = """
+import sys, weakref
+from launcher.sweep.trial_log import quiet_requested_exits
+quiet_requested_exits(); quiet_requested_exits()  # once per process, however often asked
+class Obj: pass
+def callback(exc):
+    def fire(_):
+        raise exc
+    return fire
+a, b = Obj(), Obj()
+ra, rb = weakref.ref(a, callback(SystemExit(1))), weakref.ref(b, callback(ValueError("a real error")))
+del a, b
+print("still running")
+"""
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == "still running\n", res.stderr
+    assert "SystemExit" not in res.stderr and res.stderr.count("Traceback") == 1, res.stderr
+    assert "ValueError: a real error" in res.stderr, res.stderr

@@ -23,8 +23,10 @@ from overparam_dist.train import run_trial
 FAKE_KEY = "fake-key-1234567890abcdef"
 WANDB = str(Path(sys.executable).with_name("wandb"))
 WIDTHS, DEPTHS, SEEDS = [16, 32, 64], [1, 2], [0, 1]
+# lr_scale 0.4: train.lr=auto takes its step from K_inf, and at m = 16 the empirical kernel is up to 4.5 times the
+# stability edge, where the linearisation diverges and ntk/lin_gap is left out (tests/test_linearization.py).
 TINY = ["data.n=16", "train.steps=20", "metrics.every=5", "train.stop_at_fit=false", "checkpoint.every=0",
-        "run.quiet=true"]
+        "run.quiet=true", "train.lr_scale=0.4"]
 REPORT_PNGS = ["loss_curves", "drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_init_gap", "ntk_lambda_min",
                "act_flips", "ntk_lin_gap", "drift_neuron_max", "steps_to_fit", "critical_width"]
 
@@ -182,12 +184,17 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
         assert panel.xlog and panel.ylog
         assert [s.label for s in panel.series] == [f"L={d}" for d in DEPTHS], name  # one series per depth
         for d, s in zip(DEPTHS, panel.series):
-            assert s.x == WIDTHS, name  # as many points as widths
-            want = [np.mean([summaries[(w, d, seed)][key] for seed in SEEDS]) for w in WIDTHS]
+            # A point per width, but for ntk/lin_gap where the linearisation was unstable: there the trials logged
+            # none and say why, and the report leaves that width out (none is, at TINY's step).
+            widths = [w for w in WIDTHS if all(summaries[(w, d, seed)].get(key) is not None for seed in SEEDS)]
+            stable = [w for w in WIDTHS if all(summaries[(w, d, seed)]["lin_gap_off"] is None for seed in SEEDS)]
+            assert widths == (stable if key == "ntk/lin_gap" else WIDTHS) and len(widths) >= 2, (name, widths)
+            assert s.x == widths, name
+            want = [np.mean([summaries[(w, d, seed)][key] for seed in SEEDS]) for w in widths]
             assert s.y == pytest.approx(want, rel=1e-12), name
             # The fitted slope: least squares per seed in log-log, mean over seeds, t-interval around it.
             fit = s.meta["fit"]
-            per_seed = [np.polyfit(np.log(WIDTHS), np.log([summaries[(w, d, seed)][key] for w in WIDTHS]), 1)[0]
+            per_seed = [np.polyfit(np.log(widths), np.log([summaries[(w, d, seed)][key] for w in widths]), 1)[0]
                         for seed in SEEDS]
             assert fit.slope == pytest.approx(np.mean(per_seed), rel=1e-9)
             assert fit.ci95[0] < fit.slope < fit.ci95[1] and fit.reference == ref

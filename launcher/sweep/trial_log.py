@@ -29,6 +29,23 @@ def progress_printer(config: dict, report=None):
     return on_log
 
 
+def quiet_requested_exits() -> None:
+    """Once a trial has ended, Ray ends its actor with SIGTERM, and Ray's handler raises SystemExit wherever the main
+    thread is. Inside a garbage-collection or weakref callback Python cannot raise it, and prints "Exception ignored
+    in: ... Traceback ... SystemExit: 1" to the trial's log (seen on a loaded machine). That exit is the one Ray asked
+    for, so it is not reported; every other exception Python cannot raise still is. Installed once per process."""
+    if getattr(sys.unraisablehook, "quiet_requested_exits", False):
+        return
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            default(unraisable)
+
+    hook.quiet_requested_exits = True
+    sys.unraisablehook = hook
+
+
 def stop_wandb_service() -> None:
     """Stop this process's W&B service now, while it still answers. Left to wandb's atexit hook, it is already
     gone when Ray ends the actor, and every trial's log ended with a ConnectionResetError traceback."""

@@ -37,7 +37,7 @@ from .plans import FINISHED, Plan
 from .preemption import preempt_requested, reclaim_usr1
 from .progress import SUMMARY_KEY, Book
 from .spec import Sweep, Trial, trial_demand
-from .trial_log import progress_printer, stop_wandb_service, trial_label
+from .trial_log import progress_printer, quiet_requested_exits, stop_wandb_service, trial_label
 
 PIDS_DIR = ".workers"  # <trial>.pid: the process that runs run_trial (rank 0), for operators and tests
 
@@ -85,6 +85,7 @@ def trainable(config: dict) -> None:
     from ray import tune
 
     _name_node()
+    quiet_requested_exits()
     try:
         if _preempted_already(config):
             tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))

@@ -54,8 +54,22 @@ def gd_kernel(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], para
     return sum(step * trial_ntk(model, x, parallel, ps, outputs=outputs) for step, ps in groups.items())
 
 
+def edge_ratio(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], parallel=None) -> float:
+    """lr * lambda_max(Theta_0) / n of the full step-weighted GD kernel (each parameter's own step in it)."""
+    return float(torch.linalg.eigvalsh(gd_kernel(model, x, step_of, parallel, outputs="full"))[-1]) / x.shape[0]
+
+
+def unstable_reason(ratio: float) -> str | None:
+    """Why the linearised model predicts nothing at this edge ratio (None below 2, where every mode decays)."""
+    if ratio < 2:
+        return None
+    return (f"the linearised dynamics are unstable: lr * lambda_max(Theta_0) / n = {ratio:.3g} >= 2 "
+            "(Theta_0 the step-weighted kernel at init), so the linear model's residual grows without bound")
+
+
 class LinearizationGap:
-    """Built at initialisation (before any update or checkpoint load); `gap(step)` at any later row."""
+    """Built at initialisation (before any update or checkpoint load); `gap(step)` at any later row.
+    `unstable_reason()` says why the closed form predicts nothing for this trial (None when it does)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
                  parallel=None):
@@ -63,6 +77,10 @@ class LinearizationGap:
         self.y = targets.double().reshape(self.n, -1)
         theta = gd_kernel(model, x, step_of, parallel, outputs="full")
         self.evals, self.evecs = torch.linalg.eigh(theta)
+        # theta holds each parameter's own step, so the residual's mode i moves by 1 - lambda_i/n per step: the
+        # linearised model converges only while lambda_max/n < 2 (lambda_i >= 0). Past that its top mode grows
+        # geometrically and a "gap" measures the blow-up of the linearisation, not the net's distance from it.
+        self.edge_ratio = float(self.evals[-1]) / self.n
         self.r0 = self._residual()
         self.r0_norm = float(self.r0.norm())
         self.c0 = self.evecs.T @ self.r0
@@ -70,6 +88,9 @@ class LinearizationGap:
     @torch.no_grad()
     def _residual(self) -> torch.Tensor:
         return (self.model(self.x).double() - self.y.to(self.x.device)).reshape(-1)
+
+    def unstable_reason(self) -> str | None:
+        return unstable_reason(self.edge_ratio)
 
     def linear_residual(self, step: int) -> torch.Tensor:
         """r_step^lin, as r_0 plus the change (exactly r_0 at step 0, free of the eigenbasis' rounding)."""
