@@ -42,7 +42,8 @@ def _threads_per_process(nprocs: int) -> int:
     many threads as there are cores: on 2 cores a tp=4 CNN trial took 63 s instead of 8 s."""
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return max(1, len(os.sched_getaffinity(0)) // nprocs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)  # macOS
+    return max(1, cores // nprocs)
 
 
 def _with_threads(threads: int, fn, *args):
