@@ -50,7 +50,7 @@ def main() -> None:
         for _ in range(args.repeat):
             base.append(_time(baseline_argv, cwd))
             for i, cmd in enumerate(COMMANDS):
-                times[i].append(_time([sys.executable, "-m", "launcher", *cmd], str(ROOT)))
+                times[i].append(_time([sys.executable, "-m", "launcher", *cmd], cwd))
     ref = statistics.median(base)
     print(f"baseline: python -c 'import torch'  {ref:.3f} s (median of {args.repeat})")
     print(f"{'command':<66} {'median s':>9} {'x import torch':>15}")

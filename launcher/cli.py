@@ -71,18 +71,28 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_config(cfg, resolved: bool) -> int:
     """The config as YAML (every key, preset and overrides merged); with `resolved`, also the `derived:` facts
-    a trial records at init (train.lr=auto's step, the per-layer steps, the data), computed here in one process."""
+    a trial records at init (train.lr=auto's step, the per-layer steps, the data), computed here in one process.
+    Those need the data and the whole model in this process: both are checked first, and nothing is printed
+    unless everything can be."""
     from overparam_dist.config import to_yaml
 
-    print(to_yaml(cfg), end="")
+    derived = None
     if resolved:
-        import yaml
+        import copy
 
         from overparam_dist.data_files import check_available
+        from overparam_dist.footprint import check_fits_memory
         from overparam_dist.step_size import resolved_at_init
 
         check_available(cfg)
+        here = copy.deepcopy(cfg)
+        here.parallel.dp = here.parallel.tp = 1  # the unsharded model is built here, in one process
+        check_fits_memory(here)
         derived = resolved_at_init(cfg)
+    print(to_yaml(cfg), end="")
+    if derived is not None:
+        import yaml
+
         print(f"# --resolved added (computed from the model at init): {', '.join('derived.' + k for k in derived)}")
         print(yaml.safe_dump({"derived": derived}, sort_keys=False), end="")
     return 0

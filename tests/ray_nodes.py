@@ -36,7 +36,7 @@ def main() -> None:
     # Cluster() writes the head's address to <Ray's temp root>/ray/ray_current_cluster whatever temp_dir says, and
     # the root is /tmp unless RAY_TMPDIR names one: point it here, so nothing depends on a /tmp/ray that an earlier
     # Ray happened to leave, and nothing is left behind.
-    os.makedirs(os.path.join(temp_dir, "ray"))
+    os.makedirs(os.path.join(temp_dir, "ray"), exist_ok=True)  # a killed helper leaves its own
     os.environ["RAY_TMPDIR"] = temp_dir
     # A dead node is seen dead after 3 missed 1-s health checks (Ray's default: about 30 s)
     health = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}

@@ -150,6 +150,7 @@ def _init_hash_worker() -> str:
     return h
 
 
+@pytest.mark.slow  # two processes
 def test_initial_weights_bit_identical_across_process_counts():
     from overparam_dist.models import build_model
 

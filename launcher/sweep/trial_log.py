@@ -33,7 +33,8 @@ def quiet_requested_exits() -> None:
     """Once a trial has ended, Ray ends its actor with SIGTERM, and Ray's handler raises SystemExit wherever the main
     thread is. Inside a garbage-collection or weakref callback Python cannot raise it, and prints "Exception ignored
     in: ... Traceback ... SystemExit: 1" to the trial's log (seen on a loaded machine). That exit is the one Ray asked
-    for, so it is not reported; every other exception Python cannot raise still is. Installed once per process."""
+    for, so it is not reported; every other exception Python cannot raise still is. Installed once per process, by
+    the trial's own actor (a Train worker group's workers keep Python's default)."""
     if getattr(sys.unraisablehook, "quiet_requested_exits", False):
         return
     default = sys.unraisablehook

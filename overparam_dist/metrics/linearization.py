@@ -56,7 +56,8 @@ def gd_kernel(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], para
 
 def edge_ratio(model: nn.Module, x: torch.Tensor, step_of: dict[str, float], parallel=None) -> float:
     """lr * lambda_max(Theta_0) / n of the full step-weighted GD kernel (each parameter's own step in it)."""
-    return float(torch.linalg.eigvalsh(gd_kernel(model, x, step_of, parallel, outputs="full"))[-1]) / x.shape[0]
+    theta = gd_kernel(model, x, step_of, parallel, outputs="full")
+    return float(torch.linalg.eigh(theta).eigenvalues[-1]) / x.shape[0]  # as LinearizationGap: the same bits
 
 
 def unstable_reason(ratio: float) -> str | None:
