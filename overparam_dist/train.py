@@ -25,7 +25,7 @@ from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
 from .metrics.label_complexity import targets as label_targets
-from .metrics.linearization import LinearizationGap, lin_gap_off_reason
+from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstable_reason
 from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .parallel.distributed import World, setup
@@ -133,7 +133,7 @@ class Trainer:
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
         self.lin = None if self.lin_off else LinearizationGap(
             self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
-        if self.lin is not None and (unstable := self.lin.unstable_reason()):
+        if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
 
     def _resume(self) -> tuple[int, bool]:

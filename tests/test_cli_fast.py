@@ -90,6 +90,6 @@ def test_print_config_resolved_is_what_the_trial_records(overrides, tmp_path):
     assert got["lr"]["lr"] == pytest.approx(recorded["lr"]["lr"], rel=1e-9)
     assert got["lr"]["lambda_max"] == pytest.approx(recorded["lr"]["lambda_max"], rel=1e-9)
     assert got["effective_lr"] == pytest.approx(recorded["effective_lr"], rel=1e-9)
-    assert printed["derived"]["lr"]["rule"] == "auto" and printed["derived"]["lr"]["lr"] > 0
+    assert got["lr"]["rule"] == "auto" and got["lr"]["lr"] > 0
     plain = run_cli("train", "--print-config", *run, cwd=tmp_path)
     assert "derived" not in yaml.safe_load(plain.stdout)  # without --resolved: only what is known before training

@@ -113,8 +113,8 @@ class Sweep:
 
     def check_inputs(self, on_this_host: bool = False) -> None:
         """What can be checked before Ray starts or a job is queued: every data set (once per data config) and
-        every trial directory (one holding another experiment is refused); with `on_this_host` (a private local
-        Ray), that each trial's processes fit in this host's memory. One ConfigError line."""
+        every trial directory (one holding another experiment is refused); then, with `on_this_host` (a private
+        local Ray), that each trial's processes fit in this host's memory (the one check that imports torch)."""
         from overparam_dist.data_files import check_available
         from overparam_dist.rundir import check_run_dir
 
@@ -124,9 +124,10 @@ class Sweep:
                 check_available(t.cfg)
                 checked.add(key)
             check_run_dir(t.cfg)
-            if on_this_host:
-                from overparam_dist.footprint import check_fits_memory  # torch: only where the trials run here
+        if on_this_host:
+            from overparam_dist.footprint import check_fits_memory
 
+            for t in self.trials:
                 check_fits_memory(t.cfg)
 
     def to_yaml_dict(self) -> dict:

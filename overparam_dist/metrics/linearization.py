@@ -70,7 +70,7 @@ def unstable_reason(ratio: float) -> str | None:
 
 class LinearizationGap:
     """Built at initialisation (before any update or checkpoint load); `gap(step)` at any later row.
-    `unstable_reason()` says why the closed form predicts nothing for this trial (None when it does)."""
+    `unstable_reason(gap.edge_ratio)` says why the closed form predicts nothing for this trial (None when it does)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
                  parallel=None):
@@ -89,9 +89,6 @@ class LinearizationGap:
     @torch.no_grad()
     def _residual(self) -> torch.Tensor:
         return (self.model(self.x).double() - self.y.to(self.x.device)).reshape(-1)
-
-    def unstable_reason(self) -> str | None:
-        return unstable_reason(self.edge_ratio)
 
     def linear_residual(self, step: int) -> torch.Tensor:
         """r_step^lin, as r_0 plus the change (exactly r_0 at step 0, free of the eigenbasis' rounding)."""
