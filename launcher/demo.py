@@ -1,5 +1,6 @@
 """`make demo`: the quickstart sweep (configs/sweep/quickstart.yaml) on a private local Ray, then a table of
-final loss, drift/weight_rel and ntk/rel_drift by width with the fitted log-log slopes.
+final loss, drift/weight_rel and ntk/rel_drift by width (mean over seeds), with each fitted log-log slope, its 95%
+interval over seeds and the verdict on the theory's exponent.
 
 Extra arguments are passed to `overparam sweep` (key=value overrides, --address ...). The sweep runs with
 --resume: a second `make demo` reuses the finished trials and only prints the table again.
@@ -7,13 +8,10 @@ Extra arguments are passed to `overparam sweep` (key=value overrides, --address 
 
 from __future__ import annotations
 
-import csv
-import math
 import sys
 from pathlib import Path
 
 from overparam_dist.metrics import names
-from overparam_dist.metrics.fit import loglog_slope
 
 from .cli import main
 
@@ -21,34 +19,45 @@ PRESET = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "quickstart
 COLUMNS = (names.TRAIN_LOSS, names.DRIFT_WEIGHT_REL, names.NTK_REL_DRIFT)
 
 
-def _float(text: str | None) -> float | None:
-    try:
-        v = float(text)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None
+def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
+    """Final metrics by width, the mean over the seeds inside their regime (one block per depth, '-' where a metric
+    is missing), then each metric's fitted slope with its 95% interval over seeds and, where the theory predicts an
+    exponent, the verdict (analysis/verdicts.py). Trials outside their regime are listed and left out."""
+    from overparam_dist.analysis.figures import sweep_param
+    from overparam_dist.analysis.plots import against_width
+    from overparam_dist.analysis.results import load_sweep as load_results
+    from overparam_dist.analysis.theory import reference
 
-
-def width_table(results: Path, columns=COLUMNS) -> str:
-    """Final metrics by width (one block per depth), '-' where a metric is missing."""
-    rows = [r for r in csv.DictReader(open(results)) if r.get("status") in ("completed", "diverged")]
-    depths = sorted({int(r["model.depth"]) for r in rows})
+    res = load_results(sweep_dir)
+    param = sweep_param(res)
+    figs = {c: against_width(res, c, name=c, title=c, caption="", reference=reference(c, param)[0]) for c in columns}
     lines = []
-    for depth in depths:
-        block = sorted((r for r in rows if int(r["model.depth"]) == depth), key=lambda r: int(r["model.width"]))
-        widths = [float(r["model.width"]) for r in block]
+    for i, depth in enumerate(res.depths or [None]):
         lines.append(f"depth L = {depth}")
-        lines.append(f"  {'width':>7}" + "".join(f"  {c:>18}" for c in columns))
-        values = {c: [_float(r.get(c)) for r in block] for c in columns}
-        for i, r in enumerate(block):
-            cells = "".join(f"  {values[c][i]:>18.4g}" if values[c][i] is not None else f"  {'-':>18}"
-                            for c in columns)
-            lines.append(f"  {r['model.width']:>7}{cells}")
-        slopes = [loglog_slope(widths, values[c]) for c in columns]
-        lines.append(f"  {'slope':>7}" + "".join(f"  {s:>18.3f}" if s is not None else f"  {'-':>18}"
-                                                  for s in slopes))
-    lines.append("slope: least-squares d log(metric) / d log(width). Lazy-training theory: ntk/rel_drift ~ m^-1/2;"
-                 " weights move O(1/sqrt(m)) against ||W_0||_F ~ sqrt(2m), so drift/weight_rel ~ m^-1.")
+        lines.append(f"  {'width':>7}" + "".join(f"  {c:>26}" for c in columns))
+        series = {c: next((s for s in figs[c].panels[0].series if s.label == f"L={depth}" or depth is None), None)
+                  for c in columns}
+        for w in res.widths:
+            cells = []
+            for c in columns:
+                s = series[c]
+                v = s.y[s.x.index(w)] if s is not None and w in s.x else None
+                seeds = len([p for pts in (s.meta.get("per_seed", {}) if s else {}).values() for p in pts if p[0] == w])
+                cells.append(f"  {f'{v:.4g} ({seeds} seeds)' if v is not None else '-':>26}")
+            lines.append(f"  {w:>7}" + "".join(cells))
+        fits = {c: s.meta.get("fit") if (s := series[c]) is not None else None for c in columns}
+        lines.append(f"  {'slope':>7}" + "".join(
+            f"  {(f.text().replace('slope ', '').split(',')[0] if f is not None and f.slope is not None else '-'):>26}"
+            for f in fits.values()))
+        lines.append(f"  {'verdict':>7}" + "".join(
+            f"  {(f'{f.verdict.word} (m^{f.reference:g})' if f is not None and f.verdict else 'no law'):>26}"
+            for f in fits.values()))
+    lines.append("slope: d log(metric) / d log(width), per seed, mean and 95% interval over seeds. Lazy-training theory "
+                 "(theory.py): ntk/rel_drift ~ m^-1/2; weights move O(1/sqrt(m)) against ||W_0||_F ~ sqrt(2m), so "
+                 "drift/weight_rel ~ m^-1. A verdict needs the interval to exclude 0 and meet the exponent ± 0.2, from "
+                 "at least 3 seeds (docs: verdicts).")
+    if note := res.flag_note():
+        lines.append(note)
     return "\n".join(lines)
 
 
@@ -69,7 +78,7 @@ def run(argv: list[str]) -> int:
     except ConfigError:
         return rc
     print()
-    print(width_table(sweep.dir / "results.csv"))
+    print(width_table(sweep.dir))
     return 0
 
 

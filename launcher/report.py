@@ -46,6 +46,10 @@ def report_sweep(sweep_dir: str | Path, wandb_group_run: bool = True, out=None):
         warnings.warn(f"report not written for {sweep_dir}: {type(exc).__name__}: {msg}", stacklevel=2)
         return None
     print(f"report: {rep.index}", file=out)
+    from overparam_dist.analysis.report import verdict_lines
+
+    for line in verdict_lines(rep):
+        print(line, file=out)
     if wandb_group_run:
         report_to_summary_run(rep, out)
     return rep
@@ -64,7 +68,7 @@ def report_to_summary_run(rep, out=None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from overparam_dist.analysis.report import build_local_report
+    from overparam_dist.analysis.report import build_local_report, verdict_lines
     from overparam_dist.analysis.trial_report import build_trial_report, is_trial_dir
 
     if is_trial_dir(Path(args.run_dir)):
@@ -75,6 +79,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 0
     rep = build_local_report(args.run_dir, args.out)
     print(f"report: {rep.index} ({len(rep.images)} figures)")
+    for line in verdict_lines(rep):
+        print(line)
     if args.log_run:
         report_to_summary_run(rep)
     if not args.wandb:

@@ -77,7 +77,11 @@ def _draw_panel(ax, p: Panel, fd: FigureData) -> None:
         if f is not None and f.slope is not None and len(s.x) >= 2:
             xr = np.array([min(s.x), max(s.x)], dtype=float)
             ax.plot(xr, np.exp(f.intercept + f.slope * np.log(xr)), ":", color=color, lw=1.0)
-    measured = [s for s in p.extra if not s.meta.get("infinite_width")]
+    for s in p.extra:
+        if s.meta.get("hollow") and s.x:  # outside its regime: a point, in no fit
+            ax.scatter(s.x, s.y, marker="o", s=30, facecolors="none", lw=1.2,
+                       edgecolors=SERIES_COLORS(s.meta.get("color_index", 0) % 10), label=s.label)
+    measured = [s for s in p.extra if not s.meta.get("infinite_width") and not s.meta.get("hollow")]
     limits = [s for s in p.extra if s.meta.get("infinite_width")]  # a limit, not a measurement: dotted
     for i, s in enumerate(measured):
         if s.x:

@@ -9,7 +9,7 @@ from .repro import headline
 from .results import SweepResults
 
 
-def _sweep_param(res: SweepResults) -> str | None:
+def sweep_param(res: SweepResults) -> str | None:
     """The trials' parameterization, or None when they mix several (no reference line then fits them all)."""
     params = {t.row.get("model.param") or "paper" for t in res.trials}
     return params.pop() if len(params) == 1 else None
@@ -29,7 +29,7 @@ ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars min–max, 
 
 def figures(res: SweepResults) -> list[FigureData]:
     """Every figure of the report, as data (not drawn yet)."""
-    param = _sweep_param(res)
+    param = sweep_param(res)
     lam = against_width(
         res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
         subtitle="solid: end of training; dashed: at initialisation; dotted: the infinite-width kernel K∞", fit=False,

@@ -11,11 +11,11 @@ from typing import Any
 
 from ..metrics import names
 from ..rundir import RESULTS_FILE, atomic_write
-from . import theory
 from .claims import CLAIMS
 from .plots import FigureData
 from .repro import Finding
 from .results import SweepResults
+from .verdicts import MIN_SEEDS
 
 # The results table shows these columns first (when present), then the other varying config axes.
 TABLE_COLUMNS = [
@@ -56,12 +56,13 @@ def _fmt(v: Any) -> str:
 def _claim_section(res: SweepResults, found: list[Finding]) -> list[str]:
     """The published claim the sweep reproduces, beside what this sweep measured (repro.py)."""
     e, claim = html.escape, CLAIMS[res.reproduces]
-    verdict = {True: "yes", False: "no", None: "—"}
     rows = "".join(f"<tr><td class='t'>{e(f.quantity)}</td><td class='t'>{e(f.paper)}</td>"
-                   f"<td class='t'>{e(f.measured)}</td><td>{verdict[f.holds]}</td></tr>" for f in found)
+                   f"<td class='t'>{e(f.measured)}</td><td class='t verdict'>{e(f.verdict.word)}</td>"
+                   f"<td class='t'>{e(f.verdict.reason)}</td></tr>" for f in found)
+    note = res.flag_note()
     return [f"<h2 id='claim'>Reproduces: {e(claim.paper)}</h2><p><b>Claim.</b> {e(claim.claim)}</p>"
             f"<p><b>Our setup.</b> {e(claim.setup)}</p><table><tr><th>quantity</th><th>paper</th><th>measured here"
-            f"</th><th>holds</th></tr>{rows}</table>"]
+            f"</th><th>verdict</th><th>why</th></tr>{rows}</table>" + (f"<p>{e(note)}</p>" if note else "")]
 
 
 def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found: list[Finding] | None = None) -> Path:
@@ -91,9 +92,11 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found:
     parts.append("<h2 id='slopes'>Fitted slopes against width (log-log)</h2>")
     if fits:
         method = sorted({fit.method for fit in fits})
-        parts.append("<p>" + e("; ".join(method)) + ".</p><table><tr><th>metric</th><th>series</th><th>slope</th>"
-                     "<th>95% interval</th><th>theory</th><th>theory inside the interval</th><th>per seed</th>"
-                     "<th>widths</th></tr>")
+        note = res.flag_note()
+        parts.append("<p>" + e("; ".join(method)) + ". Verdicts: supported / contradicted / inconclusive, by the rules"
+                     f" of verdicts.py (at least {MIN_SEEDS} seeds). {e(note)}</p><table><tr><th>metric</th>"
+                     "<th>series</th><th>slope</th><th>95% interval</th><th>theory</th><th>verdict</th><th>why</th>"
+                     "<th>per seed</th><th>widths</th></tr>")
         for fit in fits:
             ci = f"[{fit.ci95[0]:.3f}, {fit.ci95[1]:.3f}]" if fit.ci95 else "—"
             per_seed = ", ".join(f"s{k}: {v:.3f}" for k, v in fit.per_seed.items())
@@ -101,7 +104,8 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found:
                 f"<tr><td class='t'>{e(fit.metric)}</td><td class='t'>{e(fit.series)}</td>"
                 f"<td>{'' if fit.slope is None else f'{fit.slope:.3f}'}</td><td>{e(ci)}</td>"
                 f"<td>{'' if fit.reference is None else f'{fit.reference:g}'}</td>"
-                f"<td>{theory.inside(fit.ci95, fit.reference)}</td><td class='t'>{e(per_seed)}</td>"
+                f"<td class='t verdict'>{'' if fit.verdict is None else fit.verdict.word}</td>"
+                f"<td class='t'>{'' if fit.verdict is None else e(fit.verdict.reason)}</td><td class='t'>{e(per_seed)}</td>"
                 f"<td class='t'>{e(str(fit.widths))}</td></tr>")
         parts.append("</table>")
     else:

@@ -4,16 +4,17 @@ pixels; draw.py renders it.
 
 Slopes of a metric against width are fitted in log-log space: for each seed, least squares of log(value) on
 log(width) over the widths (final value of each trial); the reported slope is the mean over seeds with a
-95% Student-t interval over seeds (mean ± t_{0.975, S-1} · sd / sqrt(S)). With one seed the interval is the
-least-squares standard error of that seed's fit (t with W - 2 degrees of freedom, W widths); with one seed and
-two widths there is no interval.
+95% Student-t interval over seeds (verdicts.seed_interval). One seed gives no interval: the residuals of one
+seed's fit say nothing about the next seed. Where the theory predicts an exponent, the fit carries the verdict
+(verdicts.width_law). Trials outside the regime their metrics describe (results.FLAGGED) are left out of every
+fit and drawn hollow.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from matplotlib import colormaps
 from ..metrics import names
 from ..metrics.fit import fit_line
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
+from .verdicts import Verdict, seed_interval, width_law
 
 WIDTH_CMAP = colormaps["viridis"]
 SERIES_COLORS = colormaps["tab10"]  # one colour per series (depth, noise level): SERIES_COLORS(i % 10)
@@ -51,12 +53,14 @@ class SlopeFit:
     per_seed: dict[int, float]
     widths: list[int]
     reference: float | None
+    verdict: Verdict | None = None  # where the theory predicts an exponent (reference)
 
     def text(self) -> str:
         if self.slope is None:
             return "slope: n/a"
         ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
-        return f"slope {self.slope:.2f}{ci}"
+        word = f", {self.verdict.word}" if self.verdict is not None else ""
+        return f"slope {self.slope:.2f}{ci}{word}"
 
 
 @dataclass
@@ -99,7 +103,8 @@ class FigureData:
             "fits": [{"metric": f.metric, "series": f.series, "slope": f.slope,
                       "ci95": list(f.ci95) if f.ci95 else None, "method": f.method,
                       "per_seed": {str(k): v for k, v in f.per_seed.items()}, "widths": f.widths,
-                      "reference": f.reference} for f in self.fits],
+                      "reference": f.reference, "verdict": None if f.verdict is None else asdict(f.verdict)}
+                     for f in self.fits],
         }
 
 
@@ -117,45 +122,28 @@ def _json_safe(v: Any) -> Any:
 # ----------------------------------------------------------------------------------------------- fits
 
 
-def _t975(dof: int) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, dof))
-
-
 def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: str = "", series: str = "",
                key: tuple = (), reference: float | None = None) -> SlopeFit:
     """Slope of log(y) against log(x): per seed, then mean ± 95% t-interval over seeds (see the module doc)."""
     per_seed: dict[int, float] = {}
     intercepts: dict[int, float] = {}
-    ses: dict[int, float | None] = {}
     widths: set[int] = set()
     for seed, pts in sorted(points_by_seed.items()):
         pts = [(x, y) for x, y in pts if x > 0 and y is not None and y > 0]
         if len({x for x, _ in pts}) < 2:
             continue
-        per_seed[seed], intercepts[seed], ses[seed] = fit_line([math.log(p[0]) for p in pts],
-                                                               [math.log(p[1]) for p in pts])
+        per_seed[seed], intercepts[seed], _ = fit_line([math.log(p[0]) for p in pts], [math.log(p[1]) for p in pts])
         widths.update(int(p[0]) for p in pts)
-    s = len(per_seed)
-    if s == 0:
+    verdict = None if reference is None else width_law(per_seed, reference)
+    if not per_seed:
         return SlopeFit(metric, series, key, None, None, None, "fewer than 2 widths with positive values", {},
-                        sorted(widths), reference)
-    slopes = np.array(list(per_seed.values()))
-    mean = float(slopes.mean())
-    intercept = float(np.mean(list(intercepts.values())))
-    if s >= 2:
-        half = _t975(s - 1) * float(slopes.std(ddof=1)) / math.sqrt(s)
-        ci, method = (mean - half, mean + half), f"per-seed least squares, mean ± 95% t-interval over {s} seeds"
-    else:
-        (se,) = ses.values()
-        if se is None:
-            ci, method = None, "one seed, two widths: no interval"
-        else:
-            dof = len(widths) - 2
-            ci = (mean - _t975(dof) * se, mean + _t975(dof) * se)
-            method = f"one seed: least squares ± 95% t standard error ({dof} dof)"
-    return SlopeFit(metric, series, key, mean, ci, intercept, method, per_seed, sorted(widths), reference)
+                        sorted(widths), reference, verdict)
+    mean, ci = seed_interval(list(per_seed.values()))
+    s = len(per_seed)
+    method = (f"per-seed least squares, mean ± 95% t-interval over {s} seeds" if ci else
+              "one seed: no interval (an interval comes from seeds)")
+    return SlopeFit(metric, series, key, mean, ci, float(np.mean(list(intercepts.values()))), method, per_seed,
+                    sorted(widths), reference, verdict)
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -202,8 +190,13 @@ def against_width(res: SweepResults, key: str, *, name: str, title: str, caption
     positive = all(v is None or v > 0 for v in all_vals) and any(v is not None for v in all_vals)
     panel = Panel(title=title, xlabel="width m", ylabel=ylabel or key, xlog=True, ylog=positive)
     fits = []
-    for skey, trials in groups.items():
-        s = mean_series(res, skey, trials, key, positive)
+    for i, (skey, trials) in enumerate(groups.items()):
+        s = mean_series(res, skey, [t for t in trials if t.flag is None], key, positive)
+        flagged = [(t.width, v) for t in trials if t.flag is not None and t.width is not None
+                   and (v := t.final(key)) is not None and (v > 0 or not positive)]
+        if flagged:  # drawn hollow, in no mean, fit or verdict
+            panel.extra.append(Series(f"{s.label}: outside its regime", [p[0] for p in flagged],
+                                      [p[1] for p in flagged], skey, meta={"hollow": True, "color_index": i}))
         if fit and positive:
             f = fit_loglog(s.meta["per_seed"], metric=key, series=s.label, key=skey, reference=reference)
             s.meta["fit"] = f
@@ -223,7 +216,9 @@ def against_width(res: SweepResults, key: str, *, name: str, title: str, caption
             panel.references.append(Series(reference_label or f"theory: m^{reference:g}", xr,
                                            [math.exp(c + reference * math.log(x)) for x in xr],
                                            meta={"slope": reference}))
-    return FigureData(name=name, title=title, caption=caption, panels=[panel], fits=fits, subtitle=subtitle)
+    note = res.flag_note()
+    return FigureData(name=name, title=title, caption=f"{caption} {note}".strip(), panels=[panel], fits=fits,
+                      subtitle=subtitle)
 
 
 def loss_curves(res: SweepResults, key: str = names.TRAIN_LOSS) -> FigureData:
@@ -240,14 +235,15 @@ def loss_curves(res: SweepResults, key: str = names.TRAIN_LOSS) -> FigureData:
                 continue
             ys_all.extend(ys)
             p.series.append(Series(f"{label(WIDTH, t.width)}, seed {t.seed}", xs, ys, skey,
-                                   meta={"width": t.width, "seed": t.seed, "trial": t.name,
-                                         "color": _width_color(t.width, widths)}))
+                                   meta={"width": t.width, "seed": t.seed, "trial": t.name, "flag": t.flag,
+                                         "style": "--" if t.flag else "-", "color": _width_color(t.width, widths)}))
         p.ylog = bool(ys_all) and min(ys_all) > 0
         panels.append(p)
     return FigureData(
         name="loss_curves", title=f"{key} during training, coloured by width",
         caption=f"{key} at every logged step of every trial; one panel per depth, colour = width "
-                "(darker = narrower), one line per seed.", panels=panels)
+                "(darker = narrower), one line per seed; dashed: a trial outside the regime its metrics describe "
+                "(its summary's regime is catapult, diverged or dead).", panels=panels)
 
 
 def _width_color(width: int | None, widths: list[int]):

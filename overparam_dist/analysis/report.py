@@ -13,7 +13,7 @@ from .claims import CLAIMS
 from .draw import draw_all
 from .html import write_index
 from .plots import FigureData
-from .repro import findings
+from .repro import Finding, findings
 from .results import SweepResults, load_sweep
 
 
@@ -21,6 +21,7 @@ from .results import SweepResults, load_sweep
 class LocalReport:
     results: SweepResults
     figures: list[FigureData]
+    findings: list[Finding]  # a reproduction's claim, measured, each with its verdict ([] for other sweeps)
     dir: Path
     index: Path
 
@@ -40,7 +41,19 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     found = findings(res)
     if res.reproduces:  # the paper's claim beside the measured numbers, for scripts and the README gallery
         (out / CLAIM_FILE).write_text(json.dumps({"claim": asdict(CLAIMS[res.reproduces]),
-                                                  "findings": [asdict(f) for f in found]}, indent=1,
+                                                  "findings": [asdict(f) for f in found],
+                                                  "left_out": {t.name: t.flag for t in res.flagged()}}, indent=1,
                                                  default=str) + "\n")
     index = write_index(res, figs, out, found)
-    return LocalReport(results=res, figures=figs, dir=out, index=index)
+    return LocalReport(results=res, figures=figs, findings=found, dir=out, index=index)
+
+
+def verdict_lines(rep: LocalReport) -> list[str]:
+    """What the terminal shows of a report's conclusions: each theory slope with its interval and verdict, each
+    finding of a reproduction, and which trials were left out."""
+    lines = [f"  {f.metric} ({f.series}): slope {f.verdict.text()} against m^{f.reference:g}"
+             for fig in rep.figures if not fig.name.startswith("repro_") for f in fig.fits if f.verdict is not None]
+    lines += [f"  {f.quantity}: {f.verdict.word} ({f.verdict.reason})" for f in rep.findings]
+    if note := rep.results.flag_note():
+        lines.append(f"  {note}")
+    return (["verdicts (95% intervals over seeds):"] + lines) if lines else []

@@ -2,13 +2,12 @@
 beside ours and whether the claim holds here; `headline(res)` draws the figure the README gallery shows. Both read
 only a sweep's results (results.py), so `overparam report` can check any finished sweep that names its claim.
 
-A width law "holds" when every series' fitted slope is within SLOPE_TOL of the paper's exponent; an ordering holds
-when the mean over seeds moves the claimed way at every step of the axis.
+Every finding carries a verdict from verdicts.py (supported / contradicted / inconclusive, with the interval over
+seeds it rests on), computed on the trials inside the regime their metrics describe (results.FLAGGED are left out).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,8 +18,8 @@ from ..metrics import names
 from .claims import CLAIMS
 from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, critical_width
 from .results import WIDTH, SweepResults, Trial, label, number
+from .verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED, Verdict, every_trial, ordering
 
-SLOPE_TOL = 0.2
 NOISE = "data.label_noise"
 
 
@@ -29,7 +28,7 @@ class Finding:
     quantity: str
     paper: str
     measured: str
-    holds: bool | None  # None: nothing to compare (no data)
+    verdict: Verdict
     values: dict[str, Any] = field(default_factory=dict)  # the numbers behind `measured`, for tests and JSON
 
 
@@ -37,32 +36,60 @@ class Finding:
 
 
 def _width_law(res: SweepResults, key: str, exponent: float, quantity: str, paper: str) -> tuple[Finding, Panel]:
+    """One finding for a law over every series (depth): contradicted where any series is, supported where all are."""
     fig = against_width(res, key, name=key, title=quantity, caption="", reference=exponent,
                         reference_label=f"paper: m^{exponent:g}")
     fig.panels[0].title = quantity
-    slopes = {f.series: f.slope for f in fig.fits if f.slope is not None}
-    text = "; ".join(f"{f.text().replace('slope ', '')} ({f.series})" for f in fig.fits if f.slope is not None)
-    holds = all(abs(s - exponent) <= SLOPE_TOL for s in slopes.values()) if slopes else None
-    return Finding(quantity, paper, f"slope {text}" if text else "no data", holds, {"slopes": slopes}), fig.panels[0]
+    fits = [f for f in fig.fits if f.verdict is not None]
+    words = [f.verdict.word for f in fits]
+    word = CONTRADICTED if CONTRADICTED in words else SUPPORTED if words and all(
+        w == SUPPORTED for w in words) else INCONCLUSIVE
+    text = "; ".join(f"{f.verdict.text()} ({f.series})" for f in fits)
+    reasons = "; ".join(f"{f.series}: {f.verdict.reason}" for f in fits) or "no series has values at two widths"
+    verdict = Verdict(word, reasons, fits[0].slope if len(fits) == 1 else None,
+                      fits[0].ci95 if len(fits) == 1 else None, min((f.verdict.seeds for f in fits), default=0))
+    return Finding(quantity, paper, f"slope {text}" if text else "no data", verdict,
+                   {"slopes": {f.series: f.slope for f in fits if f.slope is not None},
+                    "ci95": {f.series: f.ci95 for f in fits if f.slope is not None}}), fig.panels[0]
 
 
-def _mean_by(trials: list[Trial], axis: str, value: Callable[[Trial], float | None]) -> dict[float, float]:
-    """axis value -> mean over the trials (seeds, widths) that have a value."""
-    acc: dict[float, list[float]] = {}
+def _by_point(trials: list[Trial], axis: str, value: Callable[[Trial], float | None]) -> dict[float, dict[int, float]]:
+    """axis value -> {seed: value}, over the trials that have a value (one per seed and axis value)."""
+    acc: dict[float, dict[int, float]] = {}
     for t in trials:
         x, v = number(t.row.get(axis)), value(t)
         if x is not None and v is not None:
-            acc.setdefault(x, []).append(v)
-    return {x: float(np.mean(v)) for x, v in sorted(acc.items())}
+            acc.setdefault(x, {})[t.seed] = v
+    return dict(sorted(acc.items()))
 
 
-def _increasing(means: dict[float, float], sign: float = 1.0) -> bool | None:
-    ys = list(means.values())
-    return None if len(ys) < 2 else all(sign * (b - a) > 0 for a, b in zip(ys, ys[1:]))
+def _means(by_point: dict[float, dict[int, float]]) -> dict[float, float]:
+    return {x: float(np.mean(list(v.values()))) for x, v in by_point.items()}
 
 
-def _along(means: dict[float, float], fmt: str = "{:.3g}") -> str:
-    return ", ".join(f"{x:g}: {fmt.format(y)}" for x, y in means.items())
+def _ordering(res: SweepResults, axis: str, value: Callable[[Trial], float | None], direction: float,
+              quantity: str, paper: str, key: str, fmt: str = "{:.3g}") -> Finding:
+    """A claim that a quantity grows (+1) or falls (-1) along an axis, per seed, within each series (the other
+    varying axes, width included, fixed). Contradicted where any series is; supported where all are."""
+    axes = [a for a in [WIDTH, *res.series_axes()] if a != axis and (a != WIDTH or res.widths)]
+    verdicts, values = [], {}
+    groups: dict[tuple, list[Trial]] = {}
+    for t in res.in_regime():
+        groups.setdefault(tuple(t.row.get(a) for a in axes), []).append(t)
+    for gkey, trials in groups.items():
+        pts = _by_point(trials, axis, value)
+        verdicts.append(ordering(pts, direction))
+        where = ", ".join(label(a, v) for a, v in zip(axes, gkey))
+        values.update({x if len(groups) == 1 else f"{where}, {x:g}": m for x, m in _means(pts).items()})
+    words = [v.word for v in verdicts]
+    word = CONTRADICTED if CONTRADICTED in words else SUPPORTED if words and all(
+        x == SUPPORTED for x in words) else INCONCLUSIVE
+    reason = "; ".join(v.text() + f": {v.reason}" for v in verdicts) or "no data"
+    one = verdicts[0] if len(verdicts) == 1 else None
+    measured = ", ".join(f"{x if isinstance(x, str) else format(x, 'g')}: {fmt.format(y)}" for x, y in values.items())
+    return Finding(quantity, paper, f"{measured} — {reason}" if measured else "no data",
+                   Verdict(word, reason, one.estimate if one else None, one.ci95 if one else None,
+                           min((v.seeds for v in verdicts), default=0)), {key: values})
 
 
 def _against_axis(res: SweepResults, axis: str, key: str, title: str, value=None) -> Panel:
@@ -70,8 +97,8 @@ def _against_axis(res: SweepResults, axis: str, key: str, title: str, value=None
     panel = Panel(title=title, xlabel=axis, ylabel=key)
     value = value or (lambda t: t.final(key))
     for w in res.widths or [None]:
-        trials = [t for t in res.usable() if t.width == w]
-        means = _mean_by(trials, axis, value)
+        trials = [t for t in res.in_regime() if t.width == w]
+        means = _means(_by_point(trials, axis, value))
         per_seed: dict[int, list] = {}
         for t in trials:
             if (x := number(t.row.get(axis))) is not None and (v := value(t)) is not None:
@@ -93,15 +120,20 @@ def _ratio_curve(t: Trial, key: str = names.TRAIN_LOSS) -> tuple[list[int], list
 def _allenzhu(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     rows = res.critical_width or []
     found = [r for r in rows if r.get("status") in ("found", "at_min")]
+    seeds = len({r.get("seed", 0) for r in rows})
     out = [Finding("cells where GD fits at some width m*", "every (n, L)", f"{len(found)} of {len(rows)}",
-                   bool(rows) and len(found) == len(rows), {"found": len(found), "cells": len(rows)})]
+                   every_trial(len(found), len(rows), seeds, "find an m* among the probed widths"),
+                   {"found": len(found), "cells": len(rows)})]
     fit = res.critical_width_fit or {}
     for sym, axis, bound in (("a", "n", 24), ("b", "L", 12)):
         v, ci = fit.get(sym), fit.get(f"{sym}_ci95")
         measured = "not fitted" if v is None else f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-        top = ci[1] if ci else v
+        # The theorem's exponent is a sufficient width, not a prediction: no exponent measured at these sizes can
+        # cross it, so comparing against it could never fail. It is shown, and decides nothing.
+        why = (f"the theorem's {bound} is a sufficient width, not a prediction: no exponent measured here can cross "
+               "it, so it decides nothing")
         out.append(Finding(f"exponent of {axis} in m* ∝ n^a L^b", f"≤ {bound} suffices (polynomial)", measured,
-                           None if v is None else bool(math.isfinite(top) and top < bound), {sym: v, "ci95": ci}))
+                           Verdict(INCONCLUSIVE, why, v, tuple(ci) if ci else None, seeds), {sym: v, "ci95": ci}))
     cw = critical_width(res)
     return out, cw.panels if cw else []
 
@@ -137,22 +169,22 @@ def _du_bound(t: Trial) -> tuple[list[int], list[float]] | None:
 
 
 def _du(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
-    flips = _mean_by(res.usable(), WIDTH, lambda t: t.final(names.DRIFT_ACT_FLIP))
-    out = [Finding("activation-pattern changes (drift/act_flip) as m grows", "fewer", _along(flips),
-                   _increasing(flips, -1.0), {"act_flip": flips})]
+    out = [_ordering(res, WIDTH, lambda t: t.final(names.DRIFT_ACT_FLIP), -1.0,
+                     "activation-pattern changes (drift/act_flip) as m grows", "fewer", "act_flip")]
     f, neuron_panel = _width_law(res, names.DRIFT_NEURON_MAX, -0.5, "max per-neuron distance from init",
                                  "O(m^-1/2)")
     out.append(f)
     rate = Panel(title="loss / loss at init, and the paper's bound (dashed)", xlabel="step", ylabel="L_t / L_0",
                  ylog=True)
-    worst, ends = 0.0, {}
+    worst, ends, under = 0.0, {}, 0
     widths = res.widths
-    for t in sorted(res.usable(), key=lambda t: (t.width or 0, t.seed)):
+    for t in sorted(res.in_regime(), key=lambda t: (t.width or 0, t.seed)):
         xs, ys = _ratio_curve(t)
         bound = _du_bound(t)
         if not xs or bound is None:
             continue
-        worst = max(worst, max(y / b for x, y, b in zip(xs, ys, bound[1]) if x > 0))  # step 0 is 1 / 1
+        ratio = max((y / b for x, y, b in zip(xs, ys, bound[1]) if x > 0), default=0.0)  # step 0 is 1 / 1
+        worst, under = max(worst, ratio), under + (ratio <= 1.0 + 1e-9)
         ends.setdefault(t.width, []).append((ys[-1], bound[1][-1], xs[-1]))
         i = widths.index(t.width) if t.width in widths else 0
         color = SERIES_COLORS(i % 10)
@@ -163,10 +195,15 @@ def _du(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                      f"at step {v[0][2]}" for w, v in ends.items())
     out.append(Finding("training loss against the linear-rate bound", "L_k/L_0 ≤ (1 − ηλ_0/2)^k at every k",
                        (text + f"; max over steps of measured/bound {worst:.3g}") if ends else "no data",
-                       bool(ends) and worst <= 1.0 + 1e-9, {"worst_ratio_to_bound": worst}))
+                       every_trial(under, sum(len(v) for v in ends.values()), _seeds(res),
+                                   "stay under the bound at every step"), {"worst_ratio_to_bound": worst}))
     flip_panel = against_width(res, names.DRIFT_ACT_FLIP, name="act_flip", title="", caption="").panels[0]
     flip_panel.title = "activation flips against width"
     return out, [flip_panel, neuron_panel, rate]
+
+
+def _seeds(res: SweepResults) -> int:
+    return len({t.seed for t in res.in_regime()})
 
 
 def _fit_steps(t: Trial) -> float | None:
@@ -174,17 +211,17 @@ def _fit_steps(t: Trial) -> float | None:
 
 
 def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
-    trials = res.usable()
+    trials = res.in_regime()
     by_noise: dict[float, list[Trial]] = {}
     for t in trials:
         by_noise.setdefault(number(t.row.get(NOISE)), []).append(t)
     fitted = {x: f"{sum(_fit_steps(t) is not None for t in ts)}/{len(ts)}" for x, ts in sorted(by_noise.items())}
-    all_fit = bool(trials) and all(_fit_steps(t) is not None for t in trials)
-    steps = _mean_by(trials, NOISE, _fit_steps)
+    n_fit = sum(_fit_steps(t) is not None for t in trials)
     return [Finding("trials that reach 100% train accuracy, by label noise", "all, at every noise level",
-                    ", ".join(f"{x:g}: {v}" for x, v in fitted.items()), all_fit, {"fitted": fitted}),
-            Finding("steps to fit, by label noise (mean)", "grow with the noise", _along(steps, "{:.0f}"),
-                    _increasing(steps), {"steps_to_fit": steps})], \
+                    ", ".join(f"{x:g}: {v}" for x, v in fitted.items()),
+                    every_trial(n_fit, len(trials), _seeds(res), "reach 100% train accuracy"), {"fitted": fitted}),
+            _ordering(res, NOISE, _fit_steps, 1.0, "steps to fit, by label noise (mean)", "grow with the noise",
+                      "steps_to_fit", "{:.0f}")], \
         [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
          _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
 
@@ -197,20 +234,18 @@ def _lin_deviation(t: Trial) -> float | None:
 
 
 def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
-    trials = res.usable()
-    out = []
-    for key, which in ((names.NTK_LABEL_COMPLEXITY, "K_0"), (names.NTK_LABEL_COMPLEXITY_INF, "K∞")):
-        means = _mean_by(trials, NOISE, lambda t, key=key: t.final(key))
-        out.append(Finding(f"label complexity from {which}, by label noise", "grows with the noise", _along(means),
-                           _increasing(means), {"label_complexity": means}))
-    dev = _mean_by(trials, WIDTH, _lin_deviation)
-    out.append(Finding("max |loss − eigen-projection prediction| / loss at init, by width",
-                       "→ 0 as the width grows", _along(dev), _increasing(dev, -1.0), {"deviation": dev}))
+    trials = res.in_regime()
+    out = [_ordering(res, NOISE, lambda t, key=key: t.final(key), 1.0, f"label complexity from {which}, by label noise",
+                     "grows with the noise", "label_complexity")
+           for key, which in ((names.NTK_LABEL_COMPLEXITY, "K_0"), (names.NTK_LABEL_COMPLEXITY_INF, "K∞"))]
+    out.append(_ordering(res, WIDTH, _lin_deviation, -1.0,
+                         "max |loss − eigen-projection prediction| / loss at init, by width",
+                         "→ 0 as the width grows", "deviation"))
     pred = _by_noise(res, [(names.TRAIN_LOSS, "-"), (names.NTK_LIN_LOSS, "--")],
                      "training loss (solid) and prediction ntk/lin_loss (dashed)")
     complexity = _against_axis(res, NOISE, names.NTK_LABEL_COMPLEXITY, "label complexity at init: K_0, and K∞ "
                                "(dotted)")
-    inf = _mean_by(trials, NOISE, lambda t: t.final(names.NTK_LABEL_COMPLEXITY_INF))
+    inf = _means(_by_point(trials, NOISE, lambda t: t.final(names.NTK_LABEL_COMPLEXITY_INF)))
     if inf:
         complexity.extra.append(Series("K∞", list(inf), list(inf.values()), meta={"infinite_width": True}))
     return out, [complexity, pred]
@@ -219,7 +254,7 @@ def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
 def _by_noise(res: SweepResults, keys: list[tuple[str, str]], title: str, ylog: bool = True) -> Panel:
     """Curves over steps of the widest width's first seed, one colour per label-noise level, one line style per
     key."""
-    trials = res.usable()
+    trials = res.in_regime()
     width, seed = max(res.widths, default=None), min((t.seed for t in trials), default=0)
     chosen = sorted((t for t in trials if t.width == width and t.seed == seed), key=lambda t: number(t.row.get(NOISE)))
     panel = Panel(title=f"{title}, {label(WIDTH, width)}, seed {seed}", xlabel="step", ylabel=keys[0][0], ylog=ylog)
@@ -235,9 +270,8 @@ def _jacot(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     gap, p0 = _width_law(res, names.NTK_INIT_GAP, -0.5, "distance of K_0 from K∞", "→ 0 (CLT rate m^-0.5)")
     drift, p1 = _width_law(res, names.NTK_REL_DRIFT, -0.5, "relative change of the NTK in training",
                            "→ 0 (constant kernel; rate m^-0.5)")
-    moved = _mean_by(res.usable(), WIDTH, lambda t: t.final(names.NTK_REL_DRIFT))
-    order = Finding("|K_T − K_0| / |K_0| by width", "moves at small width, barely at large", _along(moved),
-                    _increasing(moved, -1.0), {"rel_drift": moved})
+    order = _ordering(res, WIDTH, lambda t: t.final(names.NTK_REL_DRIFT), -1.0, "|K_T − K_0| / |K_0| by width",
+                      "moves at small width, barely at large", "rel_drift")
     return [gap, drift, order], [p0, p1]
 
 

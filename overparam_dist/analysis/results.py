@@ -37,6 +37,9 @@ SHORT = {"model.width": "m", "model.depth": "L", "data.n": "n", "seed": "seed", 
          "train.batch_size": "bs", "data.target": "", "train.loss": ""}
 
 _INT = re.compile(r"[-+]?\d+")
+# Trials outside the regime their metrics describe (summary `regime`, metrics/regime.py): drawn hollow, left out of
+# every fit and verdict. `rich` (converged, the kernel moved) is data: the width laws measure how far it moved.
+FLAGGED = ("catapult", "diverged", "dead")
 
 
 def config_keys() -> list[str]:
@@ -155,6 +158,14 @@ class Trial:
     def seed(self) -> int:
         return self.row.get(SEED) or 0
 
+    @property
+    def flag(self) -> str | None:
+        """The regime that puts this trial outside its metrics' regime (FLAGGED), else None."""
+        regime = self.row.get("regime")
+        if self.status == "diverged":
+            return "diverged"
+        return regime if regime in FLAGGED else None
+
     @cached_property
     def history(self) -> list[dict]:
         """metrics.jsonl rows ([] when the trial directory or the file is missing)."""
@@ -218,6 +229,22 @@ class SweepResults:
     def usable(self) -> list[Trial]:
         """Trials with a result to plot (completed or diverged, or anything that logged metrics)."""
         return [t for t in self.trials if t.status in ("completed", "diverged", "preempted") or t.history]
+
+    def in_regime(self) -> list[Trial]:
+        """The usable trials every fit and verdict rests on: those not flagged (Trial.flag)."""
+        return [t for t in self.usable() if t.flag is None]
+
+    def flagged(self) -> list[Trial]:
+        return [t for t in self.usable() if t.flag is not None]
+
+    def flag_note(self) -> str:
+        """'' or one sentence: how many trials were left out of the fits and verdicts, and why."""
+        out = self.flagged()
+        if not out:
+            return ""
+        names = ", ".join(f"{t.name} ({t.flag})" for t in out)
+        return (f"{len(out)} trial{'s' * (len(out) != 1)} outside the regime the metrics describe, drawn hollow and "
+                f"left out of every fit and verdict: {names}.")
 
     @cached_property
     def axes(self) -> list[str]:

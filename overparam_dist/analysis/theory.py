@@ -53,10 +53,3 @@ def reference(metric: str, param: str | None) -> tuple[float | None, str]:
         return None, f"No reference line: no width law for this metric under model.param={param}."
     slope, why = law
     return slope, f"Dashed: the theory's slope {slope:g}: {why}."
-
-
-def inside(fit_ci: tuple[float, float] | None, slope: float | None) -> str:
-    """'yes' / 'no' (the theory's exponent inside the 95% interval), or '' where either is missing."""
-    if fit_ci is None or slope is None:
-        return ""
-    return "yes" if fit_ci[0] <= slope <= fit_ci[1] else "no"

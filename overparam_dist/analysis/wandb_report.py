@@ -24,13 +24,13 @@ from urllib.parse import urlparse
 from ..metrics import names
 from ..rundir import atomic_write
 from ..sinks import wandb_init, wandb_mode, warn_wandb
-from . import theory
 from .results import WIDTH, SweepResults
 
 SUMMARY_RUN_FILE = "wandb_summary_run.json"  # in runs/<sweep>/: the summary run's id and its last step
 SPEC_FILE = "wandb_report.json"
 RESULTS_TABLE = "results"
 SLOPES_TABLE = "slopes"
+CLAIM_TABLE = "claim"  # a reproduction's findings, each with its verdict
 IMAGE_PREFIX = "report/"
 LINE_METRICS = (names.TRAIN_LOSS, names.NTK_REL_DRIFT, names.DRIFT_WEIGHT_ABS)
 SCATTER_METRICS = (names.DRIFT_WEIGHT_REL, names.NTK_REL_DRIFT)
@@ -77,10 +77,12 @@ def log_summary_run(report, *, mode: str | None = None) -> SummaryRun | None:
     data = [[_cell(t.row.get(c)) for c in cols] for t in res.trials]
     fits = [f for fig in report.figures for f in fig.fits]
     slopes = [[f.metric, f.series, f.slope, f.ci95[0] if f.ci95 else None, f.ci95[1] if f.ci95 else None,
-               f.reference, theory.inside(f.ci95, f.reference), f.method] for f in fits]
+               f.reference, None if f.verdict is None else f.verdict.word,
+               None if f.verdict is None else f.verdict.reason, len(f.per_seed), f.method] for f in fits]
+    claims = [[f.quantity, f.paper, f.measured, f.verdict.word, f.verdict.reason] for f in report.findings]
     short_cols, short_rows = results_table(res)
     short = [[_cell(v) for v in r] for r in short_rows]
-    digest = hashlib.sha1(json.dumps([cols, data, slopes, short_cols, short], default=str).encode()).hexdigest()
+    digest = hashlib.sha1(json.dumps([cols, data, slopes, claims, short_cols, short], default=str).encode()).hexdigest()
     if state.get("digest") == digest:
         return SummaryRun(state["id"], None)
     try:
@@ -97,10 +99,13 @@ def log_summary_run(report, *, mode: str | None = None) -> SummaryRun | None:
             row: dict[str, Any] = {
                 RESULTS_TABLE: wandb.Table(columns=cols, data=data, allow_mixed_types=True),
                 SLOPES_TABLE: wandb.Table(
-                    columns=["metric", "series", "slope", "ci95_lo", "ci95_hi", "theory", "theory_inside", "method"],
-                    data=slopes, allow_mixed_types=True),
+                    columns=["metric", "series", "slope", "ci95_lo", "ci95_hi", "theory", "verdict", "why", "seeds",
+                             "method"], data=slopes, allow_mixed_types=True),
                 "results_short": wandb.Table(columns=short_cols, data=short, allow_mixed_types=True),
             }
+            if claims:
+                row[CLAIM_TABLE] = wandb.Table(columns=["quantity", "paper", "measured", "verdict", "why"],
+                                               data=claims, allow_mixed_types=True)
             for fig in report.figures:
                 if fig.path is not None:
                     row[IMAGE_PREFIX + fig.name] = wandb.Image(str(fig.path), caption=fig.title)

@@ -1,0 +1,154 @@
+"""Issue 24, item 1: verdicts that can fail. Synthetic results built to be supported, contradicted and inconclusive,
+through the verdict functions and through a whole report (terminal lines, index.html, claim.json, the demo's
+table); trials outside their regime drawn hollow and left out of every fit."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import yaml
+
+from overparam_dist.analysis import verdicts
+from overparam_dist.analysis.results import write_results
+from overparam_dist.analysis.verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED, ordering, width_law
+
+WIDTHS = [64, 128, 256, 512]
+
+
+def _slopes(values):
+    return dict(enumerate(values))
+
+
+def test_width_law_verdicts():
+    # Built to pass: three seeds around -0.5, tight.
+    v = width_law(_slopes([-0.52, -0.47, -0.50]), -0.5)
+    assert v.word == SUPPORTED and v.ci95[1] < 0 and v.seeds == 3
+    mean = np.mean([-0.52, -0.47, -0.50])
+    half = 4.302652729911275 * np.std([-0.52, -0.47, -0.50], ddof=1) / math.sqrt(3)  # t_{0.975, 2}
+    assert v.estimate == pytest.approx(mean) and v.ci95 == pytest.approx((mean - half, mean + half))
+    # Built to fail: a tight interval far from the exponent (and from its tolerance band).
+    assert width_law(_slopes([-1.02, -0.98, -1.0]), -0.5).word == CONTRADICTED
+    assert width_law(_slopes([-0.05, 0.02, 0.0]), -0.5).word == CONTRADICTED  # no dependence on width at all
+    # An interval that contains 0 supports no law, even around the exponent (the lee2019 --quick case).
+    v = width_law(_slopes([-0.86, 0.18, -0.34]), -0.5)
+    assert v.word == INCONCLUSIVE and v.ci95[0] < 0 < v.ci95[1] and "contains 0" in v.reason
+    # Two seeds are never enough, however tight; one seed has no interval at all.
+    assert width_law(_slopes([-0.50, -0.51]), -0.5).word == INCONCLUSIVE
+    v = width_law(_slopes([-0.5]), -0.5)
+    assert v.word == INCONCLUSIVE and v.ci95 is None
+    # Within the stated tolerance: an interval that does not contain -0.5 but comes within 0.2 of it.
+    assert width_law(_slopes([-0.62, -0.66, -0.68]), -0.5).word == SUPPORTED
+    assert width_law(_slopes([-0.62, -0.66, -0.68]), -0.5, tol=0.05).word == CONTRADICTED
+    # Exponent 0 (no change with width): supported only inside the band.
+    assert width_law(_slopes([0.01, -0.02, 0.0]), 0.0).word == SUPPORTED
+    assert width_law(_slopes([-0.5, -0.52, -0.49]), 0.0).word == CONTRADICTED
+    assert width_law(_slopes([-0.3, 0.2, 0.05]), 0.0).word == INCONCLUSIVE
+    # Positive exponents: the interval must lie above 0.
+    assert width_law(_slopes([0.48, 0.52, 0.5]), 0.5).word == SUPPORTED
+    assert width_law({}, -0.5).word == INCONCLUSIVE
+
+
+def test_ordering_verdicts():
+    # Grows by far more than the seeds' spread at every step.
+    grows = {x: {s: 10 * x + 0.1 * s for s in range(3)} for x in (0.0, 0.5, 1.0)}
+    assert ordering(grows, +1).word == SUPPORTED
+    assert ordering(grows, -1).word == CONTRADICTED  # the claim "falls" on data that grows
+    # Means that move the right way at every step, by less than the seeds disagree: inconclusive, not supported.
+    noisy = {0.0: {0: 1.0, 1: 3.0, 2: 2.0}, 0.5: {0: 2.9, 1: 1.2, 2: 2.1}, 1.0: {0: 1.5, 1: 2.4, 2: 2.5}}
+    means = [np.mean(list(v.values())) for v in noisy.values()]
+    assert means[0] < means[1] < means[2]
+    v = ordering(noisy, +1)
+    assert v.word == INCONCLUSIVE and v.ci95[0] < 0 < v.ci95[1]
+    # Up end to end, but one step goes clearly down for every seed: contradicted.
+    dip = {0.0: {s: 1.0 + 0.01 * s for s in range(3)}, 0.5: {s: 0.5 + 0.01 * s for s in range(3)},
+           1.0: {s: 2.0 + 0.01 * s for s in range(3)}}
+    v = ordering(dip, +1)
+    assert v.word == CONTRADICTED and "0→0.5" in v.reason
+    # Two seeds: inconclusive whatever the values.
+    assert ordering({x: {s: 10 * x + s for s in range(2)} for x in (0, 1)}, +1).word == INCONCLUSIVE
+    # The estimate is the measured end-to-end change, signed as measured, with its interval.
+    v = ordering({0: {0: 3.0, 1: 3.1, 2: 2.9}, 1: {0: 1.0, 1: 1.2, 2: 0.9}}, -1)
+    assert v.word == SUPPORTED and v.estimate == pytest.approx(-1.9667, abs=1e-3) and v.ci95[1] < 0
+
+
+def test_every_trial_verdicts():
+    assert verdicts.every_trial(9, 9, 3, "fit").word == SUPPORTED
+    assert verdicts.every_trial(8, 9, 3, "fit").word == CONTRADICTED
+    assert verdicts.every_trial(9, 9, 1, "fit").word == INCONCLUSIVE
+    assert verdicts.every_trial(0, 0, 3, "fit").word == INCONCLUSIVE
+
+
+def _sweep(tmp_path, slopes_by_seed: dict[int, float], flagged: dict[tuple, str] | None = None,
+           reproduces: str | None = None, extra=None):
+    """A finished sweep's results.csv: ntk/rel_drift = c_s * m^slope_s per seed, drift/weight_rel ~ m^-1."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for s, slope in slopes_by_seed.items():
+        for w in WIDTHS:
+            regime = (flagged or {}).get((w, s), "lazy")
+            rows.append({"trial": f"w{w}-s{s}", "status": "completed", "model.width": w, "model.depth": 1,
+                         "seed": s, "model.param": "ntk", "regime": regime,
+                         "ntk/rel_drift": (1e3 if regime != "lazy" else 1.0) * (1 + 0.1 * s) * w ** slope,
+                         "drift/weight_rel": 2.0 * w ** -1.0 * math.exp(rng.normal(0, 0.01)),
+                         "train/loss": 0.01, **(extra(w, s) if extra else {})})
+    sdir = tmp_path / "sweep"
+    sdir.mkdir()
+    write_results(sdir, rows)
+    spec = {"name": "synthetic", **({"reproduces": reproduces} if reproduces else {})}
+    (sdir / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    return sdir
+
+
+@pytest.mark.parametrize("slopes,word", [({0: -0.5, 1: -0.48, 2: -0.53}, SUPPORTED),
+                                         ({0: -1.5, 1: -1.45, 2: -1.55}, CONTRADICTED),
+                                         ({0: -0.9, 1: 0.3, 2: -0.3}, INCONCLUSIVE),
+                                         ({0: -0.5, 1: -0.5}, INCONCLUSIVE)])
+def test_report_says_each_verdict(tmp_path, slopes, word):
+    from launcher.demo import width_table
+    from overparam_dist.analysis.report import build_local_report, verdict_lines
+
+    rep = build_local_report(_sweep(tmp_path, slopes))
+    (fit,) = next(f for f in rep.figures if f.name == "ntk_rel_drift").fits
+    assert fit.slope == pytest.approx(np.mean(list(slopes.values())), abs=1e-9) and fit.verdict.word == word
+    lines = verdict_lines(rep)
+    assert any(line.startswith("  ntk/rel_drift (L=1): slope") and line.endswith(f"{word} against m^-0.5")
+               for line in lines), lines
+    page = (rep.dir / "index.html").read_text()
+    assert f"<td class='t verdict'>{word}</td>" in page
+    figures = json.loads((rep.dir / "figures.json").read_text())
+    (saved,) = next(f for f in figures if f["name"] == "ntk_rel_drift")["fits"]
+    assert saved["verdict"]["word"] == word and saved["verdict"]["seeds"] == len(slopes)
+    table = width_table(rep.results.dir)
+    assert f"{word} (m^-0.5)" in table and "seeds)" in table
+
+
+def test_flagged_trials_are_hollow_and_left_out_of_fits(tmp_path):
+    from overparam_dist.analysis.report import build_local_report
+
+    flagged = {(64, 0): "catapult", (64, 1): "dead"}
+    rep = build_local_report(_sweep(tmp_path, {0: -0.5, 1: -0.5, 2: -0.5}, flagged))
+    fig = next(f for f in rep.figures if f.name == "ntk_rel_drift")
+    (series,) = fig.panels[0].series
+    # The 1e3 values of the flagged trials are in no mean and no fit: the slope is exactly -0.5 for every seed.
+    assert series.y[0] == pytest.approx(1.2 * 64 ** -0.5)  # seed 2 alone at m = 64
+    (fit,) = fig.fits
+    assert fit.per_seed == pytest.approx({0: -0.5, 1: -0.5, 2: -0.5}) and fit.verdict.word == SUPPORTED
+    (hollow,) = [s for s in fig.panels[0].extra if s.meta.get("hollow")]
+    assert hollow.x == [64, 64] and min(hollow.y) > 100
+    assert "2 trials outside the regime" in fig.caption and "w64-s0 (catapult)" in fig.caption
+    assert "w64-s1 (dead)" in (rep.dir / "index.html").read_text()
+
+
+def test_claim_json_carries_verdicts_and_what_was_left_out(tmp_path):
+    from overparam_dist.analysis.report import build_local_report
+
+    flagged = {(256, 2): "diverged"}  # not at an end of the axis: 3 seeds span it
+    rep = build_local_report(_sweep(tmp_path, {0: -0.5, 1: -0.48, 2: -0.52}, flagged, reproduces="jacot2018_kernel"))
+    claim = json.loads((rep.dir / "claim.json").read_text())
+    found = {f["quantity"]: f for f in claim["findings"]}
+    assert found["relative change of the NTK in training"]["verdict"]["word"] == SUPPORTED
+    assert found["|K_T − K_0| / |K_0| by width"]["verdict"]["word"] == SUPPORTED  # falls, for every seed
+    # No ntk/init_gap values: inconclusive, never "holds".
+    assert found["distance of K_0 from K∞"]["verdict"]["word"] == INCONCLUSIVE
+    assert claim["left_out"] == {"w256-s2": "diverged"}
