@@ -65,6 +65,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"{summary['status']}: {summary['steps']} steps, train/loss {loss:.4g}"
           + (f", train/acc {acc:.3f}" if acc is not None else "") if loss is not None
           else f"{summary['status']} after {summary['steps']} steps")
+    if summary.get(names.REGIME):
+        flagged = " (outside the regime its metrics describe)" if summary[names.REGIME] in names.REGIME_FLAGGED else ""
+        print(f"regime: {summary[names.REGIME]}{flagged}: {summary.get(names.REGIME_WHY)}")
     print(f"outputs: {out}/ (config.yaml, metrics.jsonl, summary.json, checkpoints/)")
     return 0
 

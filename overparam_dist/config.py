@@ -47,6 +47,13 @@ class DataConfig:
 
 
 AUTO = "auto"  # train.lr: the step size from the kernel at init (step_size.py)
+ANALYTIC_PARAMS = ("paper", "ntk")  # the parameterizations whose infinite-width kernel is known (metrics/analytic.py)
+
+
+def kernel_is_known(cfg: "Config") -> bool:
+    """K_inf has a closed form for this model: fc with ntk, or paper without biases."""
+    m = cfg.model
+    return m.arch == "fc" and m.param in ANALYTIC_PARAMS and not (m.bias and m.param == "paper")
 
 
 @dataclass
@@ -55,6 +62,8 @@ class TrainConfig:
     lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) from the kernel GD sees (step_size.py), or a number:
     # the base rate, scaled per layer by the parameterization (paper: lr / width)
     lr_scale: float = 1.0  # with lr=auto: the step as a fraction of n / lambda_max(K); 1 is half the stability edge
+    lr_kernel: str = "max"  # with lr=auto: max (of K_inf and Theta_0, so lr * lambda_max(Theta_0) / n <= lr_scale) |
+    # infinite (K_inf alone: one step for every width; fc with paper or ntk, trials past the edge are flagged)
     batch_size: int = 0  # 0 = full batch (gradient descent)
     loss: str = "mse"  # mse (0.5 * mean squared error summed over outputs) | ce
     target_loss: float = 0.0  # stop once the train loss is below this (0 = off)
@@ -125,6 +134,7 @@ CHOICES = {
     "data.name": ("synthetic", "digits", "mnist", "cifar10"),
     "data.target": ("labels", "regression", "teacher"),
     "train.loss": ("mse", "ce"),
+    "train.lr_kernel": ("max", "infinite"),
     "train.device": ("auto", "cpu", "cuda"),
     "train.dtype": ("float32", "float64"),
     "train.precision": ("fp32", "tf32", "bf16"),
@@ -282,6 +292,9 @@ def validate(cfg: Config) -> None:
         bad("train.lr", f"must be '{AUTO}' (from the kernel at init) or a positive finite number")
     if not (t.lr_scale > 0 and math.isfinite(t.lr_scale)):
         bad("train.lr_scale", "must be a positive finite number (1 = half the stability edge)")
+    if t.lr_kernel == "infinite" and not kernel_is_known(cfg):
+        bad("train.lr_kernel", "infinite needs the infinite-width kernel: model.arch=fc with model.param=ntk, or paper "
+                               "without biases; use max")
     if t.batch_size < 0:
         bad("train.batch_size", "must be >= 0 (0 = full batch)")
     if t.batch_size > d.n:

@@ -13,14 +13,23 @@ and K_trace the trace NTK of metrics/ (sum over outputs). Hence
 
     train.lr = train.lr_scale * n / lambda_max(K),   K = K_trace / C,
 
-and lr_scale = 1 is half the stability edge. Which K:
-- `infinite-width`: fc with `ntk` (biases or not) or `paper` (no biases): K_inf of metrics/analytic.py (the paper
-  kernel is already divided by m, as its step is lr/m). Every width of a sweep cell then gets the same lr.
-- `empirical at init`: every other model. Theta_trace = sum over parameter groups of equal s_p of
-  s_p * K_trace(group) at init (exact, sharded like every NTK here), divided by C; at finite width the
-  cross-output blocks are O(1/sqrt(m)), so lambda_max(Theta) is lambda_max(Theta_trace)/C up to that.
-- Either is taken on the first min(n, 2048) training samples S: lambda_max(K_S)/|S| estimates
-  lambda_max(K)/n (both are the top eigenvalue of the kernel's integral operator), and equals it when n <= 2048.
+and lr_scale = 1 is half the stability edge. Which kernel (`train.lr_kernel`):
+- `max` (the default): the larger of two per-sample top eigenvalues, so lr * lambda_max(Theta_0)/n <= lr_scale holds
+  for every trial it sets, at every width and with C > 1:
+  - Theta_0 itself, the full step-weighted nC x nC kernel at init (exact, sharded like every NTK here), on the
+    first S = regime.kernel_samples(n, C) samples: lambda_max(Theta_S)/S estimates lambda_max(Theta)/n (both are
+    the top eigenvalue of the kernel's integral operator) and equals it when nC <= regime.KERNEL_OUTPUTS. At
+    finite width it exceeds K_inf's: the empirical kernel fluctuates by O(1/sqrt(m)) and its cross-output blocks
+    are not 0 (measured: 1.37x at m = 128, C = 10);
+  - K_inf / C of metrics/analytic.py where it is known (fc with `ntk`, or `paper` without biases; the paper kernel is
+    already divided by m, as its step is lr/m), on the first min(n, 2048) samples.
+- `infinite`: K_inf alone (where known), so every width of a series gets the same step (Lee et al. 2019 share one
+  step across widths). Narrow widths may then sit past the edge; their summary says so (regime.py) and reports
+  leave them out of every fit.
+mup: the step is MUP_FRACTION of the above. Its readout starts O(1/m), so Theta_0 holds little more than the
+readout's own kernel; as the readout aligns within the first steps the kernel grows about tenfold, and at the full
+step every ReLU died within 10 steps (m = 128..2048, depth 1 and 2). At a fifth the loss falls below half in
+100 steps at all six, and the kernel settles at the edge (lr lambda_max(Theta_T)/n = 1.9-2.0): tests/test_step_size.py.
 Mini-batch SGD uses the same rule: lambda_max(K_B)/B estimates the same operator eigenvalue.
 Cross-entropy uses the same rule too: the mean of -log softmax over n has the Hessian (diag(p) - p p^T)/n in
 the logits, whose eigenvalues are at most 1/(2n) (the variance of u_Y for a unit u and a one-hot Y is at most
@@ -33,36 +42,42 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import AUTO, Config, effective_train_outer
-from .metrics.analytic import PARAMS as ANALYTIC_PARAMS
+from .config import AUTO, Config, effective_train_outer, kernel_is_known
 from .metrics.analytic import infinite_width_ntk
-from .metrics.linearization import gd_kernel
+from .metrics.regime import kernel_samples, step_kernel, top_ratio
 
-AUTO_SAMPLES = 2048  # samples of the training set the kernel is taken on
-
-
-def kernel_is_known(cfg: Config) -> bool:
-    m = cfg.model
-    return m.arch == "fc" and m.param in ANALYTIC_PARAMS and not (m.bias and m.param == "paper")
+AUTO_SAMPLES = 2048  # samples of the training set K_inf is taken on
+MUP_FRACTION = 0.2  # of the kernel step, under model.param=mup (module doc)
 
 
 def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outputs: int,
-               parallel=None) -> tuple[float, dict]:
-    """(base lr, the facts recorded under `derived.lr`). A number in train.lr is returned as given."""
+               parallel=None) -> tuple[float, dict, torch.Tensor]:
+    """(base lr, the facts recorded under `derived.lr`, Theta_0 of the step-weighted kernel at that lr on the first
+    regime.kernel_samples samples, for regime.py). A number in train.lr is used as given."""
+    steps = {name: rule.lr_scale for name, rule in rules.items()}
+    xs = x[:kernel_samples(x.shape[0], outputs)].detach()
+    theta = step_kernel(model, xs, steps, parallel)  # at base lr 1
+    lam_init = top_ratio(theta, xs.shape[0])  # per sample
     if cfg.train.lr != AUTO:
-        return float(cfg.train.lr), {"rule": "given", "lr": float(cfg.train.lr)}
-    xs = x[:AUTO_SAMPLES].detach()
+        lr = float(cfg.train.lr)
+        return lr, {"rule": "given", "lr": lr, "edge_ratio": lr * lam_init}, lr * theta
+    facts: dict = {"rule": AUTO, "kernel": cfg.train.lr_kernel, "samples": int(xs.shape[0]),
+                   "lambda_max_init": lam_init * xs.shape[0]}
+    lam = lam_init
     if kernel_is_known(cfg):
-        kernel = "infinite-width"
-        k = infinite_width_ntk(xs.flatten(1), cfg.model.depth, cfg.model.param, bias=cfg.model.bias,
+        xi = x[:AUTO_SAMPLES].detach()
+        k = infinite_width_ntk(xi.flatten(1), cfg.model.depth, cfg.model.param, bias=cfg.model.bias,
                                train_outer=effective_train_outer(cfg), classes=outputs)
+        lam_inf = float(torch.linalg.eigvalsh(k.double() / outputs)[-1]) / xi.shape[0]
+        facts.update(samples_inf=int(xi.shape[0]), lambda_max_inf=lam_inf * xi.shape[0])
+        lam = lam_inf if cfg.train.lr_kernel == "infinite" else max(lam_inf, lam_init)
+        facts["set_by"] = "infinite-width" if lam == lam_inf else "empirical at init"
     else:
-        kernel = "empirical at init"
-        k = gd_kernel(model, xs, {name: rule.lr_scale for name, rule in rules.items()}, parallel)
-    lam = float(torch.linalg.eigvalsh(k.double() / outputs)[-1])
-    lr = cfg.train.lr_scale * xs.shape[0] / lam
-    return lr, {"rule": AUTO, "kernel": kernel, "samples": int(xs.shape[0]), "lambda_max": lam,
-                "lr_scale": cfg.train.lr_scale, "lr": lr}
+        facts["set_by"] = "empirical at init"
+    fraction = MUP_FRACTION if cfg.model.param == "mup" else 1.0
+    lr = cfg.train.lr_scale * fraction / lam
+    facts.update(lr_scale=cfg.train.lr_scale, fraction=fraction, lr=lr, edge_ratio=lr * lam_init)
+    return lr, facts, lr * theta
 
 
 def effective_lrs(base: float, rules: dict, trained: list[str]) -> dict[str, float]:
@@ -83,7 +98,7 @@ def resolved_at_init(cfg: Config) -> dict:
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
     model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=dtype)
     with precision.exact():
-        base, lr_facts = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
+        base, lr_facts, _ = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
     effective = effective_lrs(base, rules, [n for n, p in model.named_parameters() if p.requires_grad])
     lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
     if lin_off is None:  # as the trial decides it (train.py): the closed form needs a stable linearisation

@@ -26,6 +26,7 @@ from .metrics import names
 from .metrics.convergence import ConvergenceTracker
 from .metrics.label_complexity import targets as label_targets
 from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstable_reason
+from .metrics.regime import Regime, output_is_constant
 from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .parallel.distributed import World, setup
@@ -110,7 +111,8 @@ class Trainer:
             raise ConfigError("no trainable parameters: model.train_outer=false leaves nothing to train")
         self.net = self.par.wrap(self.model)
         self.step_net = torch.compile(self.net) if cfg.train.compile else self.net  # the training forward only
-        base, self.lr_facts = resolve_lr(cfg, self.model, self.rules, self.x_all, ds.num_outputs, self.par)
+        base, self.lr_facts, self.theta0 = resolve_lr(cfg, self.model, self.rules, self.x_all, ds.num_outputs,
+                                                      self.par)
         self.effective_lr = effective_lrs(base, self.rules, list(self.trained))
         self.hidden_lr = next((lr for n, lr in self.effective_lr.items() if n.startswith("hidden.")),
                               next(iter(self.effective_lr.values())))
@@ -135,6 +137,8 @@ class Trainer:
             self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
         if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
+        self.regime = Regime(self.model, self.x_all, ds.num_outputs, self.effective_lr, self.par, self.theta0)
+        del self.theta0
 
     def _resume(self) -> tuple[int, bool]:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
@@ -143,6 +147,7 @@ class Trainer:
             state = checkpoint.load(last, self.par.state_dict(self.model))
             self.conv.load(state["conv"])
             self.theory.load(state.get("theory", {}))
+            self.regime.load(state.get("regime", {}))
             return state["step"], True
         return 0, False
 
@@ -237,6 +242,10 @@ class Trainer:
             row.update(self.theory.compute(first=step == 0, final=final))
             if self.lin is not None:
                 row.update(self.lin.metrics(step))
+            if step == 0:
+                row[names.REGIME_EDGE_RATIO] = self.regime.edge0
+            if final:
+                row[names.REGIME_EDGE_RATIO] = self.regime.measure_end()
             row[names.TIME_METRICS] = time.perf_counter() - t_metrics
         if self.sinks is not None:
             self.sinks.log(step, row)
@@ -246,7 +255,7 @@ class Trainer:
         return row
 
     def save_checkpoint(self, step: int) -> None:
-        state = {"step": step, "conv": self.conv.state(), "theory": self.theory.state()}
+        state = {"step": step, "conv": self.conv.state(), "theory": self.theory.state(), "regime": self.regime.state()}
         checkpoint.save(self.ckpt_root, step, self.par.state_dict(self.model), state, self.world,
                         self.cfg.checkpoint.keep)
         self.saved_at = step
@@ -272,6 +281,7 @@ class Trainer:
             fitted = self.fitted(train_loss, train_acc)
             if self.full_batch or log_now:
                 self.conv.update(step, train_loss, fitted)
+                self.regime.see_loss(step, train_loss)
             stop = diverged or step >= cfg.train.steps or (
                 fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0))
             if not stop:
@@ -329,6 +339,11 @@ class Trainer:
             "tp": world.tp,
             "lin_gap_off": self.lin_off,
         }
+        if status != "preempted":  # the regime of a finished run (a preempted one resumes)
+            with torch.no_grad():
+                constant = output_is_constant(self.model(self.x_all)) if self.n > 1 else False
+            summary.update(self.regime.summary(status, final_metrics.get(names.TRAIN_LOSS),
+                                               self.theory.dead_layers(self.x_all), constant))
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
         if self.sinks is not None:
             if self.theory.track_ntk:

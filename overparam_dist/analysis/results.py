@@ -22,6 +22,7 @@ from typing import Any, Iterable
 import yaml
 
 from ..config import Config, ConfigError, flatten, to_dict
+from ..metrics import names
 from ..rundir import CONFIG_FILE, METRICS_FILE, RESULTS_FILE, SUMMARY_FILE, SWEEP_FILE, atomic_write
 from ..sinks import read_jsonl
 from .claims import CLAIMS
@@ -39,7 +40,7 @@ SHORT = {"model.width": "m", "model.depth": "L", "data.n": "n", "seed": "seed", 
 _INT = re.compile(r"[-+]?\d+")
 # Trials outside the regime their metrics describe (summary `regime`, metrics/regime.py): drawn hollow, left out of
 # every fit and verdict. `rich` (converged, the kernel moved) is data: the width laws measure how far it moved.
-FLAGGED = ("catapult", "diverged", "dead")
+FLAGGED = names.REGIME_FLAGGED
 
 
 def config_keys() -> list[str]:
@@ -161,7 +162,7 @@ class Trial:
     @property
     def flag(self) -> str | None:
         """The regime that puts this trial outside its metrics' regime (FLAGGED), else None."""
-        regime = self.row.get("regime")
+        regime = self.row.get(names.REGIME)
         if self.status == "diverged":
             return "diverged"
         return regime if regime in FLAGGED else None
@@ -242,9 +243,9 @@ class SweepResults:
         out = self.flagged()
         if not out:
             return ""
-        names = ", ".join(f"{t.name} ({t.flag})" for t in out)
+        which = ", ".join(f"{t.name} ({t.flag})" for t in out)
         return (f"{len(out)} trial{'s' * (len(out) != 1)} outside the regime the metrics describe, drawn hollow and "
-                f"left out of every fit and verdict: {names}.")
+                f"left out of every fit and verdict: {which}.")
 
     @cached_property
     def axes(self) -> list[str]:

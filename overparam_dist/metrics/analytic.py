@@ -46,7 +46,7 @@ import math
 
 import torch
 
-PARAMS = ("paper", "ntk")
+from ..config import ANALYTIC_PARAMS as PARAMS
 
 
 def empirical_scale(param: str, width: int) -> float:

@@ -61,3 +61,14 @@ CONV_STEPS_TO_FIT = "conv/steps_to_fit"
 # Steps between the points at which a fit can be seen: 1 under full-batch GD (every step is evaluated), else
 # metrics.every (mini-batch SGD evaluates the whole training set only on logged rows). Summary only.
 CONV_STEPS_TO_FIT_RESOLUTION = "conv/steps_to_fit_resolution"
+
+# The regime of a trial (regime.py): the edge ratio lr * lambda_max(Theta)/n of the step-weighted GD kernel at init
+# (step 0) and at the end, and in the summary the regime word and its inputs.
+REGIME_EDGE_RATIO = "regime/edge_ratio"
+REGIME = "regime"  # summary: lazy | rich | catapult | diverged | dead
+REGIME_FLAGGED = ("catapult", "diverged", "dead")  # outside the regime the metrics describe: in no fit or verdict
+REGIME_WHY = "regime_why"  # summary: the rule that decided it, with its numbers
+REGIME_EDGE_RATIO_INIT = "regime/edge_ratio_init"  # summary
+REGIME_KERNEL_MOVE = "regime/kernel_move"  # summary: |Theta_T - Theta_0|_F / |Theta_0|_F on the same samples
+REGIME_LOSS_RISE = "regime/loss_rise"  # summary: max loss over the run / loss at init (> 1: the loss rose first)
+REGIME_DEAD_LAYERS = "regime/dead_layers"  # summary: hidden ReLU layers with no unit active on the training set

@@ -189,6 +189,18 @@ class TheoryMetrics:
         }
         return out
 
+    @torch.no_grad()
+    def dead_layers(self, x: torch.Tensor) -> list[str]:
+        """The ReLU layers with no unit active on any sample of `x` (tensor-parallel shards summed over tp)."""
+        dead = []
+        for layer, signs in self.acts.capture(self.model, x).items():
+            active = torch.tensor([float(signs.sum())], dtype=torch.float64, device=signs.device)
+            if layer in self.sharded_acts:
+                self.parallel.reduce_tp(active)
+            if float(active[0]) == 0:
+                dead.append(layer)
+        return dead
+
     def state(self) -> dict:
         return {"spectral": self.drift.state()}
 
