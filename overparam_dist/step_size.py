@@ -19,8 +19,8 @@ and lr_scale = 1 is half the stability edge. Which kernel (`train.lr_kernel`):
   - Theta_0 itself, the full step-weighted nC x nC kernel at init (exact, sharded like every NTK here), on the
     first S = regime.kernel_samples(n, C) samples: lambda_max(Theta_S)/S estimates lambda_max(Theta)/n (both are
     the top eigenvalue of the kernel's integral operator) and equals it when nC <= regime.KERNEL_OUTPUTS. At
-    finite width it exceeds K_inf's: the empirical kernel fluctuates by O(1/sqrt(m)) and its cross-output blocks
-    are not 0 (measured: 1.37x at m = 128, C = 10);
+    finite width it may exceed K_inf's: the empirical kernel fluctuates by O(1/sqrt(m)) and its cross-output
+    blocks are not 0 (tests/test_step_size.py checks the edge at m = 32, 128, 2048, and with C = 10);
   - K_inf / C of metrics/analytic.py where it is known (fc with `ntk`, or `paper` without biases; the paper kernel is
     already divided by m, as its step is lr/m), on the first min(n, 2048) samples.
 - `infinite`: K_inf alone (where known), so every width of a series gets the same step (Lee et al. 2019 share one

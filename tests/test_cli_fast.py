@@ -86,9 +86,9 @@ def test_print_config_resolved_is_what_the_trial_records(overrides, tmp_path):
     assert set(got) == {"train_outer", "lr", "lin_gap", "effective_lr", "data"}
     for key in ("train_outer", "lin_gap", "data"):
         assert got[key] == recorded[key], key
-    assert got["lr"]["kernel"] == recorded["lr"]["kernel"] and got["lr"]["samples"] == recorded["lr"]["samples"]
-    assert got["lr"]["lr"] == pytest.approx(recorded["lr"]["lr"], rel=1e-9)
-    assert got["lr"]["lambda_max"] == pytest.approx(recorded["lr"]["lambda_max"], rel=1e-9)
+    assert got["lr"]["set_by"] == recorded["lr"]["set_by"] and got["lr"]["samples"] == recorded["lr"]["samples"]
+    for key in ("lr", "lambda_max_init", "edge_ratio"):
+        assert got["lr"][key] == pytest.approx(recorded["lr"][key], rel=1e-9), key
     assert got["effective_lr"] == pytest.approx(recorded["effective_lr"], rel=1e-9)
     assert got["lr"]["rule"] == "auto" and got["lr"]["lr"] > 0
     plain = run_cli("train", "--print-config", *run, cwd=tmp_path)

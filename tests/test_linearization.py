@@ -101,22 +101,30 @@ def test_edge_ratio_is_lr_lambda_max_over_n_of_the_jacobian_kernel():
 
 
 def test_unstable_linearisation_is_not_logged_and_says_why(tmp_path):
-    """The quickstart's w32-d1 (paper, m = 32, train.lr=auto from K_inf): the empirical kernel is larger than K_inf,
-    the linearised model diverges (it logged lin_gap = 1e26), and the net itself still trains."""
-    for width in (32, 256):
-        run = tmp_path / f"w{width}"
-        summary = run_trial(load_config(None, [*QUIET, f"model.width={width}", "model.depth=1", "data.n=32",
-                                               "data.target=regression", "train.steps=40", "metrics.every=20",
-                                               "train.stop_at_fit=false", f"run.dir={run}"]))
-        derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]["lin_gap"]
+    """The quickstart's w32-d1 (paper, m = 32). With the step from K_inf alone (train.lr_kernel=infinite, as auto was
+    before issue 24) the empirical kernel is larger than K_inf, the linearised model diverges (it logged
+    lin_gap = 1e26), and the net itself still trains: the gap is not logged, the reason is, and the summary's regime
+    is `catapult`, flagged. Under the default auto (the larger of K_inf and Theta_0) the same trial is stable, and
+    its lin_gap is logged and small."""
+    common = [*QUIET, "model.width=32", "model.depth=1", "data.n=32", "data.target=regression", "train.steps=40",
+              "metrics.every=20", "train.stop_at_fit=false"]
+    for kernel in ("infinite", "max"):
+        run = tmp_path / kernel
+        summary = run_trial(load_config(None, [*common, f"train.lr_kernel={kernel}", f"run.dir={run}"]))
+        derived = yaml.safe_load((run / "config.yaml").read_text())["derived"]
         rows = read_rows(run)
-        if width == 32:
-            assert derived["on"] is False and "unstable" in derived["why"] and summary["lin_gap_off"] == derived["why"]
+        edge = derived["lr"]["edge_ratio"]
+        assert rows[0][names.REGIME_EDGE_RATIO] == pytest.approx(edge, rel=1e-9)
+        if kernel == "infinite":
+            assert edge >= 2 and derived["lin_gap"]["on"] is False and "unstable" in derived["lin_gap"]["why"]
+            assert summary["lin_gap_off"] == derived["lin_gap"]["why"]
             assert all(names.NTK_LIN_GAP not in r and names.NTK_LIN_LOSS not in r for r in rows)
             assert summary["status"] == "completed" and rows[-1][names.TRAIN_LOSS] < rows[0][names.TRAIN_LOSS]
-        else:  # wide enough: the linearisation is stable, logged, and close
-            assert derived == {"on": True} and summary["lin_gap_off"] is None
-            assert 0 < rows[-1][names.NTK_LIN_GAP] < 0.5
+            assert summary[names.REGIME] == "catapult" and summary[names.REGIME_LOSS_RISE] >= 1
+        else:
+            assert edge == pytest.approx(1.0, rel=1e-9)  # Theta_0 set the step: it is larger than K_inf here
+            assert derived["lin_gap"] == {"on": True} and summary["lin_gap_off"] is None
+            assert 0 < rows[-1][names.NTK_LIN_GAP] < 0.5 and summary[names.REGIME] in ("lazy", "rich")
 
 
 @pytest.mark.slow

@@ -40,28 +40,57 @@ def _gd_operator_lambda_max(model, rules, x) -> float:
 
 
 @pytest.mark.parametrize("over", [
-    ["model.param=paper", "model.depth=2"],                        # infinite-width kernel
-    ["model.param=ntk", "model.depth=2", "model.bias=true"],       # infinite-width kernel, biases
-    ["model.param=mup", "model.depth=2"],                          # empirical kernel, per-layer rates
+    ["model.param=paper", "model.depth=2"],                        # K_inf known: the larger of K_inf and Theta_0
+    ["model.param=ntk", "model.depth=2", "model.bias=true"],       # K_inf known, biases
+    ["model.param=ntk", "model.depth=1", "data.classes=10"],       # C > 1: cross-output blocks of Theta_0 count
+    ["model.param=mup", "model.depth=2"],                          # empirical kernel, per-layer rates, a fifth
     ["model.arch=resnet", "model.param=ntk", "model.depth=2"],     # empirical kernel
 ])
-def test_auto_step_is_half_the_edge_of_the_full_gd_operator(over):
-    cfg = load_config(None, ["model.width=2048", "data.n=32", "data.target=regression", *over])
+@pytest.mark.parametrize("width", [32, 128, 2048])
+def test_auto_step_keeps_every_trial_inside_half_the_edge(over, width):
+    """Issue 24, item 4: lr * lambda_max(Theta_0) / n <= lr_scale for every trial auto sets, Theta_0 the full
+    step-weighted nC x nC kernel at init (here on all n samples, computed independently, parameter by parameter)."""
+    cfg = load_config(None, [f"model.width={width}", "data.n=32", "data.target=regression", *over])
     ds, model, rules = _model(cfg)
-    lr, facts = resolve_lr(cfg, model, rules, ds.x.double(), ds.num_outputs)
+    lr, facts, _ = resolve_lr(cfg, model, rules, ds.x.double(), ds.num_outputs)
     edge = lr * _gd_operator_lambda_max(model, rules, ds.x.double()) / ds.x.shape[0]
     assert facts["rule"] == "auto" and facts["lr"] == lr and facts["samples"] == 32
-    assert facts["kernel"] == ("infinite-width" if "model.arch=resnet" not in over and "model.param=mup" not in over
-                               else "empirical at init")
-    assert abs(edge - 1.0) < 0.06, edge  # lr * lambda_max(Theta) / n = 1 = half of the edge at 2 (finite m)
+    assert facts["edge_ratio"] == pytest.approx(edge, rel=1e-9)  # recorded as measured here
+    want = 0.2 if "model.param=mup" in over else 1.0
+    if facts["set_by"] == "empirical at init":
+        assert edge == pytest.approx(want, rel=1e-9), edge
+    else:  # K_inf set the step: it is the larger, so the step is smaller still
+        assert "lambda_max_inf" in facts and edge <= want + 1e-12, edge
+        assert lr == pytest.approx(32 / facts["lambda_max_inf"], rel=1e-9)
+    # lr_kernel=infinite: K_inf alone, the same step at every width (where it is known), past half the edge or not.
+    if "model.arch=resnet" not in over and "model.param=mup" not in over:
+        inf = load_config(None, [f"model.width={width}", "data.n=32", "data.target=regression", *over,
+                                 "train.lr_kernel=infinite"])
+        lr_inf, facts_inf, _ = resolve_lr(inf, model, rules, ds.x.double(), ds.num_outputs)
+        assert lr_inf == pytest.approx(32 / facts["lambda_max_inf"], rel=1e-12) and lr_inf >= lr
 
 
-def test_a_given_lr_is_used_as_today_and_auto_is_recorded(tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("width", [128, 512, 2048])
+@pytest.mark.parametrize("depth", [1, 2])
+def test_mup_trains_under_auto(tmp_path, width, depth):
+    """Issue 24, item 4: at the full kernel step every ReLU of mup died within 10 steps; now the loss falls below
+    half its initial value within 100 steps, with no dead layer, and the summary's regime says so."""
+    cfg = load_config(None, [*QUIET, "model.param=mup", f"model.width={width}", f"model.depth={depth}", "data.n=16",
+                             "train.steps=100", "train.stop_at_fit=false", "metrics.every=10", "metrics.ntk=false",
+                             "metrics.spectral=false", f"run.dir={tmp_path}"])
+    s = run_trial(cfg)
+    loss = [r[names.TRAIN_LOSS] for r in read_rows(tmp_path)]
+    assert s["status"] == "completed" and loss[-1] < loss[0] / 2, loss
+    assert s[names.REGIME_DEAD_LAYERS] == [] and s[names.REGIME] in ("lazy", "rich"), s[names.REGIME_WHY]
+
+
+def test_a_given_lr_is_used_and_auto_is_recorded(tmp_path):
     given = load_config(None, [*QUIET, "model.width=64", "train.lr=8", f"run.dir={tmp_path / 'g'}",
                                "train.steps=3"])
     run_trial(given)
     derived = yaml.safe_load((tmp_path / "g" / "config.yaml").read_text())["derived"]
-    assert derived["lr"] == {"rule": "given", "lr": 8.0}
+    assert derived["lr"]["rule"] == "given" and derived["lr"]["lr"] == 8.0 and derived["lr"]["edge_ratio"] > 0
     assert derived["effective_lr"]["hidden.0.weight"] == 8.0 / 64  # paper: lr / m, as before
 
     auto = load_config(None, [*QUIET, "model.width=64", f"run.dir={tmp_path / 'a'}", "train.steps=3",
@@ -72,9 +101,13 @@ def test_a_given_lr_is_used_as_today_and_auto_is_recorded(tmp_path):
     from overparam_dist.metrics.analytic import infinite_width_ntk
 
     lam = float(torch.linalg.eigvalsh(infinite_width_ntk(ds.x, 2, "paper") / ds.num_outputs)[-1])
-    assert derived["lr"]["kernel"] == "infinite-width" and math.isclose(derived["lr"]["lambda_max"], lam, rel_tol=1e-9)
-    assert math.isclose(derived["lr"]["lr"], 0.5 * 64 / lam, rel_tol=1e-9)
+    assert math.isclose(derived["lr"]["lambda_max_inf"], lam, rel_tol=1e-9)
+    lam_step = max(lam, derived["lr"]["lambda_max_init"])
+    assert math.isclose(derived["lr"]["lr"], 0.5 * 64 / lam_step, rel_tol=1e-9)
     assert math.isclose(derived["effective_lr"]["hidden.0.weight"], derived["lr"]["lr"] / 64, rel_tol=1e-12)
+    rows = read_rows(tmp_path / "a")
+    assert rows[0][names.REGIME_EDGE_RATIO] == pytest.approx(derived["lr"]["edge_ratio"], rel=1e-9)
+    assert derived["lr"]["edge_ratio"] <= 0.5 + 1e-12
 
 
 @pytest.mark.slow

@@ -386,8 +386,8 @@ def test_offline_trial_file_holds_metrics_config_summary_and_no_api_key(tmp_path
     assert config["train"]["lr"] == written["derived"]["lr"]["lr"] > 0
     config["train"] = {k: v for k, v in config["train"].items() if k != "lr_rule"} | {"lr": "auto"}
     assert config == written
-    assert config["derived"]["lr"]["rule"] == "auto" and config["derived"]["lr"]["kernel"] == "infinite-width"
-    assert config["derived"]["lr"]["lambda_max"] > 0  # the step's kernel reaches W&B too
+    assert config["derived"]["lr"]["rule"] == "auto" and config["derived"]["lr"]["kernel"] == "max"
+    assert config["derived"]["lr"]["lambda_max_init"] > 0  # the step's kernel reaches W&B too
 
     hist = history(recs)
     rows = read_rows(run_dir)
