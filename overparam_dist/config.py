@@ -177,6 +177,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     validate, and return a typed Config object."""
     schema = OmegaConf.structured(Config)
     layers = [schema]
+    from_file: set[str] = set()  # keys the YAML file sets, and keys given here: a file's value an override
+    given: set[str] = set(flatten(nest(settings)) if settings else {})  # contradicts is refused (_check_inherited)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -191,6 +193,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "derived" in loaded:
             # A run's config.yaml carries derived facts (effective lrs, data info): not inputs.
             loaded.pop("derived")
+        from_file = set(flatten(OmegaConf.to_container(loaded)))
         layers.append(loaded)
     if settings:
         try:
@@ -201,6 +204,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
         key = item.split("=", 1)[0]
+        given.add(key.lstrip("+~"))
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
         try:  # one at a time, so a value YAML cannot parse is named
@@ -217,8 +221,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if isinstance(cfg.train.lr, str) and cfg.train.lr != AUTO:
         with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 as a string: a number was meant
             cfg.train.lr = float(cfg.train.lr)
+    _check_inherited(cfg, path, from_file, given)
     validate(cfg)
     return cfg
+
+
+LABELLED_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # the classes of each data set that has its own labels
+
+
+def _check_inherited(cfg: Config, path: Path | None, from_file: set[str], given: set[str]) -> None:
+    """A data set with its own labels, named by an override, must not silently inherit a file's data.target or
+    data.classes made for another data set (one ConfigError naming both keys); data.classes not set anywhere
+    becomes the data set's own count, so --print-config shows what is used."""
+    d = cfg.data
+    classes = LABELLED_CLASSES.get(d.name)
+    if classes is None:
+        return
+    if d.target == "labels" and "data.classes" not in from_file | given:
+        d.classes = classes
+    if "data.name" not in given:
+        return  # the file chose this data set: its other values were written for it
+    conflicts = []
+    if d.target != "labels":
+        conflicts.append(("data.target", d.target, "labels", f"it replaces {d.name}'s labels with {d.target} targets"))
+    elif d.classes != classes:
+        conflicts.append(("data.classes", d.classes, classes, f"{d.name} has {classes} classes"))
+    for key, value, fix, why in conflicts:
+        if key in from_file and key not in given:
+            explicit = (f"{key}={value}" if key == "data.target" else
+                        f"data.target=regression data.classes={value} for {value}-dimensional regression targets")
+            raise ConfigError(f"config key '{key}' = {value!r} from '{path}' does not fit data.name={d.name} given as "
+                              f"an override ({why}): pass {key}={fix} to use {d.name}'s labels, or {explicit} to ask "
+                              "for it explicitly")
 
 
 def from_dict(cfg_dict: dict[str, Any]) -> Config:
@@ -279,6 +313,8 @@ def validate(cfg: Config) -> None:
         bad("data.classes", "must be >= 1")
     if d.target == "labels" and d.classes < 2:
         bad("data.classes", "must be >= 2 for label targets")
+    if d.target == "labels" and d.name in LABELLED_CLASSES and d.classes != LABELLED_CLASSES[d.name]:
+        bad("data.classes", f"{d.name} has {LABELLED_CLASSES[d.name]} classes (label targets use them all)")
     if t.loss == "ce" and d.target != "labels":
         bad("train.loss", "ce needs data.target=labels")
     if not 0.0 <= d.label_noise <= 1.0:

@@ -23,8 +23,8 @@ from overparam_dist.train import run_trial
 FAKE_KEY = "fake-key-1234567890abcdef"
 WANDB = str(Path(sys.executable).with_name("wandb"))
 WIDTHS, DEPTHS, SEEDS = [16, 32, 64], [1, 2], [0, 1]
-# lr_scale 0.4: train.lr=auto takes its step from K_inf, and at m = 16 the empirical kernel is up to 4.5 times the
-# stability edge, where the linearisation diverges and ntk/lin_gap is left out (tests/test_linearization.py).
+# lr_scale 0.4: well inside the stability edge at every width (lr * lambda_max(Theta_0) / n = 0.4), so every trial
+# is inside its regime and in every fit.
 TINY = ["data.n=16", "train.steps=20", "metrics.every=5", "train.stop_at_fit=false", "checkpoint.every=0",
         "run.quiet=true", "train.lr_scale=0.4"]
 REPORT_PNGS = ["loss_curves", "drift_weight_abs", "drift_weight_rel", "ntk_rel_drift", "ntk_init_gap", "ntk_lambda_min",
@@ -240,11 +240,10 @@ def test_report_plots_hold_the_sweep_data(sweep_dir, tmp_path):
     assert page.count("<tr>") >= len(summaries) + 1 and "w64-d2-s1" in page
     data = json.loads((out / "figures.json").read_text())
     assert {d["name"] for d in data} == set(REPORT_PNGS)
-    # The slopes table says whether the theory's exponent lies inside each fitted interval.
+    # The slopes table gives each theory slope its verdict: two seeds are never enough for one.
     fits = [f for fig in rep.figures for f in fig.fits if f.reference is not None]
-    rows = re.findall(r"<td>(-?[\d.]+)</td><td>(yes|no)</td>", page)
-    assert len(rows) == len(fits) and all(
-        verdict == ("yes" if f.ci95[0] <= f.reference <= f.ci95[1] else "no") for (_, verdict), f in zip(rows, fits))
+    words = re.findall(r"<td class='t verdict'>(supported|contradicted|inconclusive)</td>", page)
+    assert words == [f.verdict.word for f in fits] == ["inconclusive"] * len(fits)
 
 
 def test_reference_lines_only_where_the_theory_applies(sweep_dir):
