@@ -46,6 +46,7 @@ FAST_PATHS = [
     (["train", "model.width=-3"], 2),                                  # a bad value
     (["train", "model.width=abc"], 2),                                 # a bad type
     (["train", "--config", "nothere.yaml"], 2),                        # a missing file
+    (["train", "--config", "configs/experiment/paper_resnet.yaml", "data.name=digits"], 2),  # preset vs override
     (["train", "data.name=mnist", "data.root=/nonexistent"], 2),       # missing data
     (["sweep", "--config", "quickstart", "model.widht=3"], 2),         # a bad trial key in a sweep
     (["sweep", "--config", "quickstart", "grid.model.width=[0]"], 2),  # a bad grid point

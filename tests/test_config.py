@@ -60,3 +60,24 @@ def test_readme_config_reference_lists_every_key_with_its_default():
         shown = row.group(1)
         expected = "null" if default is None else str(default).lower() if isinstance(default, bool) else str(default)
         assert shown == expected, f"README shows {key} = {shown!r}, schema default is {expected!r}"
+
+
+def test_a_preset_value_an_override_makes_inconsistent_is_refused():
+    """Issue 24, item 5: `--config paper_resnet data.name=digits` kept the preset's regression targets and 2 classes,
+    replacing the digit labels by noise with no word said."""
+    resnet, fc = ROOT / "configs" / "experiment" / "paper_resnet.yaml", ROOT / "configs" / "experiment" / "paper_fc.yaml"
+    with pytest.raises(ConfigError, match=r"config key 'data.target' = 'regression' from '.*paper_resnet.yaml' does not "
+                                          r"fit data.name=digits .*pass data.target=labels .* or data.target=regression"):
+        load_config(resnet, ["data.name=digits"])
+    with pytest.raises(ConfigError, match=r"'data.classes' = 2 from '.*paper_fc.yaml' does not fit data.name=digits "
+                                          r"given as an override \(digits has 10 classes\): pass data.classes=10"):
+        load_config(fc, ["data.name=digits"])
+    # Asked explicitly: used as asked. The labels: every class of the data set, shown by --print-config.
+    assert load_config(resnet, ["data.name=digits", "data.target=regression"]).data.target == "regression"
+    cfg = load_config(resnet, ["data.name=digits", "data.target=labels"])
+    assert (cfg.data.target, cfg.data.classes) == ("labels", 10)
+    assert load_config(None, ["data.name=digits"]).data.classes == 10
+    with pytest.raises(ConfigError, match="'data.classes' = 3: digits has 10 classes"):
+        load_config(None, ["data.name=digits", "data.classes=3"])
+    # A file that names the data set itself chose its values for it: no conflict.
+    assert load_config(ROOT / "configs" / "experiment" / "digits_cnn.yaml").data.classes == 10
