@@ -19,6 +19,13 @@ PRESET = Path(__file__).resolve().parents[1] / "configs" / "sweep" / "quickstart
 COLUMNS = (names.TRAIN_LOSS, names.DRIFT_WEIGHT_REL, names.NTK_REL_DRIFT)
 
 
+def _slope_cell(fit) -> str:
+    """'-0.93 [-1.15, -0.71]', or '-' without a fit."""
+    if fit is None or fit.slope is None:
+        return "-"
+    return f"{fit.slope:.2f}" + (f" [{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]" if fit.ci95 else " (no interval)")
+
+
 def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
     """Final metrics by width, the mean over the seeds inside their regime (one block per depth, '-' where a metric
     is missing), then each metric's fitted slope with its 95% interval over seeds and, where the theory predicts an
@@ -46,9 +53,7 @@ def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
                 cells.append(f"  {f'{v:.4g} ({seeds} seeds)' if v is not None else '-':>26}")
             lines.append(f"  {w:>7}" + "".join(cells))
         fits = {c: s.meta.get("fit") if (s := series[c]) is not None else None for c in columns}
-        lines.append(f"  {'slope':>7}" + "".join(
-            f"  {(f.text().replace('slope ', '').split(',')[0] if f is not None and f.slope is not None else '-'):>26}"
-            for f in fits.values()))
+        lines.append(f"  {'slope':>7}" + "".join(f"  {_slope_cell(f):>26}" for f in fits.values()))
         lines.append(f"  {'verdict':>7}" + "".join(
             f"  {(f'{f.verdict.word} (m^{f.reference:g})' if f is not None and f.verdict else 'no law'):>26}"
             for f in fits.values()))
