@@ -37,6 +37,8 @@ class ModelConfig:
 class DataConfig:
     name: str = "synthetic"  # synthetic | digits | mnist | cifar10
     n: int = 64  # training samples (subsampled from real data sets)
+    test_n: int = 0  # held-out samples (0 = none): the same distribution for synthetic data, the test split of mnist
+    # and cifar10, the samples outside the training subset for digits (it has no split); label noise never reaches it
     dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
     classes: int = 2  # output units C
     target: str = "labels"  # labels | regression | teacher
@@ -307,6 +309,8 @@ def validate(cfg: Config) -> None:
         bad("model.kernel_size", "must be a positive odd integer")
     if d.n < 1:
         bad("data.n", "must be a positive integer")
+    if d.test_n < 0:
+        bad("data.test_n", "must be >= 0 (0 = no held-out set)")
     if d.dim < 2:
         bad("data.dim", "must be >= 2")
     if d.classes < 1:

@@ -4,6 +4,11 @@
 unit norm with last coordinate 1/sqrt(2) (which stands in for a bias), and no two inputs are closer
 than delta > 0; delta is computed and reported. Real data sets are flattened / kept as images,
 normalised per sample to unit norm, and subsampled to `data.n` with the seed.
+
+`data.test_n` adds a held-out set, built so that the training set is the same with it or without it: synthetic
+inputs (and their random labels or targets) from a separate stream of the seed, teacher targets from the same
+teacher; the test split of MNIST and CIFAR-10; for digits, which has no split, samples outside the training subset.
+Label noise is applied to the training labels only: the test labels are the data set's own.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .config import Config, ConfigError
 from .data_files import check_available, files_of, read_cifar_batch, read_idx, verify_files
 
 DATA_SEED_OFFSET = 1_000_003  # data and weights use different streams of the same seed
+TEST_SEED_OFFSET = 2_000_029  # and the held-out samples a third one
 
 
 @dataclass
@@ -28,6 +34,8 @@ class Dataset:
     input_shape: tuple[int, ...]
     is_classification: bool
     info: dict = field(default_factory=dict)
+    x_test: torch.Tensor | None = None  # data.test_n held-out samples (None when 0), labelled like x
+    y_test: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -55,14 +63,16 @@ def _synthetic_inputs(n: int, dim: int, g: torch.Generator) -> torch.Tensor:
     return torch.cat([z, last], dim=1).float()
 
 
-def _teacher_targets(x: torch.Tensor, classes: int, g: torch.Generator, width: int = 64) -> torch.Tensor:
-    """Outputs of a random 2-layer ReLU teacher, scaled so the mean squared target norm is 1."""
-    flat = x.flatten(1).double()
-    w1 = torch.randn(flat.shape[1], width, generator=g, dtype=torch.float64) * math.sqrt(2.0)
+def _teacher_targets(x: torch.Tensor, classes: int, g: torch.Generator, width: int = 64,
+                     x_test: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Outputs of a random 2-layer ReLU teacher, scaled so the mean squared target norm on x is 1; the same
+    teacher, with the same scale, on x_test."""
+    w1 = torch.randn(x.flatten(1).shape[1], width, generator=g, dtype=torch.float64) * math.sqrt(2.0)
     w2 = torch.randn(width, classes, generator=g, dtype=torch.float64)
-    y = torch.relu(flat @ w1) @ w2
-    y = y / y.pow(2).sum(1).mean().sqrt()
-    return y.float()
+    y = torch.relu(x.flatten(1).double() @ w1) @ w2
+    scale = y.pow(2).sum(1).mean().sqrt()
+    y_test = None if x_test is None else (torch.relu(x_test.flatten(1).double() @ w1) @ w2 / scale).float()
+    return (y / scale).float(), y_test
 
 
 def _download(name: str, root: Path) -> None:
@@ -78,7 +88,16 @@ def _download(name: str, root: Path) -> None:
     cls(str(root), train=True, download=True)
 
 
-def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _read_split(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.data.name == "mnist":
+        images, labels = files_of(cfg, split)
+        return read_idx(images).float().unsqueeze(1), read_idx(labels).long()
+    xs, ys = zip(*(read_cifar_batch(path) for path in files_of(cfg, split)))
+    return torch.cat(xs).float(), torch.cat(ys)
+
+
+def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:
+    """(training pool, its labels, classes, the test split or None: digits has none)."""
     name, root = cfg.data.name, Path(cfg.data.root)
     if cfg.data.download and name in ("mnist", "cifar10"):
         _download(name, root)
@@ -88,13 +107,15 @@ def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int]:
 
         bunch = load_digits()
         x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)  # (1797, 1, 8, 8)
-        return x, torch.tensor(bunch.target, dtype=torch.int64), 10
+        return x, torch.tensor(bunch.target, dtype=torch.int64), 10, None
     verify_files(cfg)  # again after a download: what is read is what was checked
-    if name == "mnist":
-        images, labels = files_of(cfg)
-        return read_idx(images).float().unsqueeze(1), read_idx(labels).long(), 10
-    xs, ys = zip(*(read_cifar_batch(path) for path in files_of(cfg)))
-    return torch.cat(xs).float(), torch.cat(ys), 10
+    x, y = _read_split(cfg, "train")
+    return x, y, 10, _read_split(cfg, "test") if cfg.data.test_n > 0 else None
+
+
+def _unit_norm(x: torch.Tensor, image_inputs: bool) -> torch.Tensor:
+    x = x / x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
+    return x if image_inputs else x.flatten(1)
 
 
 def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
@@ -105,22 +126,34 @@ def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
     g = torch.Generator().manual_seed(cfg.seed + DATA_SEED_OFFSET)
     info: dict = {"name": d.name}
 
+    gt = torch.Generator().manual_seed(cfg.seed + TEST_SEED_OFFSET)  # the held-out stream: train stays the same
+    x_test = labels_test = None
     if d.name == "synthetic":
         x = _synthetic_inputs(d.n, d.dim, g)
         classes = d.classes
         labels = torch.randint(0, classes, (d.n,), generator=g)
+        if d.test_n:
+            x_test = _synthetic_inputs(d.test_n, d.dim, gt)
+            labels_test = torch.randint(0, classes, (d.test_n,), generator=gt)
         if image_inputs:
             side = math.isqrt(d.dim)
             x = x.reshape(d.n, 1, side, side)
+            x_test = None if x_test is None else x_test.reshape(d.test_n, 1, side, side)
     else:
-        x_all, y_all, classes = _load_real(cfg)
+        x_all, y_all, classes, test_split = _load_real(cfg)
         if d.n > x_all.shape[0]:
             raise ConfigError(f"config key 'data.n' = {d.n}: {d.name} has only {x_all.shape[0]} training samples")
-        idx = torch.randperm(x_all.shape[0], generator=g)[: d.n]
-        x, labels = x_all[idx], y_all[idx]
-        x = x / x.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
-        if not image_inputs:
-            x = x.flatten(1)
+        perm = torch.randperm(x_all.shape[0], generator=g)
+        idx = perm[: d.n]
+        x, labels = _unit_norm(x_all[idx], image_inputs), y_all[idx]
+        if d.test_n:
+            pool_x, pool_y = test_split if test_split is not None else (x_all[perm[d.n:]], y_all[perm[d.n:]])
+            if d.test_n > pool_x.shape[0]:
+                where = "test split" if test_split is not None else "samples outside the training set"
+                raise ConfigError(f"config key 'data.test_n' = {d.test_n}: {d.name} has only {pool_x.shape[0]} "
+                                  f"{where} (data.n = {d.n})")
+            pick = torch.randperm(pool_x.shape[0], generator=gt)[: d.test_n]
+            x_test, labels_test = _unit_norm(pool_x[pick], image_inputs), pool_y[pick]
 
     if d.label_noise > 0:
         noisy = torch.rand(d.n, generator=g) < d.label_noise
@@ -129,13 +162,16 @@ def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
         info["label_noise_replaced"] = int(noisy.sum())
         info["label_noise_changed"] = int((labels != clean).sum())
 
+    y_test = None
     if d.target == "labels":
-        y, num_outputs, is_cls = labels, classes, True
+        y, y_test, num_outputs, is_cls = labels, labels_test, classes, True
     elif d.target == "regression":
         y = (torch.randn(d.n, d.classes, generator=g) / math.sqrt(d.classes)).float()
+        if d.test_n:
+            y_test = (torch.randn(d.test_n, d.classes, generator=gt) / math.sqrt(d.classes)).float()
         num_outputs, is_cls = d.classes, False
     else:
-        y = _teacher_targets(x, d.classes, g)
+        y, y_test = _teacher_targets(x, d.classes, g, x_test=x_test)
         num_outputs, is_cls = d.classes, False
 
     info.update({
@@ -144,5 +180,7 @@ def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
         "delta": min_separation(x),
         "max_norm_error": float((x.flatten(1).double().norm(dim=1) - 1).abs().max()),
         "num_outputs": num_outputs,
+        "test_n": 0 if x_test is None else int(x_test.shape[0]),
     })
-    return Dataset(x.contiguous(), y.contiguous(), num_outputs, tuple(x.shape[1:]), is_cls, info)
+    return Dataset(x.contiguous(), y.contiguous(), num_outputs, tuple(x.shape[1:]), is_cls, info,
+                   None if x_test is None else x_test.contiguous(), None if y_test is None else y_test.contiguous())

@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # torch is imported by the readers only: validating a config 
 MNIST_MD5 = {
     "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
 }
 CIFAR10_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
@@ -33,6 +35,7 @@ CIFAR10_MD5 = {
     "data_batch_3": "54ebc095f3ab1f0389bbae665268c751",
     "data_batch_4": "634d18415352ddfa80567beed471001a",
     "data_batch_5": "482c414d41f54cd18b22e5b47cb7c3cb",
+    "test_batch": "40351d587109b95175f43aff81a1287e",
 }
 _HOW_TO_SKIP = "set data.verify=false to read your own copy"
 
@@ -105,6 +108,9 @@ def check_available(cfg: Config) -> None:
                 f"data.name=mnist: no MNIST training files in '{d}' "
                 "(train-images-idx3-ubyte[.gz], train-labels-idx1-ubyte[.gz]); set data.root, or data.download=true"
             )
+        if cfg.data.test_n > 0 and None in (_find(d, "t10k-images-idx3-ubyte"), _find(d, "t10k-labels-idx1-ubyte")):
+            raise ConfigError(f"data.test_n = {cfg.data.test_n}: no MNIST test files in '{d}' (t10k-images-idx3-ubyte"
+                              "[.gz], t10k-labels-idx1-ubyte[.gz]); add them, set data.download=true, or data.test_n=0")
     if name == "cifar10" and not cfg.data.download:
         d = _cifar_dir(root)
         if not (d / "data_batch_1").is_file():
@@ -112,6 +118,9 @@ def check_available(cfg: Config) -> None:
                 f"data.name=cifar10: no CIFAR-10 batches in '{d}' (data_batch_1..5); "
                 "set data.root, or data.download=true"
             )
+        if cfg.data.test_n > 0 and not (d / "test_batch").is_file():
+            raise ConfigError(f"data.test_n = {cfg.data.test_n}: no CIFAR-10 test batch in '{d}' (test_batch); add "
+                              "it, set data.download=true, or data.test_n=0")
     if name == "digits":
         try:
             import sklearn  # noqa: F401
@@ -121,13 +130,16 @@ def check_available(cfg: Config) -> None:
         verify_files(cfg)
 
 
-def files_of(cfg: Config) -> list[Path]:
+def files_of(cfg: Config, split: str = "train") -> list[Path]:
+    """The files of a split ("train", or "test" for data.test_n) of mnist / cifar10."""
     root = Path(cfg.data.root)
     if cfg.data.name == "mnist":
-        d = _mnist_dir(root)
-        return [_find(d, "train-images-idx3-ubyte"), _find(d, "train-labels-idx1-ubyte")]
+        d, prefix = _mnist_dir(root), "train" if split == "train" else "t10k"
+        return [_find(d, f"{prefix}-images-idx3-ubyte"), _find(d, f"{prefix}-labels-idx1-ubyte")]
     if cfg.data.name == "cifar10":
         d = _cifar_dir(root)
+        if split == "test":
+            return [d / "test_batch"]
         return [p for i in range(1, 6) if (p := d / f"data_batch_{i}").is_file()]
     return []
 
@@ -136,7 +148,7 @@ def verify_files(cfg: Config) -> None:
     """The files against their published checksums, before anything reads them."""
     if cfg.data.verify:
         known = MNIST_MD5 if cfg.data.name == "mnist" else CIFAR10_MD5
-        for path in files_of(cfg):
+        for path in files_of(cfg) + (files_of(cfg, "test") if cfg.data.test_n > 0 else []):
             verify_file(path, known)
 
 

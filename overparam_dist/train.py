@@ -65,10 +65,13 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
         world.close()
 
 
-def _targets(ds: Dataset, cfg: Config) -> torch.Tensor:
+def _targets(ds: Dataset, cfg: Config, y: torch.Tensor | None = None) -> torch.Tensor:
+    """What the loss compares the outputs with: one-hot labels under mse, else the labels or targets (of the
+    training set, or of `y`, the held-out set's)."""
+    y = ds.y if y is None else y
     if ds.is_classification and cfg.train.loss == "mse":
-        return F.one_hot(ds.y, ds.num_outputs).float()
-    return ds.y
+        return F.one_hot(y, ds.num_outputs).float()
+    return y
 
 
 def _loss_fn(cfg: Config):
@@ -133,8 +136,12 @@ class Trainer:
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
+        self.x_test = None if ds.x_test is None else ds.x_test.to(self.device, self.dtype)
+        self.t_test = None if ds.y_test is None else _targets(ds, cfg, ds.y_test).to(self.device)
+        if self.t_test is not None and self.t_test.is_floating_point():
+            self.t_test = self.t_test.to(self.dtype)
         self.lin = None if self.lin_off else LinearizationGap(
-            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par)
+            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par, self.x_test, self.t_test)
         if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
         self.regime = Regime(self.model, self.x_all, ds.num_outputs, self.effective_lr, self.par, self.theta0)
@@ -219,6 +226,15 @@ class Trainer:
             o = self.net(self.x_local)
             return self._reduce_loss_acc(self.loss_fn(o, self.t_local), o, self.labels_local)
 
+    def evaluate_test(self) -> dict[str, float]:
+        """test/loss and test/acc on the held-out samples (every rank computes the whole, small, set)."""
+        with torch.no_grad():
+            o = self.model(self.x_test).to(self.dtype)
+            row = {names.TEST_LOSS: float(self.loss_fn(o, self.t_test))}
+            if self.ds.is_classification:
+                row[names.TEST_ACC] = float((o.argmax(1) == self.ds.y_test.to(o.device)).double().mean())
+        return row
+
     def fitted(self, train_loss: float, train_acc: float | None) -> bool:
         target = self.cfg.train.target_loss
         return (train_acc is not None and train_acc >= 1.0) or (
@@ -239,6 +255,8 @@ class Trainer:
             row[names.TIME_SAMPLES] = (self.cfg.train.batch_size or self.n) * self.steps_since / elapsed
         if not diverged:  # metrics of non-finite weights mean nothing (and eigensolvers reject them)
             t_metrics = time.perf_counter()
+            if self.x_test is not None:
+                row.update(self.evaluate_test())
             row.update(self.theory.compute(first=step == 0, final=final))
             if self.lin is not None:
                 row.update(self.lin.metrics(step))

@@ -15,7 +15,13 @@ r_t^lin = r_0 + V (((1 - lambda/n)^t - 1) * (V^T r_0)): O((nC)^2) per logged row
 0 at step 0 by construction, and ntk/lin_loss = |r_t^lin|^2 / (2n), the loss the linearised model predicts:
 Arora et al. (2019)'s eigen-projection sum_i (1 - lambda_i/n)^(2t) (v_i^T r_0)^2 / (2n), here from the empirical
 Theta_0 and r_0 = f_0(X) - Y (the paper takes K_inf and f_0 = 0, assuming a vanishing output at init).
-Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
+On held-out samples X* (data.test_n) the linearised model trained the same way predicts
+
+    f_t^lin(X*) = f_0(X*) - (1/n) Theta_0(X*, X) sum_{s<t} r_s^lin
+                = f_0(X*) - (1/n) Theta_0(X*, X) V (g_t(lambda) * (V^T r_0)),   g_t(l) = (1 - (1 - l/n)^t) / (l/n)
+
+(g_t(0) = t), Theta_0(X*, X) = sum_p lr_p J_{0,p}(X*) J_{0,p}(X)^T, and ntk/test_lin_gap = |f_t(X*) - f_t^lin(X*)| /
+|f_0(X*) - Y*|. Theta_0 is the exact empirical NTK over all nC outputs (tracker.trial_ntk, sharded
 like every NTK here). It is on for the squared loss with full batches and n*C <= metrics.lin_max (the kernel is
 (nC)^2 floats and its eigendecomposition (nC)^3 flops); otherwise off, and config.yaml's `derived.lin_gap` says why.
 """
@@ -73,10 +79,16 @@ class LinearizationGap:
     `unstable_reason(gap.edge_ratio)` says why the closed form predicts nothing for this trial (None when it does)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
-                 parallel=None):
+                 parallel=None, x_test: torch.Tensor | None = None, test_targets: torch.Tensor | None = None):
         self.model, self.x, self.n = model, x, x.shape[0]
         self.y = targets.double().reshape(self.n, -1)
-        theta = gd_kernel(model, x, step_of, parallel, outputs="full")
+        self.x_test = x_test
+        if x_test is None:
+            theta = gd_kernel(model, x, step_of, parallel, outputs="full")
+        else:  # one kernel over train and test: its train block, and the test x train block
+            both = gd_kernel(model, torch.cat([x, x_test]), step_of, parallel, outputs="full")
+            rows = self.n * self.y.shape[1]
+            theta, cross = both[:rows, :rows], both[rows:, :rows]
         self.evals, self.evecs = torch.linalg.eigh(theta)
         # theta holds each parameter's own step, so the residual's mode i moves by 1 - lambda_i/n per step: the
         # linearised model converges only while lambda_max/n < 2 (lambda_i >= 0). Past that its top mode grows
@@ -85,6 +97,23 @@ class LinearizationGap:
         self.r0 = self._residual()
         self.r0_norm = float(self.r0.norm())
         self.c0 = self.evecs.T @ self.r0
+        if x_test is not None:
+            self.cross_v = cross @ self.evecs
+            self.f0_test = self._outputs(x_test)
+            r0_test = self.f0_test - test_targets.double().reshape(-1).to(self.f0_test.device)
+            self.r0_test_norm = float(r0_test.norm())
+
+    @torch.no_grad()
+    def _outputs(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).double().reshape(-1)
+
+    def linear_test_outputs(self, step: int) -> torch.Tensor:
+        """f_step^lin(X*), flattened as the net's outputs are (module doc)."""
+        rate = self.evals / self.n
+        small = rate.abs() < 1e-12
+        g = torch.where(small, torch.full_like(rate, float(step)),
+                        (1 - (1 - rate) ** step) / torch.where(small, torch.ones_like(rate), rate))
+        return self.f0_test - self.cross_v @ (g * self.c0) / self.n
 
     @torch.no_grad()
     def _residual(self) -> torch.Tensor:
@@ -99,4 +128,8 @@ class LinearizationGap:
         model: the eigen-projection prediction sum_i (1 - lambda_i/n)^(2 step) (v_i^T r_0)^2 / (2n)."""
         r_lin = self.linear_residual(step)
         gap = float((self._residual() - r_lin).norm()) / self.r0_norm if self.r0_norm > 0 else 0.0
-        return {names.NTK_LIN_GAP: gap, names.NTK_LIN_LOSS: 0.5 * float(r_lin.square().sum()) / self.n}
+        out = {names.NTK_LIN_GAP: gap, names.NTK_LIN_LOSS: 0.5 * float(r_lin.square().sum()) / self.n}
+        if self.x_test is not None:
+            diff = float((self._outputs(self.x_test) - self.linear_test_outputs(step)).norm())
+            out[names.NTK_TEST_LIN_GAP] = diff / self.r0_test_norm if self.r0_test_norm > 0 else 0.0
+        return out

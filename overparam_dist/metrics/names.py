@@ -3,6 +3,8 @@
 TRAIN_LOSS = "train/loss"
 TRAIN_ACC = "train/acc"
 TRAIN_GRAD_NORM = "train/grad_norm"
+TEST_LOSS = "test/loss"  # the training loss function on data.test_n held-out samples (data.py)
+TEST_ACC = "test/acc"  # accuracy on them, for label targets
 TRAIN_LR = "train/lr"  # effective step size of the hidden layers (paper: train.lr / width)
 
 TIME_PREFIX = "time/"  # timings: logged per row, left out of summary.json (they describe a moment)
@@ -55,6 +57,9 @@ NTK_LIN_GAP = "ntk/lin_gap"
 # 1/(2n) |r_t^lin|^2: the training loss the linearised model predicts for step t, its residual projected on the
 # eigenvectors of Theta_0 (Arora, Du, Hu, Li & Wang 2019's eigen-projection prediction), linearization.py
 NTK_LIN_LOSS = "ntk/lin_loss"
+# |f_t(X*) - f_t^lin(X*)| / |f_0(X*) - Y*| on the held-out samples X*: the net's test outputs against those of its
+# linearisation trained the same way (the kernel-regression prediction at step t), linearization.py
+NTK_TEST_LIN_GAP = "ntk/test_lin_gap"
 
 CONV_RATE = "conv/rate"
 CONV_STEPS_TO_FIT = "conv/steps_to_fit"
