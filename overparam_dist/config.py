@@ -41,7 +41,8 @@ class DataConfig:
     # and cifar10, the samples outside the training subset for digits (it has no split); label noise never reaches it
     dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
     classes: int = 2  # output units C
-    target: str = "labels"  # labels | regression | teacher
+    target: str = "auto"  # auto (labels for digits, mnist, cifar10; regression for synthetic) | labels | regression |
+    # teacher
     label_noise: float = 0.0  # fraction of labels replaced by random ones, in [0, 1]
     root: str = "data"  # where mnist / cifar10 live
     download: bool = False  # allow torchvision to download mnist / cifar10 into data.root
@@ -134,7 +135,7 @@ CHOICES = {
     "model.arch": ("fc", "cnn", "resnet"),
     "model.param": ("paper", "ntk", "standard", "mup"),
     "data.name": ("synthetic", "digits", "mnist", "cifar10"),
-    "data.target": ("labels", "regression", "teacher"),
+    "data.target": ("auto", "labels", "regression", "teacher"),
     "train.loss": ("mse", "ce"),
     "train.lr_kernel": ("max", "infinite"),
     "train.device": ("auto", "cpu", "cuda"),
@@ -232,11 +233,14 @@ LABELLED_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10}  # the classes of 
 
 
 def _check_inherited(cfg: Config, path: Path | None, from_file: set[str], given: set[str]) -> None:
-    """A data set with its own labels, named by an override, must not silently inherit a file's data.target or
-    data.classes made for another data set (one ConfigError naming both keys); data.classes not set anywhere
-    becomes the data set's own count, so --print-config shows what is used."""
+    """data.target=auto becomes labels for a data set with its own labels, regression for synthetic data. A data set
+    with its own labels, named by an override, must not silently inherit a file's data.target or data.classes made
+    for another data set (one ConfigError naming both keys); data.classes not set anywhere becomes the data set's
+    own count. So --print-config shows what is used."""
     d = cfg.data
     classes = LABELLED_CLASSES.get(d.name)
+    if d.target == AUTO:
+        d.target = "labels" if classes is not None else "regression"
     if classes is None:
         return
     if d.target == "labels" and "data.classes" not in from_file | given:

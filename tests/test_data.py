@@ -14,7 +14,7 @@ from overparam_dist.data_files import check_available
 
 
 def test_synthetic_satisfies_the_theory_assumptions():
-    ds = build_dataset(load_config(None, ["data.n=200", "data.dim=10"]))
+    ds = build_dataset(load_config(None, ["data.n=200", "data.dim=10", "data.target=labels"]))
     x = ds.x.double()
     assert torch.allclose(x.norm(dim=1), torch.ones(200, dtype=torch.float64), atol=1e-6)
     assert torch.allclose(x[:, -1], torch.full((200,), 1 / math.sqrt(2), dtype=torch.float64), atol=1e-7)
@@ -36,8 +36,9 @@ def test_same_seed_same_data_and_targets():
 
 
 def test_label_noise_replaces_that_fraction():
-    clean = build_dataset(load_config(None, ["data.n=4000", "data.classes=10"]))
-    noisy = build_dataset(load_config(None, ["data.n=4000", "data.classes=10", "data.label_noise=0.5"]))
+    clean = build_dataset(load_config(None, ["data.n=4000", "data.classes=10", "data.target=labels"]))
+    noisy = build_dataset(load_config(None, ["data.n=4000", "data.classes=10", "data.label_noise=0.5",
+                                              "data.target=labels"]))
     assert torch.equal(clean.x, noisy.x)
     assert noisy.info["label_noise_replaced"] / 4000 == pytest.approx(0.5, abs=0.03)
     changed = (clean.y != noisy.y).float().mean().item()

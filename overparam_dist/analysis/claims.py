@@ -50,10 +50,10 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
           "Zhang, Bengio, Hardt, Recht & Vinyals 2017, Understanding Deep Learning Requires Rethinking "
           "Generalization",
           "Networks fit random labels: at every label-noise level from 0 to 1 training reaches 100% train "
-          "accuracy, and the time to fit grows with the noise.",
+          "accuracy, the time to fit grows with the noise, and the held-out accuracy falls to chance.",
           "The paper's FC net on scikit-learn's 8x8 digits (the paper: CIFAR-10 and ImageNet with CNNs), squared "
           "loss on one-hot labels, full-batch GD at train.lr=auto, label noise 0, 0.2, …, 1.0 (the fraction of "
-          "labels replaced by uniform ones)."),
+          "labels replaced by uniform ones); test/acc on 1000 held-out digits outside the training subset."),
     Claim("arora2019_fine_grained", "Arora et al. 2019", "label complexity and the eigen-projection prediction",
           "Arora, Du, Hu, Li & Wang 2019, Fine-Grained Analysis of Optimization and Generalization for "
           "Overparameterized Two-Layer Neural Networks",

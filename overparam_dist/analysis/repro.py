@@ -221,7 +221,10 @@ def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                     ", ".join(f"{x:g}: {v}" for x, v in fitted.items()),
                     every_trial(n_fit, len(trials), _seeds(res), "reach 100% train accuracy"), {"fitted": fitted}),
             _ordering(res, NOISE, _fit_steps, 1.0, "steps to fit, by label noise (mean)", "grow with the noise",
-                      "steps_to_fit", "{:.0f}")], \
+                      "steps_to_fit", "{:.0f}"),
+            _ordering(res, NOISE, lambda t: t.final(names.TEST_ACC), -1.0,
+                      "held-out accuracy (test/acc), by label noise", "falls to chance (10%) at noise 1",
+                      "test_acc")], \
         [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
          _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
 
