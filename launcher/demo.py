@@ -57,10 +57,10 @@ def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
         lines.append(f"  {'verdict':>7}" + "".join(
             f"  {(f'{f.verdict.word} (m^{f.reference:g})' if f is not None and f.verdict else 'no law'):>26}"
             for f in fits.values()))
-    lines.append("slope: d log(metric) / d log(width), per seed, mean and 95% interval over seeds. Lazy-training theory "
-                 "(theory.py): ntk/rel_drift ~ m^-1/2; weights move O(1/sqrt(m)) against ||W_0||_F ~ sqrt(2m), so "
-                 "drift/weight_rel ~ m^-1. A verdict needs the interval to exclude 0 and meet the exponent ± 0.2, from "
-                 "at least 3 seeds (docs: verdicts).")
+    lines.append("slope: d log(metric) / d log(width), per seed, mean and 95% interval over seeds. Lazy-training "
+                 "theory (theory.py): ntk/rel_drift ~ m^-1/2; weights move O(1/sqrt(m)) against ||W_0||_F ~ "
+                 "sqrt(2m), so drift/weight_rel ~ m^-1. A verdict needs the interval to exclude 0 and meet the "
+                 "exponent ± 0.2, from at least 3 seeds (README: Verdicts).")
     if note := res.flag_note():
         lines.append(note)
     return "\n".join(lines)

@@ -65,9 +65,11 @@ def test_readme_config_reference_lists_every_key_with_its_default():
 def test_a_preset_value_an_override_makes_inconsistent_is_refused():
     """Issue 24, item 5: `--config paper_resnet data.name=digits` kept the preset's regression targets and 2 classes,
     replacing the digit labels by noise with no word said."""
-    resnet, fc = ROOT / "configs" / "experiment" / "paper_resnet.yaml", ROOT / "configs" / "experiment" / "paper_fc.yaml"
-    with pytest.raises(ConfigError, match=r"config key 'data.target' = 'regression' from '.*paper_resnet.yaml' does not "
-                                          r"fit data.name=digits .*pass data.target=labels .* or data.target=regression"):
+    presets = ROOT / "configs" / "experiment"
+    resnet, fc = presets / "paper_resnet.yaml", presets / "paper_fc.yaml"
+    with pytest.raises(ConfigError, match=r"config key 'data.target' = 'regression' from '.*paper_resnet.yaml' does "
+                                          r"not fit data.name=digits .*pass data.target=labels .* or "
+                                          r"data.target=regression"):
         load_config(resnet, ["data.name=digits"])
     with pytest.raises(ConfigError, match=r"'data.classes' = 2 from '.*paper_fc.yaml' does not fit data.name=digits "
                                           r"given as an override \(digits has 10 classes\): pass data.classes=10"):

@@ -122,8 +122,8 @@ def test_test_lin_gap_equals_a_linearised_net_written_with_torch_func(param, tar
 
 
 def test_a_trial_logs_test_loss_and_accuracy_at_every_row(tmp_path):
-    cfg = load_config(None, [*QUIET, "model.width=32", "data.n=16", "data.test_n=24", "train.steps=20", "data.target=labels",
-                             "metrics.every=5", "train.stop_at_fit=false", "train.dtype=float64",
+    cfg = load_config(None, [*QUIET, "model.width=32", "data.n=16", "data.test_n=24", "train.steps=20",
+                             "data.target=labels", "metrics.every=5", "train.stop_at_fit=false", "train.dtype=float64",
                              f"run.dir={tmp_path}"])
     summary = run_trial(cfg)
     rows = read_rows(tmp_path)

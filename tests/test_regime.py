@@ -35,8 +35,9 @@ def test_the_rules_in_their_order():
 
 
 def test_a_dead_mup_trial_says_dead(tmp_path):
-    """The issue's mup command at five times its auto step, lr * lambda_max(Theta_0) / n = 1 (where the old auto put it): every
-    ReLU inactive within a few steps. The status says completed; the regime says dead, and the CLI prints it."""
+    """The issue's mup command at five times its auto step, lr * lambda_max(Theta_0) / n = 1 (where the old auto put
+    it): every ReLU inactive within a few steps. The status says completed; the regime says dead, and the CLI prints
+    it."""
     res = run_cli("train", "model.param=mup", "model.width=512", "model.depth=1", "data.n=16", "train.steps=100",
                   "train.lr_scale=5", "data.target=labels", "metrics.every=20", "wandb.mode=disabled", "--quiet",
                   f"run.dir={tmp_path}", cwd=tmp_path)

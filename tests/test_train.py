@@ -35,7 +35,7 @@ def test_defaults_fit_their_regression_targets_lazily(tmp_path):
     rows = read_rows(run)
     assert rows[0]["step"] == 0 and rows[-1]["step"] == summary["steps"]
     assert rows[-1]["train/loss"] < 0.02 * rows[0]["train/loss"]  # fitted: the loss falls 50-fold and more
-    assert summary["regime"] == "lazy" and f"regime: lazy: edge ratio at init" in res.stdout
+    assert summary["regime"] == "lazy" and "regime: lazy: edge ratio at init" in res.stdout
     assert str(run) in res.stdout or run.name in res.stdout
 
 
@@ -126,8 +126,8 @@ def test_ddp_matches_single_process(tmp_path):
 def test_every_sample_counts_when_dp_does_not_divide_n(tmp_path):
     """n = 9 at dp = 2 under mini-batch SGD: evaluation covers all 9 samples, so the logged loss equals dp = 1
     and full train accuracy (hence stop_at_fit) is reachable."""
-    common = ["data.n=9", "data.target=labels", "train.batch_size=4", "metrics.every=1", "model.width=128", "train.steps=300",
-              "train.dtype=float64"]
+    common = ["data.n=9", "data.target=labels", "train.batch_size=4", "metrics.every=1", "model.width=128",
+              "train.steps=300", "train.dtype=float64"]
     assert run_cli(*_args(tmp_path / "dp1", *common)).returncode == 0
     res = run_cli(*_args(tmp_path / "dp2", *common, "parallel.dp=2"))
     assert res.returncode == 0, res.stderr

@@ -105,7 +105,8 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found:
                 f"<td>{'' if fit.slope is None else f'{fit.slope:.3f}'}</td><td>{e(ci)}</td>"
                 f"<td>{'' if fit.reference is None else f'{fit.reference:g}'}</td>"
                 f"<td class='t verdict'>{'' if fit.verdict is None else fit.verdict.word}</td>"
-                f"<td class='t'>{'' if fit.verdict is None else e(fit.verdict.reason)}</td><td class='t'>{e(per_seed)}</td>"
+                f"<td class='t'>{'' if fit.verdict is None else e(fit.verdict.reason)}</td>"
+                f"<td class='t'>{e(per_seed)}</td>"
                 f"<td class='t'>{e(str(fit.widths))}</td></tr>")
         parts.append("</table>")
     else:

@@ -120,13 +120,13 @@ def ordering(by_point: Mapping[float, Mapping[int, float]], direction: float) ->
                 against.append(f"{a:g}→{b:g}")
     word_dir = "grows" if sign > 0 else "falls"
     if hi < 0 or against:
-        why = (f"it moves the other way from end to end" if hi < 0 else
+        why = ("it moves the other way from end to end" if hi < 0 else
                f"it moves the other way beyond the seeds' spread at {', '.join(against)}")
         return Verdict(CONTRADICTED, f"claimed: {word_dir}; {why}", sign * mean, signed_ci, s)
     if lo > 0:
         return Verdict(SUPPORTED, f"it {word_dir} from end to end beyond the seeds' spread", sign * mean,
                        signed_ci, s)
-    return Verdict(INCONCLUSIVE, f"the end-to-end change is within the seeds' spread", sign * mean, signed_ci, s)
+    return Verdict(INCONCLUSIVE, "the end-to-end change is within the seeds' spread", sign * mean, signed_ci, s)
 
 
 def every_trial(passed: int, total: int, seeds: int, what: str) -> Verdict:
