@@ -39,7 +39,7 @@ def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
     param = sweep_param(res)
     figs = {c: against_width(res, c, name=c, title=c, caption="", reference=reference(c, param)[0]) for c in columns}
     lines = []
-    for i, depth in enumerate(res.depths or [None]):
+    for depth in res.depths or [None]:
         lines.append(f"depth L = {depth}")
         lines.append(f"  {'width':>7}" + "".join(f"  {c:>26}" for c in columns))
         series = {c: next((s for s in figs[c].panels[0].series if s.label == f"L={depth}" or depth is None), None)

@@ -41,7 +41,7 @@ class DataConfig:
     # and cifar10, the samples outside the training subset for digits (it has no split); label noise never reaches it
     dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
     classes: int = 2  # output units C
-    target: str = "auto"  # auto (labels for digits, mnist, cifar10; regression for synthetic) | labels | regression |
+    target: str = "auto"  # auto (labels for digits, mnist, cifar10 or under ce; else regression) | labels | regression |
     # teacher
     label_noise: float = 0.0  # fraction of labels replaced by random ones, in [0, 1]
     root: str = "data"  # where mnist / cifar10 live
@@ -239,8 +239,8 @@ def _check_inherited(cfg: Config, path: Path | None, from_file: set[str], given:
     own count. So --print-config shows what is used."""
     d = cfg.data
     classes = LABELLED_CLASSES.get(d.name)
-    if d.target == AUTO:
-        d.target = "labels" if classes is not None else "regression"
+    if d.target == AUTO:  # cross-entropy needs labels whatever the data set
+        d.target = "labels" if classes is not None or cfg.train.loss == "ce" else "regression"
     if classes is None:
         return
     if d.target == "labels" and "data.classes" not in from_file | given:

@@ -140,11 +140,15 @@ class Trainer:
         self.t_test = None if ds.y_test is None else _targets(ds, cfg, ds.y_test).to(self.device)
         if self.t_test is not None and self.t_test.is_floating_point():
             self.t_test = self.t_test.to(self.dtype)
+        # ntk/test_lin_gap takes one kernel over train and held-out samples: under the same metrics.lin_max.
+        with_test = self.x_test is not None and (len(ds) + len(self.x_test)) * ds.num_outputs <= cfg.metrics.lin_max
         self.lin = None if self.lin_off else LinearizationGap(
-            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par, self.x_test, self.t_test)
+            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par,
+            self.x_test if with_test else None, self.t_test if with_test else None)
         if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
-        self.regime = Regime(self.model, self.x_all, ds.num_outputs, self.effective_lr, self.par, self.theta0)
+        self.regime = Regime(self.model, self.x_all, ds.num_outputs, self.effective_lr, self.par, self.theta0,
+                             cfg.train.loss)
         del self.theta0
 
     def _resume(self) -> tuple[int, bool]:
@@ -358,8 +362,8 @@ class Trainer:
             "lin_gap_off": self.lin_off,
         }
         if status != "preempted":  # the regime of a finished run (a preempted one resumes)
-            with torch.no_grad():
-                constant = output_is_constant(self.model(self.x_all)) if self.n > 1 else False
+            with torch.no_grad():  # in chunks of samples, as dead_layers
+                constant = self.n > 1 and output_is_constant(torch.cat([self.model(p) for p in self.x_all.split(1024)]))
             summary.update(self.regime.summary(status, final_metrics.get(names.TRAIN_LOSS),
                                                self.theory.dead_layers(self.x_all), constant))
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}

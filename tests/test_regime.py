@@ -29,7 +29,8 @@ def test_the_rules_in_their_order():
     assert _classify(loss_end=1.5) == "diverged"  # ended above its start
     assert _classify(dead=["hidden.0"], loss_end=0.5) == "dead"  # before "ended above": nothing can train
     assert _classify(constant=True) == "dead"
-    assert _classify(kernel_move=None) == "lazy"
+    assert _classify(kernel_move=None) == "lazy" and _classify(edge0=None, kernel_move=None) == "lazy"
+    assert _classify(edge0=3.0, edge=4.0) == "lazy"  # cross-entropy's edge is at 4
     assert output_is_constant(torch.ones(5, 3)) and not output_is_constant(torch.arange(15.0).reshape(5, 3))
     assert kernel_samples(5000, 10) == 204 and kernel_samples(32, 2) == 32 and kernel_samples(10, 4096) == 1
 

@@ -71,7 +71,7 @@ def test_trial_with_one_rank_per_node_equals_one_process(tmp_path, two_node_slur
 def test_sweep_spans_both_nodes_and_survives_a_requeue(tmp_path, two_node_slurm):
     steps, every = 1500, 100
     args = ["--config", str(QUICKSTART), "--nodes", "2", "--cpus-per-node=2", "--ray-auth=disabled",
-            "wandb.mode=disabled", "name=two", "grid.model.width=[64,256]", f"train.steps={steps}",
+            "wandb.mode=disabled", "name=two", "grid.model.width=[64,256]", "grid.seed=[0]", f"train.steps={steps}",
             f"metrics.every={every}", "checkpoint.every=500"]
     job_id = job_id_of(overparam("submit", "slurm", *args, cwd=tmp_path))
     sweep, log = tmp_path / "runs" / "two", tmp_path / "runs" / "two.slurm" / f"{job_id}.out"

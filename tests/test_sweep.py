@@ -290,7 +290,7 @@ def test_critical_width_search_tiny(ray_address, tmp_path):
     widths = [4, 8, 16, 32, 64, 128, 256]
     spec = _write(tmp_path, {"name": "cw", "grid": {"data.n": [8, 16]},
                              "overrides": {"model.depth": 2, "train.steps": 100, "metrics.every": 20,
-                                           "checkpoint.every": 0, "metrics.ntk": False},
+                                           "checkpoint.every": 0, "metrics.ntk": False, "data.target": "labels"},
                              "search": {"kind": "critical_width", "widths": widths}})
     sweep = load_sweep(spec, [], runs_dir=tmp_path / "runs")
     outcome = run_sweep(sweep, progress_every=30)
@@ -335,3 +335,13 @@ print("still running")
     assert res.returncode == 0 and res.stdout == "still running\n", res.stderr
     assert "SystemExit" not in res.stderr and res.stderr.count("Traceback") == 1, res.stderr
     assert "ValueError: a real error" in res.stderr, res.stderr
+
+
+def test_a_critical_width_search_needs_a_fit_to_reach(tmp_path):
+    """Regression targets with no train.target_loss can never fit: the search would probe every width for nothing."""
+    spec = {"grid": {"data.n": [8]}, "search": {"kind": "critical_width", "widths": [4, 8]}}
+    with pytest.raises(ConfigError, match="a critical_width search needs a fit to reach: data.target=labels .* or "
+                                          "train.target_loss > 0; w4 has data.target=regression"):
+        load_sweep(_write(tmp_path, spec))
+    assert len(load_sweep(_write(tmp_path, {**spec, "overrides": {"train.target_loss": 0.01}})).trials) == 2
+    assert len(load_sweep(_write(tmp_path, {**spec, "overrides": {"data.target": "labels"}})).trials) == 2

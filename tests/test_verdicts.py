@@ -65,6 +65,10 @@ def test_ordering_verdicts():
            1.0: {s: 2.0 + 0.01 * s for s in range(3)}}
     v = ordering(dip, +1)
     assert v.word == CONTRADICTED and "0→0.5" in v.reason
+    # A long flat stretch whose steps wobble within the seeds' spread contradicts nothing (Bonferroni over steps).
+    rng = np.random.default_rng(3)
+    flat = {x: {s: (x > 8) * 5.0 + rng.normal(0, 0.3) for s in range(3)} for x in range(10)}
+    assert ordering(flat, +1).word == SUPPORTED
     # Two seeds: inconclusive whatever the values.
     assert ordering({x: {s: 10 * x + s for s in range(2)} for x in (0, 1)}, +1).word == INCONCLUSIVE
     # The estimate is the measured end-to-end change, signed as measured, with its interval.
@@ -152,3 +156,24 @@ def test_claim_json_carries_verdicts_and_what_was_left_out(tmp_path):
     # No ntk/init_gap values: inconclusive, never "holds".
     assert found["distance of K_0 from K∞"]["verdict"]["word"] == INCONCLUSIVE
     assert claim["left_out"] == {"w256-s2": "diverged"}
+
+
+@pytest.mark.parametrize("at_top,word", [(0.1, SUPPORTED), (0.5, CONTRADICTED)])
+def test_held_out_accuracy_must_reach_chance(tmp_path, at_top, word):
+    """Zhang et al.'s held-out claim: accuracy falls with the label noise *to chance*. A sweep whose accuracy falls
+    only to 50% at noise 1 contradicts it, however clearly it falls."""
+    from overparam_dist.analysis.repro import findings
+    from overparam_dist.analysis.results import load_sweep
+
+    rows = [{"trial": f"n{x}-s{s}", "status": "completed", "seed": s, "data.label_noise": x, "data.classes": 10,
+             "model.width": 512, "regime": "rich", "conv/steps_to_fit": 100 + 500 * x + s,
+             "test/acc": 0.9 - (0.9 - at_top) * x + 0.01 * (s - 1)}
+            for x in (0.0, 0.5, 1.0) for s in range(3)]
+    sdir = tmp_path / "zhang"
+    sdir.mkdir()
+    write_results(sdir, rows)
+    (sdir / "sweep.yaml").write_text(yaml.safe_dump({"name": "z", "reproduces": "zhang2017_random_labels"}))
+    found = {f.quantity: f for f in findings(load_sweep(sdir))}
+    held = found["held-out accuracy (test/acc), by label noise"]
+    assert held.verdict.word == word and held.verdict.seeds == 3, held.verdict
+    assert found["steps to fit, by label noise (mean)"].verdict.word == SUPPORTED

@@ -101,7 +101,9 @@ FIT_AXES = (("data.n", "a"), ("model.depth", "b"))
 
 
 def reached(summary: dict | None) -> bool:
-    return bool(summary) and summary.get("status") == "completed" and summary.get(names.CONV_STEPS_TO_FIT) is not None
+    """The trial fitted, inside the regime its width is measured in (a catapult or dead trial is no m*)."""
+    return bool(summary) and summary.get("status") == "completed" and summary.get(names.CONV_STEPS_TO_FIT) is not None \
+        and summary.get(names.REGIME) not in names.REGIME_FLAGGED
 
 
 @dataclass

@@ -186,7 +186,7 @@ def against_width(res: SweepResults, key: str, *, name: str, title: str, caption
     """`key` (final value per trial) against width, one series per depth (and other non-seed axes), log-log,
     mean over seeds with min-max bars, per-series fitted slope (95% CI over seeds), optional theory line."""
     groups = res.by_series()
-    all_vals = [t.final(key) for ts in groups.values() for t in ts]
+    all_vals = [t.final(key) for ts in groups.values() for t in ts if t.flag is None]
     positive = all(v is None or v > 0 for v in all_vals) and any(v is not None for v in all_vals)
     panel = Panel(title=title, xlabel="width m", ylabel=ylabel or key, xlog=True, ylog=positive)
     fits = []

@@ -18,7 +18,17 @@ from ..metrics import names
 from .claims import CLAIMS
 from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, critical_width
 from .results import WIDTH, SweepResults, Trial, label, number
-from .verdicts import CONTRADICTED, INCONCLUSIVE, SUPPORTED, Verdict, every_trial, ordering
+from .verdicts import (
+    CONTRADICTED,
+    INCONCLUSIVE,
+    MIN_SEEDS,
+    SUPPORTED,
+    Verdict,
+    combine,
+    every_trial,
+    ordering,
+    seed_interval,
+)
 
 NOISE = "data.label_noise"
 
@@ -41,9 +51,7 @@ def _width_law(res: SweepResults, key: str, exponent: float, quantity: str, pape
                         reference_label=f"paper: m^{exponent:g}")
     fig.panels[0].title = quantity
     fits = [f for f in fig.fits if f.verdict is not None]
-    words = [f.verdict.word for f in fits]
-    word = CONTRADICTED if CONTRADICTED in words else SUPPORTED if words and all(
-        w == SUPPORTED for w in words) else INCONCLUSIVE
+    word = combine([f.verdict for f in fits])
     text = "; ".join(f"{f.verdict.text()} ({f.series})" for f in fits)
     reasons = "; ".join(f"{f.series}: {f.verdict.reason}" for f in fits) or "no series has values at two widths"
     verdict = Verdict(word, reasons, fits[0].slope if len(fits) == 1 else None,
@@ -81,9 +89,7 @@ def _ordering(res: SweepResults, axis: str, value: Callable[[Trial], float | Non
         verdicts.append(ordering(pts, direction))
         where = ", ".join(label(a, v) for a, v in zip(axes, gkey))
         values.update({x if len(groups) == 1 else f"{where}, {x:g}": m for x, m in _means(pts).items()})
-    words = [v.word for v in verdicts]
-    word = CONTRADICTED if CONTRADICTED in words else SUPPORTED if words and all(
-        x == SUPPORTED for x in words) else INCONCLUSIVE
+    word = combine(verdicts)
     reason = "; ".join(v.text() + f": {v.reason}" for v in verdicts) or "no data"
     one = verdicts[0] if len(verdicts) == 1 else None
     measured = ", ".join(f"{x if isinstance(x, str) else format(x, 'g')}: {fmt.format(y)}" for x, y in values.items())
@@ -222,11 +228,30 @@ def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                     every_trial(n_fit, len(trials), _seeds(res), "reach 100% train accuracy"), {"fitted": fitted}),
             _ordering(res, NOISE, _fit_steps, 1.0, "steps to fit, by label noise (mean)", "grow with the noise",
                       "steps_to_fit", "{:.0f}"),
-            _ordering(res, NOISE, lambda t: t.final(names.TEST_ACC), -1.0,
-                      "held-out accuracy (test/acc), by label noise", "falls to chance (10%) at noise 1",
-                      "test_acc")], \
+            _to_chance(res)], \
         [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
          _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
+
+
+def _to_chance(res: SweepResults) -> Finding:
+    """Held-out accuracy falls with the label noise (an ordering) to chance at the largest noise: there, the interval
+    over seeds must contain 1/classes (contradicted where it excludes it)."""
+    falls = _ordering(res, NOISE, lambda t: t.final(names.TEST_ACC), -1.0, "", "", "test_acc")
+    top = max((n for t in res.in_regime() if (n := number(t.row.get(NOISE))) is not None), default=None)
+    accs = [a for t in res.in_regime()
+            if number(t.row.get(NOISE)) == top and (a := t.final(names.TEST_ACC)) is not None]
+    classes = number(res.trials[0].row.get("data.classes")) if res.trials else None
+    chance = 1 / classes if classes else None
+    if len(accs) < MIN_SEEDS or chance is None:
+        at = Verdict(INCONCLUSIVE, f"{len(accs)} held-out accuracies at noise {top}: a verdict needs {MIN_SEEDS}")
+    else:
+        mean, (lo, hi) = seed_interval(accs)
+        inside = lo <= chance <= hi
+        at = Verdict(SUPPORTED if inside else CONTRADICTED, f"at noise {top:g}: {mean:.3f} [{lo:.3f}, {hi:.3f}] "
+                     f"{'contains' if inside else 'excludes'} chance {chance:.3g}", mean, (lo, hi), len(accs))
+    return Finding("held-out accuracy (test/acc), by label noise", "falls with the noise, to chance at noise 1",
+                   falls.measured, Verdict(combine([falls.verdict, at]), f"{falls.verdict.reason}; {at.reason}",
+                                           at.estimate, at.ci95, at.seeds), falls.values)
 
 
 def _lin_deviation(t: Trial) -> float | None:

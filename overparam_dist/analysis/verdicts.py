@@ -17,7 +17,8 @@ Width law y ~ m^e, tolerance band B = [e - tol, e + tol] (tol = SLOPE_TOL):
 
 Ordering (a quantity grows, or falls, along an axis such as label noise or width), from each seed's values:
 - supported: the difference between the two end points of the axis, taken per seed, has an interval on the claimed
-  side of 0, and no step between neighbouring points moves the other way by more than its own interval;
+  side of 0, and no step between neighbouring points moves the other way by more than its own interval (each of
+  the k steps at the Bonferroni level 1 - 0.05/k, so a flat stretch of many steps does not contradict by chance);
 - contradicted: the end-to-end interval lies on the wrong side of 0, or a step moves the wrong way beyond its
   interval;
 - inconclusive: everything else, and always below MIN_SEEDS seeds with values at both ends.
@@ -51,21 +52,29 @@ class Verdict:
         return f"{self.estimate:.2f}{ci} ({self.seeds} seed{'s' * (self.seeds != 1)}): {self.word}"
 
 
-def _t975(dof: int) -> float:
+def _t_quantile(q: float, dof: int) -> float:
     from scipy import stats
 
-    return float(stats.t.ppf(0.975, dof))
+    return float(stats.t.ppf(q, dof))
 
 
-def seed_interval(estimates: list[float]) -> tuple[float, tuple[float, float] | None]:
-    """(mean, 95% Student-t interval over the seeds' estimates); no interval from fewer than 2 seeds."""
+def seed_interval(estimates: list[float], level: float = 0.95) -> tuple[float, tuple[float, float] | None]:
+    """(mean, Student-t interval at `level` over the seeds' estimates); no interval from fewer than 2 seeds."""
     s = len(estimates)
     mean = math.fsum(estimates) / s
     if s < 2:
         return mean, None
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in estimates) / (s - 1))
-    half = _t975(s - 1) * sd / math.sqrt(s)
+    half = _t_quantile(1 - (1 - level) / 2, s - 1) * sd / math.sqrt(s)
     return mean, (mean - half, mean + half)
+
+
+def combine(verdicts: list[Verdict]) -> str:
+    """One word for a claim tested on several series: contradicted where any is, supported where all are."""
+    words = [v.word for v in verdicts]
+    if CONTRADICTED in words:
+        return CONTRADICTED
+    return SUPPORTED if words and all(w == SUPPORTED for w in words) else INCONCLUSIVE
 
 
 def width_law(per_seed_slopes: Mapping[int, float], exponent: float, tol: float = SLOPE_TOL) -> Verdict:
@@ -112,10 +121,11 @@ def ordering(by_point: Mapping[float, Mapping[int, float]], direction: float) ->
     mean, (lo, hi) = seed_interval(ends)
     signed_ci = (lo, hi) if sign > 0 else (-hi, -lo)
     against = []
+    level = 1 - 0.05 / (len(points) - 1)  # Bonferroni over the steps
     for a, b in zip(points, points[1:]):
         steps = _differences(by_point[a], by_point[b], sign)
         if len(steps) >= 2:
-            _, (slo, shi) = seed_interval(steps)
+            _, (slo, shi) = seed_interval(steps, level)
             if shi < 0:
                 against.append(f"{a:g}→{b:g}")
     word_dir = "grows" if sign > 0 else "falls"

@@ -3,8 +3,9 @@ metrics describe as if it were inside it.
 
 The edge ratio. Gradient descent with per-parameter steps lr_p on L = 1/(2n) sum_i |f(x_i) - y_i|^2 moves the
 residual by r <- (I - Theta/n) r to first order, Theta = sum_p lr_p J_p J_p^T the step-weighted kernel over all
-nC outputs (linearization.gd_kernel). Every mode decays while lr * lambda_max(Theta)/n < 2 (the `edge`);
-`regime/edge_ratio` = lambda_max(Theta)/n, logged at step 0 (Theta_0) and at the last row (Theta_T). It is taken on
+nC outputs (linearization.gd_kernel). Every mode decays while lr * lambda_max(Theta)/n < 2 (the `edge`; 4 under
+cross-entropy, whose Hessian in the logits is at most half the squared loss's: step_size.py).
+`regime/edge_ratio` = lambda_max(Theta)/n is logged at step 0 (Theta_0) and at the last row (Theta_T), taken on
 the first S = min(n, KERNEL_OUTPUTS // C) training samples: lambda_max(Theta_S)/S estimates lambda_max(Theta)/n
 (both are the top eigenvalue of the kernel's integral operator), and is exact when n*C <= KERNEL_OUTPUTS.
 
@@ -12,9 +13,9 @@ The summary's `regime`, by the first rule that applies:
 - `diverged`: the loss became non-finite, or the run ended above the loss it started from;
 - `dead`: some layer of ReLUs has no unit active on any training sample at the end, or the output is the same for
   every training sample (nothing can train through it: the loss is stuck, whatever the status says);
-- `catapult`: the edge ratio at init is >= 2, and the loss still ended below its start: the linearised dynamics
-  diverge, so the net left its initial kernel to converge (Lewkowycz et al. 2020); `regime/loss_rise` says how far
-  the loss rose first;
+- `catapult`: the edge ratio at init is at or past the edge, and the loss still ended below its start: the
+  linearised dynamics diverge, so the net left its initial kernel to converge (Lewkowycz et al. 2020);
+  `regime/loss_rise` says how far the loss rose first;
 - `lazy`: the kernel moved less than LAZY_KERNEL_MOVE, |Theta_T - Theta_0|_F / |Theta_0|_F (`regime/kernel_move`);
 - `rich`: it moved more, and the loss fell: data about feature learning, not flagged.
 `catapult`, `diverged` and `dead` are flagged: reports draw them hollow and leave them out of every fit and verdict
@@ -33,7 +34,7 @@ from .linearization import gd_kernel
 
 KERNEL_OUTPUTS = 2048  # rows of the nC x nC kernel the edge ratio (and train.lr=auto) is taken on
 LAZY_KERNEL_MOVE = 0.25  # |Theta_T - Theta_0|_F / |Theta_0|_F below which a trial is lazy
-EDGE = 2.0
+EDGE = {"mse": 2.0, "ce": 4.0}  # the stability edge of the edge ratio, by train.loss (step_size.py derives ce's)
 
 
 def kernel_samples(n: int, outputs: int) -> int:
@@ -59,8 +60,9 @@ def output_is_constant(out: torch.Tensor) -> bool:
 
 
 def classify(*, status: str, loss0: float | None, loss_end: float | None, loss_max: float | None,
-             edge0: float | None, kernel_move: float | None, dead: list[str], constant: bool) -> tuple[str, str]:
-    """(regime, why) by the rules of the module doc."""
+             edge0: float | None, kernel_move: float | None, dead: list[str], constant: bool,
+             edge: float = EDGE["mse"]) -> tuple[str, str]:
+    """(regime, why) by the rules of the module doc; `edge`: the loss's stability edge (EDGE)."""
     if status == "diverged" or loss_end is None or not math.isfinite(loss_end):
         return "diverged", "the loss became non-finite"
     if dead:
@@ -70,12 +72,13 @@ def classify(*, status: str, loss0: float | None, loss_end: float | None, loss_m
     if loss0 is not None and loss_end > loss0 * (1 + 1e-9):
         return "diverged", f"the loss ended at {loss_end:.3g}, above its initial {loss0:.3g}"
     rise = f"; the loss rose to {loss_max / loss0:.3g} x its initial value first" if loss0 and loss_max else ""
-    if edge0 is not None and edge0 >= EDGE:
-        return "catapult", f"edge ratio at init {edge0:.3g} >= {EDGE:g}, and the loss still fell{rise}"
+    if edge0 is not None and edge0 >= edge:
+        return "catapult", f"edge ratio at init {edge0:.3g} >= {edge:g}, and the loss still fell{rise}"
+    below = "edge ratio at init " + (f"{edge0:.3g} < {edge:g}" if edge0 is not None else "not measured")
     if kernel_move is None:
-        return "lazy", "edge ratio below 2 (the kernel's movement was not measured)"
+        return "lazy", f"{below} (the kernel's movement was not measured)"
     if kernel_move < LAZY_KERNEL_MOVE:
-        return "lazy", f"edge ratio at init {edge0:.3g} < {EDGE:g}, kernel moved {kernel_move:.3g} < {LAZY_KERNEL_MOVE}"
+        return "lazy", f"{below}, kernel moved {kernel_move:.3g} < {LAZY_KERNEL_MOVE}"
     return "rich", f"the kernel moved {kernel_move:.3g} >= {LAZY_KERNEL_MOVE} and the loss fell"
 
 
@@ -84,9 +87,9 @@ class Regime:
     loss; `end(...)` measures Theta_T and the dead layers and names the regime."""
 
     def __init__(self, model: nn.Module, x_all: torch.Tensor, outputs: int, step_of: dict[str, float], parallel=None,
-                 theta0: torch.Tensor | None = None):
+                 theta0: torch.Tensor | None = None, loss: str = "mse"):
         """`theta0`: Theta_0 on the same samples when the caller has it already (train.lr=auto computed it)."""
-        self.model, self.step_of, self.parallel = model, step_of, parallel
+        self.model, self.step_of, self.parallel, self.edge = model, step_of, parallel, EDGE[loss]
         self.x = x_all[:kernel_samples(x_all.shape[0], outputs)]
         self.theta0 = step_kernel(model, self.x, step_of, parallel) if theta0 is None else theta0
         self.edge0 = top_ratio(self.theta0, self.x.shape[0])
@@ -118,7 +121,7 @@ class Regime:
         out[names.REGIME_DEAD_LAYERS] = dead
         out[names.REGIME], out[names.REGIME_WHY] = classify(
             status=status, loss0=self.loss0, loss_end=loss_end, loss_max=self.loss_max, edge0=self.edge0,
-            kernel_move=move, dead=dead, constant=constant)
+            kernel_move=move, dead=dead, constant=constant, edge=self.edge)
         return out
 
     def state(self) -> dict:

@@ -190,14 +190,19 @@ class TheoryMetrics:
         return out
 
     @torch.no_grad()
-    def dead_layers(self, x: torch.Tensor) -> list[str]:
-        """The ReLU layers with no unit active on any sample of `x` (tensor-parallel shards summed over tp)."""
+    def dead_layers(self, x: torch.Tensor, chunk: int = 1024) -> list[str]:
+        """The ReLU layers with no unit active on any sample of `x` (in chunks of samples, so the signs of a large
+        training set are never held at once; tensor-parallel shards summed over tp)."""
+        active: dict[str, float] = {}
+        for part in x.split(chunk):
+            for layer, signs in self.acts.capture(self.model, part).items():
+                active[layer] = active.get(layer, 0.0) + float(signs.sum())
         dead = []
-        for layer, signs in self.acts.capture(self.model, x).items():
-            active = torch.tensor([float(signs.sum())], dtype=torch.float64, device=signs.device)
+        for layer, count in active.items():
+            total = torch.tensor([count], dtype=torch.float64, device=x.device)
             if layer in self.sharded_acts:
-                self.parallel.reduce_tp(active)
-            if float(active[0]) == 0:
+                self.parallel.reduce_tp(total)
+            if float(total[0]) == 0:
                 dead.append(layer)
         return dead
 
