@@ -307,6 +307,10 @@ def test_summary_run_logs_figures_and_table_in_the_group(sweep_dir, tmp_path, mo
     assert row["results._type"] == "table-file" and row["results.nrows"] == len(WIDTHS) * len(DEPTHS) * len(SEEDS)
     table = json.loads((run / "files" / row["results.path"]).read_text())
     assert "model.width" in table["columns"] and "drift/weight_rel" in table["columns"]
+    slopes = json.loads((run / "files" / row["slopes.path"]).read_text())  # each theory slope with its verdict
+    verdicts = [r[slopes["columns"].index("verdict")] for r in slopes["data"]]
+    want = [f.verdict.word if f.verdict else None for fig in rep.figures for f in fig.fits]
+    assert verdicts == want and "inconclusive" in verdicts  # two seeds: never more
     # The same report again (a second `make demo`) logs nothing: no duplicate step, no new table version.
     assert log_summary_run(rep) == SummaryRun(run_id, None)
     said = io.StringIO()
