@@ -28,8 +28,8 @@ and lr_scale = 1 is half the stability edge. Which kernel (`train.lr_kernel`):
   leave them out of every fit.
 mup: the step is MUP_FRACTION of the above. Its readout starts O(1/m), so Theta_0 holds little more than the
 readout's own kernel; as the readout aligns within the first steps the kernel grows about tenfold, and at the full
-step every ReLU died within 10 steps (m = 128..2048, depth 1 and 2). At a fifth the loss falls below half in
-100 steps at all six, and the kernel settles at the edge (lr lambda_max(Theta_T)/n = 1.9-2.0): tests/test_step_size.py.
+step every ReLU died within 10 steps (m = 128..2048, depth 1 and 2; tests/test_regime.py keeps that case). At a
+fifth the loss falls below half in 100 steps at all six, with no dead layer (tests/test_step_size.py).
 Mini-batch SGD uses the same rule: lambda_max(K_B)/B estimates the same operator eigenvalue.
 Cross-entropy uses the same rule too: the mean of -log softmax over n has the Hessian (diag(p) - p p^T)/n in
 the logits, whose eigenvalues are at most 1/(2n) (the variance of u_Y for a unit u and a one-hot Y is at most
