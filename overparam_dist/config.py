@@ -41,8 +41,8 @@ class DataConfig:
     # and cifar10, the samples outside the training subset for digits (it has no split); label noise never reaches it
     dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
     classes: int = 2  # output units C
-    target: str = "auto"  # auto (labels for digits, mnist, cifar10 or under ce; else regression) | labels | regression |
-    # teacher
+    target: str = "auto"  # auto (labels for digits, mnist, cifar10 or under ce; else regression) | labels |
+    # regression | teacher
     label_noise: float = 0.0  # fraction of labels replaced by random ones, in [0, 1]
     root: str = "data"  # where mnist / cifar10 live
     download: bool = False  # allow torchvision to download mnist / cifar10 into data.root

@@ -107,7 +107,8 @@ def test_submit_quickstart_as_ray_job(ray_head, tmp_path):
            "WANDB_API_KEY": secret}
     runs = tmp_path / "runs"
     res = run_cli("submit", "ray", "--address", ray_head, "--config", "configs/sweep/quickstart.yaml",
-                  "--runs-dir", str(runs), "name=jobq", "grid.model.width=[16,32]", "grid.model.depth=[1]", "grid.seed=[0]",
+                  "--runs-dir", str(runs), "name=jobq", "grid.model.width=[16,32]", "grid.model.depth=[1]",
+                  "grid.seed=[0]",
                   "train.steps=20", env=env)
     assert res.returncode == 0, res.stderr
     job_id = re.search(r"job id: (\S+)", res.stdout).group(1)

@@ -53,6 +53,8 @@ def verdict_lines(rep: LocalReport) -> list[str]:
     finding of a reproduction, and which trials were left out."""
     lines = [f"  {f.metric} ({f.series}): slope {f.verdict.text()} against m^{f.reference:g}"
              for fig in rep.figures if not fig.name.startswith("repro_") for f in fig.fits if f.verdict is not None]
+    if rep.results.critical_width:  # its trials stop when they fit, each at its own step: no width law to judge
+        lines = ["  (no width law is judged on a critical-width search: its trials stop at different steps)"]
     lines += [f"  {f.quantity}: {f.verdict.word} ({f.verdict.reason})" for f in rep.findings]
     if note := rep.results.flag_note():
         lines.append(f"  {note}")

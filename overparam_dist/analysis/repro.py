@@ -128,7 +128,8 @@ def _allenzhu(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     found = [r for r in rows if r.get("status") in ("found", "at_min")]
     seeds = len({r.get("seed", 0) for r in rows})
     out = [Finding("cells where GD fits at some width m*", "every (n, L)", f"{len(found)} of {len(rows)}",
-                   every_trial(len(found), len(rows), seeds, "find an m* among the probed widths"),
+                   every_trial(len(found), len(rows), seeds, "find an m* among the probed widths",
+                               "cells (n, L, seed)"),
                    {"found": len(found), "cells": len(rows)})]
     fit = res.critical_width_fit or {}
     for sym, axis, bound in (("a", "n", 24), ("b", "L", 12)):

@@ -139,15 +139,15 @@ def ordering(by_point: Mapping[float, Mapping[int, float]], direction: float) ->
     return Verdict(INCONCLUSIVE, "the end-to-end change is within the seeds' spread", sign * mean, signed_ci, s)
 
 
-def every_trial(passed: int, total: int, seeds: int, what: str) -> Verdict:
+def every_trial(passed: int, total: int, seeds: int, what: str, unit: str = "trials") -> Verdict:
     """A claim about every trial (every cell fits, every trial stays under a bound): contradicted by one
     counterexample, supported only when all pass and at least MIN_SEEDS seeds back it."""
     if total == 0:
         return Verdict(INCONCLUSIVE, "no trials with values")
     if passed < total:
-        return Verdict(CONTRADICTED, f"{total - passed} of {total} trials do not {what}", passed / total, None,
+        return Verdict(CONTRADICTED, f"{total - passed} of {total} {unit} do not {what}", passed / total, None,
                        seeds)
     if seeds < MIN_SEEDS:
         return Verdict(INCONCLUSIVE, f"{seeds} seed{'s' * (seeds != 1)}: a verdict needs at least {MIN_SEEDS}",
                        1.0, None, seeds)
-    return Verdict(SUPPORTED, f"all {total} trials {what}", 1.0, None, seeds)
+    return Verdict(SUPPORTED, f"all {total} {unit} {what}", 1.0, None, seeds)
