@@ -29,7 +29,7 @@ test-fast: .venv/.installed
 	$(PY) -m pytest -q -m "not slow" --durations=15
 
 # The README's reproductions gallery: every configs/repro/ sweep (finished trials are reused), then its claim's
-# figure copied to docs/figures/. About 12 minutes on 2 cores.
+# figure copied to docs/figures/. About 13 minutes on 2 cores.
 gallery: .venv/.installed
 	mkdir -p docs/figures
 	for c in configs/repro/*.yaml; do n=$$(basename $$c .yaml); \
