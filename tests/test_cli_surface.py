@@ -3,6 +3,7 @@
 where the keys are documented (item 5); best and worst over finished trials in the progress line (item 6)."""
 
 import csv
+import http.client
 import re
 from pathlib import Path
 
@@ -262,7 +263,7 @@ def test_dashboard_names_each_trial_actor_and_its_log_shows_progress(tmp_path):
                     if a["state"] == "DEAD" and a.get("repr_name", "").startswith("dash/") and aid not in logs:
                         logs[aid] = {s: get(f"/api/v0/logs/file?actor_id={aid}&suffix={s}&lines=5000")
                                      for s in ("out", "err")}
-            except OSError:  # the dashboard starting or already stopping
+            except (OSError, http.client.HTTPException):  # the dashboard starting, or stopping mid-answer
                 pass
     finally:
         if proc.poll() is None:

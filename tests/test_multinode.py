@@ -67,10 +67,13 @@ def test_two_torchrun_nodes_keep_tp_in_a_node_and_equal_one_process(tmp_path):
 def test_a_tp_group_that_would_span_two_nodes_is_refused_before_the_process_group(tmp_path):
     run = tmp_path / "split"
     results = _two_torchrun_nodes(1, [*TRIAL, "parallel.tp=2", f"run.dir={run}"])
-    for rc, text in results:
-        assert rc != 0
-        assert ("overparam: error: config key 'parallel.tp' = 2: must divide the processes per node (1) so "
-                "tensor-parallel groups stay inside a node") in text
+    said = ("overparam: error: config key 'parallel.tp' = 2: must divide the processes per node (1) so "
+            "tensor-parallel groups stay inside a node")
+    assert all(rc != 0 for rc, _ in results) and any(said in text for _, text in results), results
+    # A node whose worker got to run says the same line; on a loaded machine the other node's agent may still be in
+    # torchrun's rendezvous when the first one exits and closes the store, and then it can only report that.
+    for _, text in results:
+        assert said in text or "Rendezvous" in text, text[-2000:]
     assert not run.exists()
 
 

@@ -150,7 +150,7 @@ def _simulate(plan: CriticalWidthPlan, truth, slots: int) -> int:
 def test_critical_width_plan_is_a_parallel_k_ary_search(slots, k):
     widths = [4, 8, 16, 32, 64, 128, 256]
     truth = {8: 4, 16: 64, 32: 256, 64: 10 ** 6}  # the last cell never fits
-    sweep = load_sweep(None, ["grid.data.n=[8,16,32,64]", "search.kind=critical_width",
+    sweep = load_sweep(None, ["grid.data.n=[8,16,32,64]", "search.kind=critical_width", "data.target=labels",
                               f"search.widths={widths}", f"search.k={k}"])
     plan = CriticalWidthPlan(sweep, {})
     rounds = _simulate(plan, truth, slots)
@@ -171,7 +171,8 @@ def test_critical_width_plan_is_a_parallel_k_ary_search(slots, k):
 
 
 def test_critical_width_plan_reuses_finished_trials():
-    sweep = load_sweep(None, ["grid.data.n=[8]", "search.kind=critical_width", "search.widths=[4,8,16,32]"])
+    sweep = load_sweep(None, ["grid.data.n=[8]", "search.kind=critical_width", "search.widths=[4,8,16,32]",
+                              "data.target=labels"])
     by_width = {t.cfg.model.width: t.name for t in sweep.trials}
     done = {by_width[8]: {"status": "completed", "conv/steps_to_fit": None},
             by_width[16]: {"status": "completed", "conv/steps_to_fit": 5}}
