@@ -40,6 +40,7 @@ class DataConfig:
     test_n: int = 0  # held-out samples (0 = none): the same distribution for synthetic data, the test split of mnist
     # and cifar10, the samples outside the training subset for digits (it has no split); label noise never reaches it
     dim: int = 16  # synthetic input dimension d (a perfect square for cnn)
+    input_norm: str = "sphere"  # sphere (|x| = 1, the theory's) | sqrt_d (|x|^2 = d) | standardize (per feature)
     classes: int = 2  # output units C
     target: str = "auto"  # auto (labels for digits, mnist, cifar10 or under ce; else regression) | labels |
     # regression | teacher
@@ -136,6 +137,7 @@ CHOICES = {
     "model.param": ("paper", "ntk", "standard", "mup"),
     "data.name": ("synthetic", "digits", "mnist", "cifar10"),
     "data.target": ("auto", "labels", "regression", "teacher"),
+    "data.input_norm": ("sphere", "sqrt_d", "standardize"),
     "train.loss": ("mse", "ce"),
     "train.lr_kernel": ("max", "infinite"),
     "train.device": ("auto", "cpu", "cuda"),

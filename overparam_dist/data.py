@@ -118,6 +118,29 @@ def _unit_norm(x: torch.Tensor, image_inputs: bool) -> torch.Tensor:
     return x if image_inputs else x.flatten(1)
 
 
+def _target_norm(x: torch.Tensor, how: str) -> float:
+    return math.sqrt(x[0].numel()) if how == "sqrt_d" else 1.0
+
+
+def _scale_inputs(x: torch.Tensor, x_test: torch.Tensor | None, how: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """data.input_norm on unit-norm inputs: `sphere` keeps them; `sqrt_d` scales them to |x|^2 = d (the scale of
+    standardised inputs, Jacot's and Lee's); `standardize` gives every feature zero mean and unit variance over the
+    training set (the held-out set with the training set's statistics; a constant feature is only centred)."""
+    if how == "sphere":
+        return x, x_test
+    if how == "sqrt_d":
+        c = _target_norm(x, how)
+        return x * c, None if x_test is None else x_test * c
+    flat = x.flatten(1).double()
+    mean, sd = flat.mean(0), flat.std(0, unbiased=False)
+    sd = torch.where(sd > 0, sd, torch.ones_like(sd))
+
+    def standardize(t: torch.Tensor) -> torch.Tensor:
+        return ((t.flatten(1).double() - mean) / sd).float().reshape(t.shape)
+
+    return standardize(x), None if x_test is None else standardize(x_test)
+
+
 def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
     """The training set. `image_inputs`: keep (C, H, W) images (cnn) instead of flat vectors."""
     d = cfg.data
@@ -162,6 +185,7 @@ def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
         info["label_noise_replaced"] = int(noisy.sum())
         info["label_noise_changed"] = int((labels != clean).sum())
 
+    x, x_test = _scale_inputs(x, x_test, d.input_norm)
     y_test = None
     if d.target == "labels":
         y, y_test, num_outputs, is_cls = labels, labels_test, classes, True
@@ -178,7 +202,9 @@ def build_dataset(cfg: Config, image_inputs: bool | None = None) -> Dataset:
         "n": int(x.shape[0]),
         "input_shape": list(x.shape[1:]),
         "delta": min_separation(x),
-        "max_norm_error": float((x.flatten(1).double().norm(dim=1) - 1).abs().max()),
+        "input_norm": d.input_norm,
+        "max_norm_error": None if d.input_norm == "standardize" else float(
+            (x.flatten(1).double().norm(dim=1) - _target_norm(x, d.input_norm)).abs().max()),
         "num_outputs": num_outputs,
         "test_n": 0 if x_test is None else int(x_test.shape[0]),
     })
