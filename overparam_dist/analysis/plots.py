@@ -6,7 +6,7 @@ Slopes of a metric against width are fitted in log-log space: for each seed, lea
 log(width) over the widths (final value of each trial); the reported slope is the mean over seeds with a
 95% Student-t interval over seeds (verdicts.seed_interval). One seed gives no interval: the residuals of one
 seed's fit say nothing about the next seed. Where the theory predicts an exponent, the fit carries the verdict
-(verdicts.width_law). Trials outside the regime their metrics describe (results.FLAGGED) are left out of every
+(verdicts.width_law). Trials outside the regime their metrics describe (names.REGIME_FLAGGED) are left out of every
 fit and drawn hollow.
 """
 

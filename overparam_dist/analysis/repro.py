@@ -3,7 +3,7 @@ beside ours and whether the claim holds here; `headline(res)` draws the figure t
 only a sweep's results (results.py), so `overparam report` can check any finished sweep that names its claim.
 
 Every finding carries a verdict from verdicts.py (supported / contradicted / inconclusive, with the interval over
-seeds it rests on), computed on the trials inside the regime their metrics describe (results.FLAGGED are left out).
+seeds it rests on), computed on the trials inside the regime their metrics describe (names.REGIME_FLAGGED are left out).
 """
 
 from __future__ import annotations

@@ -38,9 +38,6 @@ SHORT = {"model.width": "m", "model.depth": "L", "data.n": "n", "seed": "seed", 
          "train.batch_size": "bs", "data.target": "", "train.loss": ""}
 
 _INT = re.compile(r"[-+]?\d+")
-# Trials outside the regime their metrics describe (summary `regime`, metrics/regime.py): drawn hollow, left out of
-# every fit and verdict. `rich` (converged, the kernel moved) is data: the width laws measure how far it moved.
-FLAGGED = names.REGIME_FLAGGED
 
 
 def config_keys() -> list[str]:
@@ -161,11 +158,12 @@ class Trial:
 
     @property
     def flag(self) -> str | None:
-        """The regime that puts this trial outside its metrics' regime (FLAGGED), else None."""
+        """The regime that puts this trial outside its metrics' regime (names.REGIME_FLAGGED: drawn hollow, left out of
+        every fit and verdict; `rich` is data, the width laws measure how far it moved), else None."""
         regime = self.row.get(names.REGIME)
         if self.status == "diverged":
             return "diverged"
-        return regime if regime in FLAGGED else None
+        return regime if regime in names.REGIME_FLAGGED else None
 
     @cached_property
     def history(self) -> list[dict]:
