@@ -98,12 +98,14 @@ def resolved_at_init(cfg: Config) -> dict:
     dtype = torch.float64 if cfg.train.dtype == "float64" else torch.float32
     model, rules = build_model(cfg, ds.input_shape, ds.num_outputs, dtype=dtype)
     with precision.exact():
-        base, lr_facts, _ = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
+        base, lr_facts, theta = resolve_lr(cfg, model, rules, ds.x.to(dtype), ds.num_outputs)
     effective = effective_lrs(base, rules, [n for n, p in model.named_parameters() if p.requires_grad])
     lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
     if lin_off is None:  # as the trial decides it (train.py): the closed form needs a stable linearisation
-        with precision.exact():
-            lin_off = unstable_reason(edge_ratio(model, ds.x.to(dtype), effective))
+        with precision.exact():  # from auto's Theta_0 where it covers every sample, as the trial takes it
+            ratio = top_ratio(theta, len(ds)) if theta.shape[0] == len(ds) * ds.num_outputs else \
+                edge_ratio(model, ds.x.to(dtype), effective)
+            lin_off = unstable_reason(ratio)
     return init_facts(cfg, lr_facts, effective, lin_off, ds.info)
 
 

@@ -142,9 +142,10 @@ class Trainer:
             self.t_test = self.t_test.to(self.dtype)
         # ntk/test_lin_gap takes one kernel over train and held-out samples: under the same metrics.lin_max.
         with_test = self.x_test is not None and (len(ds) + len(self.x_test)) * ds.num_outputs <= cfg.metrics.lin_max
+        whole = self.theta0.shape[0] == len(ds) * ds.num_outputs  # auto's Theta_0 covers every sample: not again
         self.lin = None if self.lin_off else LinearizationGap(
             self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par,
-            self.x_test if with_test else None, self.t_test if with_test else None)
+            self.x_test if with_test else None, self.t_test if with_test else None, self.theta0 if whole else None)
         if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
         self.regime = Regime(self.model, self.x_all, ds.num_outputs, self.effective_lr, self.par, self.theta0,

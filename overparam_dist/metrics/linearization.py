@@ -79,12 +79,14 @@ class LinearizationGap:
     `unstable_reason(gap.edge_ratio)` says why the closed form predicts nothing for this trial (None when it does)."""
 
     def __init__(self, model: nn.Module, x: torch.Tensor, targets: torch.Tensor, step_of: dict[str, float],
-                 parallel=None, x_test: torch.Tensor | None = None, test_targets: torch.Tensor | None = None):
+                 parallel=None, x_test: torch.Tensor | None = None, test_targets: torch.Tensor | None = None,
+                 theta: torch.Tensor | None = None):
+        """`theta`: Theta_0 on all of x, where the caller has it already (train.lr=auto took it; no held-out set)."""
         self.model, self.x, self.n = model, x, x.shape[0]
         self.y = targets.double().reshape(self.n, -1)
         self.x_test = x_test
         if x_test is None:
-            theta = gd_kernel(model, x, step_of, parallel, outputs="full")
+            theta = gd_kernel(model, x, step_of, parallel, outputs="full") if theta is None else theta
         else:  # one kernel over train and test: its train block, and the test x train block
             both = gd_kernel(model, torch.cat([x, x_test]), step_of, parallel, outputs="full")
             rows = self.n * self.y.shape[1]
