@@ -7,8 +7,9 @@ import os
 import sys
 import warnings
 
-from overparam_dist.config import ConfigError, load_config, run_dir
+from overparam_dist.config import ConfigError, load_config
 from overparam_dist.metrics import names
+from overparam_dist.rundir import run_dir
 
 EXIT_BAD_INPUT = 2
 
@@ -43,7 +44,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if done is not None:
         print(f"already finished in {run_dir(cfg)}/: {done['status']} at step {done['steps']} of "
               f"{done['requested_steps']} (dp={done.get('dp')}, tp={done.get('tp')}); nothing was trained. Change "
-              "train.steps, train.stop_at_fit or train.target_loss to continue it, or run.name for a new trial")
+              "train.steps, train.stop_at_fit, train.target_loss or train.target_ratio to continue it, or run.name "
+              "for a new trial")
         return 0
     from overparam_dist.footprint import check_fits_memory  # these two need torch: a meta model, CUDA's presence
     from overparam_dist.parallel.distributed import check_backend

@@ -25,10 +25,12 @@ class ConfigError(ValueError):
 class ModelConfig:
     arch: str = "fc"  # fc | cnn | resnet
     width: int = 512  # m: hidden units (fc, resnet) or channels (cnn)
-    depth: int = 2  # L: number of hidden m x m layers W_1..W_L
+    depth: int = 2  # L: number of hidden m x m layers W_1..W_L (fc may have 0: y = B relu(A x))
     param: str = "paper"  # paper | ntk | standard | mup
     bias: bool = False  # biases on every layer (paper: the theory has none)
     train_outer: Optional[bool] = None  # train A and B too; None = false for paper, true otherwise
+    train_input_only: bool = False  # Du et al. 2018's net: only A trains, on the raw inputs; the read-out B is fixed
+    # at random signs (their a_r = +-1, times B's scale) and any W_l at init. With depth 0: their two-layer net
     tau: float = 0.1  # resnet branch scale: h_l = relu(h_{l-1} + tau * W_l h_{l-1})
     kernel_size: int = 3  # cnn
 
@@ -51,6 +53,9 @@ class DataConfig:
 
 
 AUTO = "auto"  # train.lr: the step size from the kernel at init (step_size.py)
+LAMBDA_MIN = "lambda_min"  # train.lr: Du et al. 2018's step from the smallest eigenvalue of K_inf (step_size.py)
+LR_RULES = (AUTO, LAMBDA_MIN)  # the train.lr values resolved per trial from its kernel
+LAMBDA_MIN_SAMPLES = 4096  # lambda_min of a subset is not the whole set's (interlacing): all n, at most this many
 ANALYTIC_PARAMS = ("paper", "ntk")  # the parameterizations whose infinite-width kernel is known (metrics/analytic.py)
 
 
@@ -63,14 +68,17 @@ def kernel_is_known(cfg: "Config") -> bool:
 @dataclass
 class TrainConfig:
     steps: int = 300  # maximum optimizer steps
-    lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) from the kernel GD sees (step_size.py), or a number:
-    # the base rate, scaled per layer by the parameterization (paper: lr / width)
+    lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) from the kernel GD sees (step_size.py); "lambda_min":
+    # lr_scale * lambda_0 / n, lambda_0 = lambda_min(K_inf), Du et al.'s eta = lambda_0 / n^2 for their summed loss;
+    # or a number: the base rate, scaled per layer by the parameterization (paper: lr / width)
     lr_scale: float = 1.0  # with lr=auto: the step as a fraction of n / lambda_max(K); 1 is half the stability edge
     lr_kernel: str = "max"  # with lr=auto: max (of K_inf and Theta_0, so lr * lambda_max(Theta_0) / n <= lr_scale) |
     # infinite (K_inf alone: one step for every width; fc with paper or ntk, trials past the edge are flagged)
     batch_size: int = 0  # 0 = full batch (gradient descent)
     loss: str = "mse"  # mse (0.5 * mean squared error summed over outputs) | ce
     target_loss: float = 0.0  # stop once the train loss is below this (0 = off)
+    target_ratio: float = 0.0  # stop once the train loss is at most this fraction of its value at step 0 (0 = off).
+    # A loss target (this or target_loss) is the fit of conv/steps_to_fit, in place of 100% train accuracy
     stop_at_fit: bool = True  # stop at 100% train accuracy (label targets)
     device: str = "auto"  # auto | cpu | cuda
     dtype: str = "float32"  # float32 | float64
@@ -86,6 +94,7 @@ class MetricsConfig:
     spectral: bool = True  # spectral norms of W_t - W_0 (each iteration regenerates W_0 once)
     window: int = 50  # trailing window (steps) for conv/rate
     lin_max: int = 2048  # ntk/lin_gap is computed when data.n x outputs <= this (mse, full batch)
+    kernel_circle: int = 0  # points on a circle through x_0: its NTK row at init and end (kernel_circle.json); 0 = off
 
 
 @dataclass
@@ -223,7 +232,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(describe_omegaconf_error(exc)) from None
-    if isinstance(cfg.train.lr, str) and cfg.train.lr != AUTO:
+    if isinstance(cfg.train.lr, str) and cfg.train.lr not in LR_RULES:
         with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-3 as a string: a number was meant
             cfg.train.lr = float(cfg.train.lr)
     _check_inherited(cfg, path, from_file, given)
@@ -307,8 +316,14 @@ def validate(cfg: Config) -> None:
     m, d, t = cfg.model, cfg.data, cfg.train
     if m.width < 1:
         bad("model.width", "must be a positive integer")
-    if m.depth < 1:
-        bad("model.depth", "must be >= 1 (number of hidden layers)")
+    if m.depth < (0 if m.arch == "fc" else 1):
+        bad("model.depth", "must be >= 1 (number of hidden layers); model.arch=fc also takes 0 (y = B relu(A x))")
+    if m.train_input_only and m.train_outer is not None:
+        bad("model.train_outer", "must be left unset with model.train_input_only=true (which trains A alone and fixes "
+                                 "B at random signs)")
+    if m.depth == 0 and not (m.train_input_only or effective_train_outer(cfg)):
+        bad("model.depth", "0 leaves no hidden layer to train: set model.train_input_only=true or "
+                           "model.train_outer=true")
     if not (m.tau > 0 and math.isfinite(m.tau)):
         bad("model.tau", "must be a positive finite number")
     if m.kernel_size < 1 or m.kernel_size % 2 == 0:
@@ -333,9 +348,16 @@ def validate(cfg: Config) -> None:
         bad("data.dim", "must be a perfect square for model.arch=cnn (inputs are viewed as sqrt(d) x sqrt(d) images)")
     if t.steps < 0:
         bad("train.steps", "must be >= 0")
-    if t.lr != AUTO and (isinstance(t.lr, bool) or not isinstance(t.lr, (int, float))
-                         or not (t.lr > 0 and math.isfinite(t.lr))):
-        bad("train.lr", f"must be '{AUTO}' (from the kernel at init) or a positive finite number")
+    if t.lr not in LR_RULES and (isinstance(t.lr, bool) or not isinstance(t.lr, (int, float))
+                                 or not (t.lr > 0 and math.isfinite(t.lr))):
+        bad("train.lr", f"must be '{AUTO}' (from the kernel at init), '{LAMBDA_MIN}' (from the smallest eigenvalue of "
+                        "K_inf) or a positive finite number")
+    if t.lr == LAMBDA_MIN and not kernel_is_known(cfg):
+        bad("train.lr", f"{LAMBDA_MIN} needs the infinite-width kernel: model.arch=fc with model.param=ntk, or paper "
+                        "without biases")
+    if t.lr == LAMBDA_MIN and d.n > LAMBDA_MIN_SAMPLES:
+        bad("train.lr", f"{LAMBDA_MIN} takes lambda_min(K_inf) over the whole training set: data.n must be <= "
+                        f"{LAMBDA_MIN_SAMPLES}")
     if not (t.lr_scale > 0 and math.isfinite(t.lr_scale)):
         bad("train.lr_scale", "must be a positive finite number (1 = half the stability edge)")
     if t.lr_kernel == "infinite" and not kernel_is_known(cfg):
@@ -347,6 +369,8 @@ def validate(cfg: Config) -> None:
         bad("train.batch_size", f"must be <= data.n ({d.n})")
     if t.target_loss < 0:
         bad("train.target_loss", "must be >= 0 (0 = off)")
+    if not 0 <= t.target_ratio < 1:
+        bad("train.target_ratio", "must be in [0, 1): a fraction of the loss at step 0 (0 = off)")
     if t.precision != "fp32" and t.dtype == "float64":
         bad("train.precision", "must be fp32 with train.dtype=float64 (tf32 and bf16 lower float32 arithmetic)")
     if cfg.metrics.every < 0:
@@ -355,6 +379,8 @@ def validate(cfg: Config) -> None:
         bad("metrics.ntk_probe", "must be >= 1")
     if cfg.metrics.lin_max < 0:
         bad("metrics.lin_max", "must be >= 0 (0 = ntk/lin_gap off)")
+    if cfg.metrics.kernel_circle < 0:
+        bad("metrics.kernel_circle", "must be >= 0 (0 = off, else the number of points on the circle, e.g. 64)")
     if cfg.metrics.window < 2:
         bad("metrics.window", "must be >= 2")
     if cfg.checkpoint.every < 0:
@@ -384,26 +410,10 @@ def validate(cfg: Config) -> None:
         bad("run.dir", "must not contain control characters")
 
 
-def base_lr(cfg: Config) -> float:
-    """train.lr as a number; "auto" is resolved per trial from its kernel (step_size.py), not here."""
-    if cfg.train.lr == AUTO:
-        raise ValueError("train.lr=auto is resolved from the trial's kernel at its start (step_size.resolve_lr)")
-    return float(cfg.train.lr)
-
-
 def effective_train_outer(cfg: Config) -> bool:
+    """A and B both train (model.train_input_only trains A alone: False)."""
+    if cfg.model.train_input_only:
+        return False
     if cfg.model.train_outer is not None:
         return cfg.model.train_outer
     return cfg.model.param != "paper"
-
-
-def default_run_name(cfg: Config) -> str:
-    m = cfg.model
-    return f"{m.arch}-{m.param}-w{m.width}-d{m.depth}-n{cfg.data.n}-s{cfg.seed}"
-
-
-def run_dir(cfg: Config) -> Path:
-    """The trial's directory, resolved (symlinks followed, '..' removed) before anything checks or writes it: a
-    path written as nothere/../userdir is userdir, and is checked as userdir."""
-    path = Path(cfg.run.dir).expanduser() if cfg.run.dir else Path("runs") / (cfg.run.name or default_run_name(cfg))
-    return path.resolve()

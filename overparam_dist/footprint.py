@@ -38,7 +38,8 @@ def bytes_per_rank(cfg: Config) -> int:
     shape, outputs, held = _data_shape(cfg)
     itemsize = 8 if cfg.train.dtype == "float64" else 4
     model = skeleton(cfg, shape, outputs)  # meta device: no memory
-    rules = parameter_rules(model, cfg.model.param, cfg.model.width, effective_train_outer(cfg))
+    rules = parameter_rules(model, cfg.model.param, cfg.model.width, effective_train_outer(cfg),
+                            cfg.model.train_input_only)
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for n, p in model.named_parameters() if rules[n].trainable)
     tp = cfg.parallel.tp

@@ -4,6 +4,8 @@
     runs/<sweep>/<trial>/metrics.jsonl   one JSON object per logged step (metric keys: metrics/names.py)
     runs/<sweep>/<trial>/summary.json    final metrics + status (completed | diverged | preempted)
     runs/<sweep>/<trial>/ntk_spectrum.json  the probe NTK's eigenvalues at init, at the end and of K_inf (or null)
+    runs/<sweep>/<trial>/kernel_circle.json  with metrics.kernel_circle > 0: the NTK row Theta(x_0, x(gamma)) along a
+                                         circle through x_0, at init and at the end, and K_inf's (or null)
     runs/<sweep>/<trial>/report/         the single-trial report (analysis/trial_report.py)
     runs/<sweep>/<trial>/checkpoints/    DCP checkpoints, step_<8 digits>/
     runs/<sweep>/<trial>/wandb/          offline W&B run files
@@ -28,12 +30,13 @@ from typing import Iterator
 
 import yaml
 
-from .config import Config, ConfigError, flatten, run_dir, to_dict
+from .config import Config, ConfigError, flatten, to_dict
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 SPECTRUM_FILE = "ntk_spectrum.json"
+KERNEL_CIRCLE_FILE = "kernel_circle.json"  # Jacot et al. 2018's Figure 1 (metrics/kernel_circle.py)
 CHECKPOINTS_DIR = "checkpoints"
 WANDB_DIR = "wandb"
 RESULTS_FILE = "results.csv"
@@ -45,8 +48,21 @@ LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the direc
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further
 # Keys whose change makes an existing run directory a different experiment.
 IDENTITY_SECTIONS = ("seed", "model", "data", "train")
-IDENTITY_EXEMPT = {"train.steps", "train.device", "train.stop_at_fit", "train.target_loss", "data.verify"}
+IDENTITY_EXEMPT = {"train.steps", "train.device", "train.stop_at_fit", "train.target_loss", "train.target_ratio",
+                   "data.verify"}
 
+
+
+def default_run_name(cfg: Config) -> str:
+    m = cfg.model
+    return f"{m.arch}-{m.param}-w{m.width}-d{m.depth}-n{cfg.data.n}-s{cfg.seed}"
+
+
+def run_dir(cfg: Config) -> Path:
+    """The trial's directory, resolved (symlinks followed, '..' removed) before anything checks or writes it: a
+    path written as nothere/../userdir is userdir, and is checked as userdir."""
+    path = Path(cfg.run.dir).expanduser() if cfg.run.dir else Path("runs") / (cfg.run.name or default_run_name(cfg))
+    return path.resolve()
 
 def atomic_write(path: Path, text: str | bytes) -> Path:
     """Write a file whole or not at all: a temporary sibling, fsync, then rename over the target.
@@ -116,7 +132,8 @@ def check_run_dir(cfg: Config) -> None:
 
 def stop_rules(cfg: Config) -> dict:
     """How a trial decides to stop: recorded in summary.json, compared on a rerun."""
-    return {"steps": cfg.train.steps, "stop_at_fit": cfg.train.stop_at_fit, "target_loss": cfg.train.target_loss}
+    return {"steps": cfg.train.steps, "stop_at_fit": cfg.train.stop_at_fit, "target_loss": cfg.train.target_loss,
+            "target_ratio": cfg.train.target_ratio}
 
 
 def finished_summary(out: Path, cfg: Config) -> dict | None:
@@ -150,6 +167,11 @@ def write_summary(out: Path, summary: dict) -> Path:
 def write_spectrum(out: Path, step: int, spectrum: dict) -> Path:
     """{"step_end": the step of "end", "init": [...], "end": [...], "infinite": [...] or null}, ascending."""
     return atomic_write(Path(out) / SPECTRUM_FILE, json.dumps({"step_end": step, **spectrum}) + "\n")
+
+
+def write_kernel_circle(out: Path, record: dict) -> Path:
+    """{"gamma": [...], "init": [...], "end": [...] or null, "inf": [...] or null, "step_end": s, "width": m}."""
+    return atomic_write(Path(out) / KERNEL_CIRCLE_FILE, json.dumps(record) + "\n")
 
 
 NO_ROOM = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exceeded",

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
-from .config import AUTO, Config, to_dict
+from .config import LR_RULES, Config, to_dict
 from .rundir import CONFIG_FILE, METRICS_FILE, WANDB_DIR, atomic_write
 
 
@@ -140,7 +140,7 @@ def _wandb_value(v: Any) -> bool:
 def _run_config(cfg: Config, run_dir: Path) -> dict:
     """The resolved config as written to config.yaml (with its `derived:` facts), else the schema dict. With
     train.lr=auto, train.lr is the base rate the trial resolved and uses (so W&B's columns compare step sizes
-    across trials) and train.lr_rule says it was auto."""
+    across trials) and train.lr_rule says which rule (auto or lambda_min) set it."""
     config = to_dict(cfg)
     path = run_dir / CONFIG_FILE
     if path.is_file():
@@ -153,8 +153,8 @@ def _run_config(cfg: Config, run_dir: Path) -> dict:
         except Exception:
             pass
     used = config.get("derived", {}).get("lr", {}).get("lr")
-    if isinstance(used, (int, float)) and config.get("train", {}).get("lr") == AUTO:
-        config["train"] = {**config["train"], "lr": used, "lr_rule": AUTO}
+    if isinstance(used, (int, float)) and (rule := config.get("train", {}).get("lr")) in LR_RULES:
+        config["train"] = {**config["train"], "lr": used, "lr_rule": rule}
     return config
 
 

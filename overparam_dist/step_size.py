@@ -26,6 +26,11 @@ and lr_scale = 1 is half the stability edge. Which kernel (`train.lr_kernel`):
 - `infinite`: K_inf alone (where known), so every width of a series gets the same step (Lee et al. 2019 share one
   step across widths). Narrow widths may then sit past the edge; their summary says so (regime.py) and reports
   leave them out of every fit.
+`train.lr: lambda_min` is Du et al. 2018's step instead: eta = lambda_0 / n^2 for their loss 1/2 sum_i (u_i - y_i)^2,
+lambda_0 = lambda_min(H_inf). Our loss is theirs over n, so our lr is n eta: lr = lr_scale * lambda_0 / n with
+lambda_0 = lambda_min(K_inf / C) over the whole training set (a subset's lambda_min would be larger, by interlacing),
+and their bound (1 - eta lambda_0 / 2)^k reads (1 - lr lambda_0 / (2n))^k. It is far below auto's step: the
+theorem's step, for a test of the theorem, not a practical one.
 mup: the step is MUP_FRACTION of the above. Its readout starts O(1/m), so Theta_0 holds little more than the
 readout's own kernel; as the readout aligns within the first steps the kernel grows about tenfold, and at the full
 step every ReLU died within 10 steps (m = 128..2048, depth 1 and 2; tests/test_regime.py keeps that case). At a
@@ -42,7 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import AUTO, Config, effective_train_outer, kernel_is_known
+from .config import AUTO, LAMBDA_MIN, LR_RULES, Config, effective_train_outer, kernel_is_known
 from .metrics.analytic import infinite_width_ntk
 from .metrics.regime import kernel_samples, step_kernel, top_ratio
 
@@ -58,17 +63,20 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
     xs = x[:kernel_samples(x.shape[0], outputs)].detach()
     theta = step_kernel(model, xs, steps, parallel)  # at base lr 1
     lam_init = top_ratio(theta, xs.shape[0])  # per sample
-    if cfg.train.lr != AUTO:
+    if cfg.train.lr not in LR_RULES:
         lr = float(cfg.train.lr)
         return lr, {"rule": "given", "lr": lr, "edge_ratio": lr * lam_init}, lr * theta
+    if cfg.train.lr == LAMBDA_MIN:
+        lam0 = float(torch.linalg.eigvalsh(infinite_kernel(cfg, x, outputs))[0])
+        lr = cfg.train.lr_scale * lam0 / x.shape[0]
+        return lr, {"rule": LAMBDA_MIN, "lambda_min_inf": lam0, "samples": int(x.shape[0]),
+                    "lr_scale": cfg.train.lr_scale, "lr": lr, "edge_ratio": lr * lam_init}, lr * theta
     facts: dict = {"rule": AUTO, "kernel": cfg.train.lr_kernel, "samples": int(xs.shape[0]),
                    "lambda_max_init": lam_init * xs.shape[0]}
     lam = lam_init
     if kernel_is_known(cfg):
         xi = x[:AUTO_SAMPLES].detach()
-        k = infinite_width_ntk(xi.flatten(1), cfg.model.depth, cfg.model.param, bias=cfg.model.bias,
-                               train_outer=effective_train_outer(cfg), classes=outputs)
-        lam_inf = float(torch.linalg.eigvalsh(k.double() / outputs)[-1]) / xi.shape[0]
+        lam_inf = float(torch.linalg.eigvalsh(infinite_kernel(cfg, xi, outputs))[-1]) / xi.shape[0]
         facts.update(samples_inf=int(xi.shape[0]), lambda_max_inf=lam_inf * xi.shape[0])
         lam = lam_inf if cfg.train.lr_kernel == "infinite" else max(lam_inf, lam_init)
         facts["set_by"] = "infinite-width" if lam == lam_inf else "empirical at init"
@@ -78,6 +86,14 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
     lr = cfg.train.lr_scale * fraction / lam
     facts.update(lr_scale=cfg.train.lr_scale, fraction=fraction, lr=lr, edge_ratio=lr * lam_init)
     return lr, facts, lr * theta
+
+
+def infinite_kernel(cfg: Config, x: torch.Tensor, outputs: int) -> torch.Tensor:
+    """K_inf / C on x, the kernel of one output (float64), for the trial's model."""
+    k = infinite_width_ntk(x.detach().flatten(1), cfg.model.depth, cfg.model.param, bias=cfg.model.bias,
+                           train_outer=effective_train_outer(cfg), input_only=cfg.model.train_input_only,
+                           classes=outputs)
+    return k.double() / outputs
 
 
 def effective_lrs(base: float, rules: dict, trained: list[str]) -> dict[str, float]:

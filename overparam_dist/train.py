@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, precision, rundir
-from .config import Config, ConfigError, default_run_name, effective_train_outer, run_dir
+from .config import Config, ConfigError, effective_train_outer
 from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
+from .metrics.kernel_circle import KernelCircle
 from .metrics.label_complexity import targets as label_targets
 from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstable_reason
 from .metrics.regime import Regime, output_is_constant
@@ -32,6 +33,7 @@ from .models import build_model
 from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
 from .preemption import Preemption
+from .rundir import default_run_name, run_dir
 from .sinks import OnLog, Sinks
 from .step_size import effective_lrs, init_facts, resolve_lr
 
@@ -134,7 +136,11 @@ class Trainer:
             label_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
-            track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par)
+            track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par,
+            input_only=cfg.model.train_input_only)
+        # Its init row too is taken here, from the seed's init: a resumed trial recomputes it, nothing checkpointed.
+        self.circle = KernelCircle(self.model, self.x_all, cfg, ds.num_outputs, self.par) \
+            if cfg.metrics.kernel_circle > 0 else None
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
         self.x_test = None if ds.x_test is None else ds.x_test.to(self.device, self.dtype)
         self.t_test = None if ds.y_test is None else _targets(ds, cfg, ds.y_test).to(self.device)
@@ -241,9 +247,15 @@ class Trainer:
         return row
 
     def fitted(self, train_loss: float, train_acc: float | None) -> bool:
-        target = self.cfg.train.target_loss
-        return (train_acc is not None and train_acc >= 1.0) or (
-            target > 0 and math.isfinite(train_loss) and train_loss < target)
+        """A loss target (train.target_loss, or train.target_ratio of the loss at step 0) where one is set, else 100%
+        train accuracy: one definition of the fit per trial, so conv/steps_to_fit means one thing."""
+        t = self.cfg.train
+        if t.target_loss > 0 or t.target_ratio > 0:
+            return math.isfinite(train_loss) and (
+                (t.target_loss > 0 and train_loss < t.target_loss)
+                or (t.target_ratio > 0 and self.conv.loss0 is not None
+                    and train_loss <= t.target_ratio * self.conv.loss0))
+        return train_acc is not None and train_acc >= 1.0
 
     def log(self, step: int, train_loss: float, train_acc: float | None, *, has_grad: bool, diverged: bool,
             final: bool) -> dict[str, float]:
@@ -301,12 +313,14 @@ class Trainer:
             log_now = self.is_log_step(step)
             loss, train_loss, train_acc = self.forward_and_measure(step, log_now)
             diverged = not math.isfinite(train_loss)
+            if step == 0:
+                self.conv.loss0 = train_loss
             fitted = self.fitted(train_loss, train_acc)
             if self.full_batch or log_now:
                 self.conv.update(step, train_loss, fitted)
                 self.regime.see_loss(step, train_loss)
             stop = diverged or step >= cfg.train.steps or (
-                fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0))
+                fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0 or cfg.train.target_ratio > 0))
             if not stop:
                 self.optimizer.zero_grad(set_to_none=True)
                 with precision.backward_step(cfg.train.precision):
@@ -368,9 +382,13 @@ class Trainer:
             summary.update(self.regime.summary(status, final_metrics.get(names.TRAIN_LOSS),
                                                self.theory.dead_layers(self.x_all), constant))
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
+        # Every rank computes the end row (a collective under tensor parallelism); rank 0 writes it.
+        circle = self.circle.record(step, diverged=status == "diverged") if self.circle is not None else None
         if self.sinks is not None:
             if self.theory.track_ntk:
                 rundir.write_spectrum(self.out, step, self.theory.spectrum)
+            if circle is not None:
+                rundir.write_kernel_circle(self.out, circle)
             rundir.write_summary(self.out, summary)
             self.sinks.finish(summary)
         world.barrier()

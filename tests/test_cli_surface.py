@@ -196,10 +196,12 @@ def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tm
     res = run_cli("report", str(trial))
     assert res.returncode == 0, res.stderr
     out = trial / "report"
-    assert {p.name for p in out.iterdir()} == {"loss.png", "drift.png", "ntk.png", "ntk_spectrum.png",
-                                               "figures.json", "index.html"}
+    figures = ("loss", "drift", "ntk", "ntk_spectrum")  # each as a PNG and a PDF
+    assert {p.name for p in out.iterdir()} == {f"{f}.{ext}" for f in figures for ext in ("png", "pdf")} | {
+        "figures.json", "index.html"}
     rows = read_rows(trial)
     figs = {f["name"]: f for f in json.loads((out / "figures.json").read_text())}
+    assert all(f["footer"].endswith(" · 1 seed") and "config.yaml sha256 " in f["footer"] for f in figs.values())
     (loss,) = figs["loss"]["panels"][0]["series"]
     assert loss["x"] == [r["step"] for r in rows] and loss["y"] == [r["train/loss"] for r in rows]
     kernel = {s["label"]: s for s in figs["ntk"]["panels"][0]["series"]}

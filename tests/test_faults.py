@@ -184,7 +184,8 @@ def test_rerun_with_other_stop_rules_continues_or_says_so(tmp_path):
     res = run_cli("train", *common, "train.target_loss=0")  # the new rules ask for more: it trains on
     assert res.returncode == 0, res.stderr[-2000:]
     after = read_summary(run)
-    assert after["steps"] == 60 and after["stop_rules"] == {"steps": 60, "stop_at_fit": True, "target_loss": 0.0}
+    assert after["steps"] == 60 and after["stop_rules"] == {"steps": 60, "stop_at_fit": True, "target_loss": 0.0,
+                                                         "target_ratio": 0.0}
     steps = [r["step"] for r in read_rows(run)]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # each step once, continued from the checkpoint
 

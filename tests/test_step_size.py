@@ -8,7 +8,7 @@ import torch
 import yaml
 from conftest import read_rows, read_summary
 
-from overparam_dist.config import load_config
+from overparam_dist.config import ConfigError, load_config
 from overparam_dist.data import build_dataset
 from overparam_dist.metrics import names
 from overparam_dist.metrics.fit import loglog_slope
@@ -160,3 +160,36 @@ def test_defaults_do_not_diverge(tmp_path, over):
     loss = [r[names.TRAIN_LOSS] for r in read_rows(tmp_path)]
     assert s["status"] == "completed" and loss[-1] < loss[0], loss
     assert read_summary(tmp_path)["status"] == "completed"
+
+
+def test_du_step_from_lambda_min_and_the_bound_holds(tmp_path):
+    """train.lr=lambda_min is Du et al.'s eta = lambda_0 / n^2 (their summed loss) as our lr = lambda_0 / n, with
+    lambda_0 the smallest eigenvalue of H_inf in closed form over the whole training set; trained on Du's own net
+    (model.train_input_only, depth 0) the loss stays under (1 - lr lambda_0 / (2n))^k at every step."""
+    over = ["model.param=ntk", "model.depth=0", "model.train_input_only=true", "model.width=2048",
+            "data.n=16", "data.dim=8", "data.classes=1", "data.target=regression", "data.input_norm=sqrt_d",
+            "train.lr=lambda_min", "train.lr_scale=200", "train.steps=40", "train.dtype=float64",
+            "metrics.every=1", "metrics.spectral=false", f"run.dir={tmp_path / 'du'}", *QUIET]
+    cfg = load_config(None, over)
+    ds, model, rules = _model(cfg)
+    x = ds.x.double()
+    h_inf = (2.0 / 8) * (x @ x.T) * (math.pi - torch.arccos((x @ x.T / (x.norm(dim=1)[:, None] * x.norm(dim=1)))
+                                                           .clamp(-1, 1))) / (2 * math.pi)
+    h_inf.diagonal().copy_((x * x).sum(1) / 8)
+    lam0 = float(torch.linalg.eigvalsh(h_inf)[0])
+    lr, facts, _ = resolve_lr(cfg, model, rules, x, 1)
+    assert facts["rule"] == "lambda_min" and facts["samples"] == 16
+    assert lr == pytest.approx(200 * lam0 / 16, rel=1e-9)
+    run_trial(cfg)
+    rows = read_rows(tmp_path / "du")
+    losses = [r[names.TRAIN_LOSS] for r in rows]
+    q = 1 - lr * lam0 / (2 * 16)
+    assert losses[-1] < losses[0] * 0.97  # it trains, slowly: the theorem's step
+    assert all(loss <= losses[0] * q ** r["step"] * (1 + 1e-9) for loss, r in zip(losses, rows))
+    for bad in (["model.param=standard"], ["data.n=5000"]):
+        with pytest.raises(ConfigError, match="train.lr"):
+            load_config(None, [*over, *bad])
+    with pytest.raises(ConfigError, match="model.train_outer"):
+        load_config(None, [*over, "model.train_outer=true"])
+    with pytest.raises(ConfigError, match="model.depth"):
+        load_config(None, ["model.depth=0"])

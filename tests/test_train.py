@@ -262,3 +262,24 @@ assert s["status"] == "completed" and s["steps"] == 5
 """
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
+
+
+def test_target_ratio_is_the_fit_and_survives_a_resume(tmp_path):
+    """train.target_ratio=0.05 stops at the first step whose loss is at most 5% of the loss at step 0, and that step
+    is conv/steps_to_fit even with label targets (a loss target replaces 100% accuracy). Split into two runs of the
+    same directory (a rerun with more steps resumes), the resumed half still measures against the loss at step 0."""
+    common = ["model.width=64", "model.depth=1", "data.n=16", "metrics.every=1", "metrics.ntk=false",
+              "metrics.spectral=false", "wandb.mode=disabled", "run.quiet=true", "checkpoint.every=1",
+              "data.target=labels"]
+    whole = load_config(None, [f"run.dir={tmp_path / 'a'}", "train.steps=400", "train.target_ratio=0.05", *common])
+    run_trial(whole)
+    rows, summary = read_rows(tmp_path / "a"), read_summary(tmp_path / "a")
+    losses = [r["train/loss"] for r in rows]
+    first = next(r["step"] for r in rows if r["train/loss"] <= 0.05 * losses[0])
+    assert summary["conv/steps_to_fit"] == first == summary["steps"] == rows[-1]["step"]
+    assert next(r["step"] for r in rows if r["train/acc"] >= 1.0) < first  # accuracy alone would have stopped earlier
+    cut = first // 2
+    run_trial(load_config(None, [f"run.dir={tmp_path / 'b'}", f"train.steps={cut}", "train.target_ratio=0.05",
+                                 *common]))
+    run_trial(load_config(None, [f"run.dir={tmp_path / 'b'}", "train.steps=400", "train.target_ratio=0.05", *common]))
+    assert read_summary(tmp_path / "b")["conv/steps_to_fit"] == first

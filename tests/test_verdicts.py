@@ -2,8 +2,10 @@
 through the verdict functions and through a whole report (terminal lines, index.html, claim.json, the demo's
 table); trials outside their regime drawn hollow and left out of every fit."""
 
+import hashlib
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -142,6 +144,43 @@ def test_flagged_trials_are_hollow_and_left_out_of_fits(tmp_path):
     assert hollow.x == [64, 64] and min(hollow.y) > 100
     assert "2 trials outside the regime" in fig.caption and "w64-s0 (catapult)" in fig.caption
     assert "w64-s1 (dead)" in (rep.dir / "index.html").read_text()
+
+
+def test_report_figures_carry_seed_intervals_a_pdf_and_a_footer(tmp_path):
+    """Issue 25 item 5, figures a paper could use: each mean over seeds carries its 95% Student-t interval over seeds
+    (verdicts.seed_interval; none from one seed) and each seed's value into figures.json, each figure is a PNG and a
+    PDF of the same name, and its footer gives the code's commit, the hash of sweep.yaml and the seed count."""
+    from overparam_dist.analysis.plots import Series, add_seed_intervals, from_seeds
+    from overparam_dist.analysis.provenance import code_commit
+    from overparam_dist.analysis.report import build_local_report
+
+    slopes = {0: -0.5, 1: -0.45, 2: -0.55}
+    sdir = _sweep(tmp_path, slopes)
+    rep = build_local_report(sdir)
+    figures = {f["name"]: f for f in json.loads((rep.dir / "figures.json").read_text())}
+    (series,) = figures["ntk_rel_drift"]["panels"][0]["series"]
+    assert series["x"] == WIDTHS and series["n_seeds"] == [3] * len(WIDTHS)
+    for i, w in enumerate(WIDTHS):
+        values = [(1 + 0.1 * s) * w ** slope for s, slope in slopes.items()]  # what _sweep wrote, seed by seed
+        mean, ci = verdicts.seed_interval(values)
+        assert series["y"][i] == pytest.approx(mean, rel=1e-12)
+        assert (series["lo"][i], series["hi"][i]) == pytest.approx(ci, rel=1e-12) and ci[0] < mean < ci[1]
+        at_w = sorted(v for pts in series["per_seed"].values() for x, v in pts if x == w)
+        assert at_w == pytest.approx(sorted(values), rel=1e-12)
+    digest = hashlib.sha256((sdir / "sweep.yaml").read_bytes()).hexdigest()[:12]
+    assert re.fullmatch(r"[0-9a-f]{4,40}|unknown", code_commit())
+    for f in figures.values():
+        assert f["footer"] == f"code {code_commit()} · sweep.yaml sha256 {digest} · 3 seeds", f["name"]
+        assert (rep.dir / f["file"]).read_bytes()[:4] == b"\x89PNG" and (rep.dir / f["pdf"]).read_bytes()[:4] == b"%PDF"
+    assert "<a href='ntk_rel_drift.pdf'>PDF</a>" in (rep.dir / "index.html").read_text()
+    # One seed at a point: no interval there (no bar drawn).
+    one = from_seeds("s", {0: [(64, 1.0), (128, 2.0)], 1: [(64, 3.0)]})
+    assert one.x == [64, 128] and one.lo[1] is one.hi[1] is None and one.meta["n_seeds"] == [2, 1]
+    assert (one.lo[0], one.hi[0]) == pytest.approx(verdicts.seed_interval([1.0, 3.0])[1])
+    # A series of means built elsewhere (repro.py's panels) gets its intervals from its seeds the same way.
+    s = add_seed_intervals(Series("r", [0.0, 1.0], [2.0, 5.0], meta={"per_seed": {0: [(0.0, 1.0), (1.0, 4.0)],
+                                                                                   1: [(0.0, 3.0), (1.0, 6.0)]}}))
+    assert (s.lo[1], s.hi[1]) == pytest.approx(verdicts.seed_interval([4.0, 6.0])[1])
 
 
 def test_claim_json_carries_verdicts_and_what_was_left_out(tmp_path):

@@ -32,8 +32,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from overparam_dist.config import Config, ConfigError, run_dir
+from overparam_dist.config import Config, ConfigError
 from overparam_dist.parallel.dims import ParallelDims
+from overparam_dist.rundir import run_dir
 
 from ..sweep.spec import trial_demand
 from .options import SlurmOptions, positive

@@ -9,9 +9,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from overparam_dist.config import ConfigError, load_config, run_dir
+from overparam_dist.config import ConfigError, load_config
 from overparam_dist.parallel.dims import ParallelDims
-from overparam_dist.rundir import check_run_dir
+from overparam_dist.rundir import check_run_dir, run_dir
 
 from ..sweep.multirun import looks_like_experiment
 from ..sweep.spec import load_sweep

@@ -327,9 +327,11 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
                   runs_dir=Path(runs_dir).absolute(), reproduces=reproduces)
     sweep.trials = _expand(sweep, where)
     if search["kind"] == "critical_width" and (t := next((t for t in sweep.trials if t.cfg.data.target != "labels"
-                                                           and t.cfg.train.target_loss <= 0), None)):
+                                                           and t.cfg.train.target_loss <= 0
+                                                           and t.cfg.train.target_ratio <= 0), None)):
         raise ConfigError(f"{where}: a critical_width search needs a fit to reach: data.target=labels (100% train "
-                          f"accuracy) or train.target_loss > 0; {t.name} has data.target={t.cfg.data.target}")
+                          f"accuracy), train.target_loss > 0 or train.target_ratio > 0; {t.name} has "
+                          f"data.target={t.cfg.data.target}")
     return sweep
 
 

@@ -170,7 +170,7 @@ def _wait_for_previous_attempt(config: dict) -> None:
     (their controller died with the node) and rank 0 still holds the run directory's lock. Wait for it to be
     released, rather than fail the retry at once on RunDirLocked; after PREVIOUS_ATTEMPT_WAIT_S, fail as that."""
     from overparam_dist import rundir
-    from overparam_dist.config import run_dir
+    from overparam_dist.rundir import run_dir
 
     directory = run_dir(from_dict(config["cfg"]))
     deadline = time.monotonic() + PREVIOUS_ATTEMPT_WAIT_S

@@ -1,10 +1,12 @@
-"""The report's figure set: which figures a sweep gets, and their theory reference lines (theory.py)."""
+"""The report's figure set: which figures a sweep gets, their theory reference lines (theory.py), and the footer
+each carries (provenance.py)."""
 
 from __future__ import annotations
 
 from ..metrics import names
 from . import theory
-from .plots import FigureData, against_width, critical_width, loss_curves, mean_series, steps_to_fit
+from .plots import FigureData, add_seed_intervals, against_width, critical_width, loss_curves, mean_series, steps_to_fit
+from .provenance import sweep_footer
 from .repro import headline
 from .results import SweepResults
 
@@ -23,12 +25,14 @@ def _with_theory(res: SweepResults, key: str, param: str | None, caption: str, *
                          else "", subtitle=why, caption=f"{caption} {why}", **kw)
 
 
-ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars min–max, faint dots = seeds, dotted = fitted "
-               "power law); legend: fitted slope with its 95% interval over seeds.")
+ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars: its 95% interval over seeds (Student t; none "
+               "from one seed), faint dots = each seed, dotted = fitted power law); legend: fitted slope with its 95% "
+               "interval over seeds.")
 
 
-def figures(res: SweepResults) -> list[FigureData]:
-    """Every figure of the report, as data (not drawn yet)."""
+def figures(res: SweepResults, commit: str | None = None) -> list[FigureData]:
+    """Every figure of the report, as data (not drawn yet), each with its footer (`commit`: the code's git hash,
+    found from the checkout when None)."""
     param = sweep_param(res)
     lam = against_width(
         res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
@@ -36,7 +40,8 @@ def figures(res: SweepResults) -> list[FigureData]:
         init_too=True,
         caption="ntk/lambda_min of the empirical NTK on the probe set at the end of training (solid) and at "
                 "initialisation (dashed), against width, and of the infinite-width kernel K∞ where it is known "
-                "(dotted, ntk/lambda_min_inf). The convergence theory needs it bounded away from 0 as m grows; with "
+                "(dotted, ntk/lambda_min_inf); means over seeds with their 95% intervals over seeds (bars) and each "
+                "seed (faint dots). The convergence theory needs it bounded away from 0 as m grows; with "
                 "width the empirical value should settle at K∞'s and move less during training.")
     for skey, trials in res.by_series().items():
         inf = mean_series(res, skey, trials, names.NTK_LAMBDA_MIN_INF, positive=False)
@@ -67,8 +72,9 @@ def figures(res: SweepResults) -> list[FigureData]:
             res, names.DRIFT_ACT_FLIP, name="act_flips", title="ReLU activation flips against width",
             subtitle="fraction of (probe sample, unit) ReLU signs of trained layers that differ from init",
             caption="drift/act_flip: the fraction of (probe sample, unit) ReLU signs of the trained layers that "
-                    "differ from initialisation at the end of training, against width; one series per depth with "
-                    "fitted slopes (95% intervals over seeds). Fewer flips = closer to the linearised (NTK) regime. "
+                    "differ from initialisation at the end of training, against width; one series per depth (mean over "
+                    "seeds, bars: its 95% interval over seeds, faint dots = each seed) with fitted slopes (95% "
+                    "intervals over seeds). Fewer flips = closer to the linearised (NTK) regime. "
                     "No reference line: the theory bounds the flips, it gives no exponent."),
         _with_theory(res, names.NTK_LIN_GAP, param, name="ntk_lin_gap",
                      title="Distance to the linearised model |r_t − r_t^lin| / |r_0| against width",
@@ -90,4 +96,14 @@ def figures(res: SweepResults) -> list[FigureData]:
     if cw is not None:
         figs.append(cw)
     claim = headline(res)
-    return ([claim] if claim is not None else []) + figs
+    if claim is not None:  # its panels come from repro.py; their means over seeds get their intervals below
+        claim.caption += (" Where a point is a mean over seeds: bars = its 95% interval over seeds (Student t; none "
+                          "from one seed), faint dots = each seed.")
+        figs.insert(0, claim)
+    footer = sweep_footer(res, commit)
+    for f in figs:
+        f.footer = footer
+        for p in f.panels:  # the claim's panels (repro.py) hold means over seeds without their intervals
+            for s in [*p.series, *p.extra]:
+                add_seed_intervals(s)
+    return figs

@@ -1,5 +1,6 @@
-"""index.html of a sweep report: the figures (relative links to the PNGs next to it), the fitted slopes and the
-results table. Plain HTML + CSS, no scripts, no network: it opens from a shared file system or a copied folder."""
+"""index.html of a sweep report: the figures (relative links to the PNGs next to it, and to each one's PDF), the
+fitted slopes and the results table. Plain HTML + CSS, no scripts, no network: it opens from a shared file system or
+a copied folder."""
 
 from __future__ import annotations
 
@@ -53,6 +54,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def figure_block(f: FigureData) -> str:
+    """One figure on a page: its PNG, its caption and a link to the same figure as a PDF (draw.py writes both)."""
+    e = html.escape
+    return (f"<h2 id='{e(f.name)}'>{e(f.title)}</h2><figure><img src='{e(f.file)}' alt='{e(f.title)}'>"
+            f"<figcaption>{e(f.caption)} <a href='{e(f.pdf_file)}'>PDF</a></figcaption></figure>")
+
+
 def _claim_section(res: SweepResults, found: list[Finding]) -> list[str]:
     """The published claim the sweep reproduces, beside what this sweep measured (repro.py)."""
     e, claim = html.escape, CLAIMS[res.reproduces]
@@ -84,9 +92,7 @@ def write_index(res: SweepResults, figs: list[FigureData], out_dir: Path, found:
     ]
     if res.reproduces:
         parts += _claim_section(res, found or [])
-    for f in figs:
-        parts.append(f"<h2 id='{e(f.name)}'>{e(f.title)}</h2><figure><img src='{e(f.file)}' alt='{e(f.title)}'>"
-                     f"<figcaption>{e(f.caption)}</figcaption></figure>")
+    parts += [figure_block(f) for f in figs]
 
     fits = [fit for f in figs for fit in f.fits]
     parts.append("<h2 id='slopes'>Fitted slopes against width (log-log)</h2>")

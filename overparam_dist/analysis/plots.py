@@ -27,6 +27,7 @@ from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
 from .verdicts import Verdict, seed_interval, width_law
 
 WIDTH_CMAP = colormaps["viridis"]
+INTERVAL = "95% Student-t interval over seeds (verdicts.seed_interval); none at a point with one seed"
 SERIES_COLORS = colormaps["tab10"]  # one colour per series (depth, noise level): SERIES_COLORS(i % 10)
 
 
@@ -36,8 +37,10 @@ class Series:
     x: list[float]
     y: list[float]
     key: tuple = ()
-    lo: list[float] | None = None  # spread over seeds (min), same length as x
-    hi: list[float] | None = None  # (max)
+    # The 95% Student-t interval over seeds of a mean over seeds (verdicts.seed_interval), same length as x: None at
+    # a point with one seed (one seed gives no interval). meta["per_seed"] holds each seed's own (x, y) values.
+    lo: list[float | None] | None = None
+    hi: list[float | None] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,20 +86,30 @@ class FigureData:
     caption: str
     panels: list[Panel]
     fits: list[SlopeFit] = field(default_factory=list)
-    path: Path | None = None
+    path: Path | None = None  # the PNG, once drawn; the PDF lies beside it (pdf_file)
     subtitle: str = ""  # a second, smaller title line (what the reference line means)
+    footer: str = ""  # provenance line drawn under the figure: code commit, config hash, seed count (provenance.py)
 
     @property
     def file(self) -> str:
         return f"{self.name}.png"
 
+    @property
+    def pdf_file(self) -> str:
+        return f"{self.name}.pdf"
+
     def to_json(self) -> dict:
         def ser(s: Series) -> dict:
-            return {"label": s.label, "key": list(s.key), "x": s.x, "y": s.y, "lo": s.lo, "hi": s.hi}
+            out = {"label": s.label, "key": list(s.key), "x": s.x, "y": s.y, "lo": s.lo, "hi": s.hi}
+            if "per_seed" in s.meta:  # each seed's own values, and how many seeds each point averages
+                out["per_seed"] = _json_safe({str(k): v for k, v in s.meta["per_seed"].items()})
+                out["n_seeds"] = s.meta.get("n_seeds")
+            return out
 
         return {
-            "name": self.name, "file": self.file, "title": self.title, "subtitle": self.subtitle,
-            "caption": self.caption,
+            "name": self.name, "file": self.file, "pdf": self.pdf_file, "title": self.title,
+            "subtitle": self.subtitle, "caption": self.caption, "footer": self.footer,
+            "interval": INTERVAL,
             "panels": [{"title": p.title, "xlabel": p.xlabel, "ylabel": p.ylabel, "xlog": p.xlog, "ylog": p.ylog,
                         "series": [ser(s) for s in p.series], "references": [ser(s) for s in p.references],
                         "extra": [ser(s) for s in p.extra], "heatmap": _json_safe(p.heatmap)} for p in self.panels],
@@ -149,6 +162,42 @@ def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: 
 # ----------------------------------------------------------------------------------------------- data
 
 
+def seed_band(values: list[float]) -> tuple[float | None, float | None]:
+    """(lo, hi) of the 95% t-interval over these seeds' values; (None, None) for fewer than two seeds."""
+    ci = seed_interval(values)[1] if len(values) >= 2 else None
+    return ci if ci is not None else (None, None)
+
+
+def _by_x(per_seed: dict[int, list[tuple[float, float]]]) -> dict[float, list[float]]:
+    """{seed: [(x, value)]} -> {x: [each seed's value]}, x ascending."""
+    out: dict[float, list[float]] = {}
+    for pts in per_seed.values():
+        for x, v in pts:
+            out.setdefault(x, []).append(v)
+    return dict(sorted(out.items()))
+
+
+def from_seeds(label_: str, per_seed: dict[int, list[tuple[float, float]]], key: tuple = (), **meta) -> Series:
+    """The mean over seeds at each x with its 95% t-interval over seeds; each seed's own values stay in meta."""
+    by_x = _by_x(per_seed)
+    bands = [seed_band(v) for v in by_x.values()]
+    return Series(label_, list(by_x), [float(np.mean(v)) for v in by_x.values()], key, [b[0] for b in bands],
+                  [b[1] for b in bands], {"per_seed": per_seed, "n_seeds": [len(v) for v in by_x.values()], **meta})
+
+
+def add_seed_intervals(s: Series) -> Series:
+    """Give a mean-over-seeds series built elsewhere (repro.py's panels: means + meta["per_seed"], no bars) its
+    interval at each x, from the seeds' values at that x."""
+    per_seed = s.meta.get("per_seed")
+    if not per_seed or s.lo is not None or s.meta.get("line"):
+        return s
+    by_x = _by_x(per_seed)
+    bands = [seed_band(by_x.get(x, [])) for x in s.x]
+    s.lo, s.hi = [b[0] for b in bands], [b[1] for b in bands]
+    s.meta["n_seeds"] = [len(by_x.get(x, [])) for x in s.x]
+    return s
+
+
 def _values_by_width(trials: list[Trial], key: str, *, initial: bool = False) -> dict[int, dict[int, float]]:
     """width -> {seed: value} (final summary value, or the step-0 value)."""
     out: dict[int, dict[int, float]] = {}
@@ -163,20 +212,12 @@ def _values_by_width(trials: list[Trial], key: str, *, initial: bool = False) ->
 
 def mean_series(res: SweepResults, skey: tuple, trials: list[Trial], key: str, positive: bool,
                  initial: bool = False) -> Series:
-    by_w = _values_by_width(trials, key, initial=initial)
-    xs, ys, lo, hi, per_seed = [], [], [], [], {}
-    for w, vals in by_w.items():
-        v = [x for x in vals.values() if (x > 0 or not positive)]
-        if not v:
-            continue
-        xs.append(w)
-        ys.append(float(np.mean(v)))
-        lo.append(float(min(v)))
-        hi.append(float(max(v)))
-        for seed, x in vals.items():
-            if x > 0 or not positive:
-                per_seed.setdefault(seed, []).append((w, x))
-    return Series(res.series_label(skey), xs, ys, skey, lo, hi, {"per_seed": per_seed})
+    per_seed: dict[int, list[tuple[float, float]]] = {}
+    for w, vals in _values_by_width(trials, key, initial=initial).items():
+        for seed, v in vals.items():
+            if v > 0 or not positive:  # a log axis cannot show the others
+                per_seed.setdefault(seed, []).append((w, v))
+    return from_seeds(res.series_label(skey), per_seed, skey)
 
 
 def against_width(res: SweepResults, key: str, *, name: str, title: str, caption: str, subtitle: str = "",
@@ -184,7 +225,8 @@ def against_width(res: SweepResults, key: str, *, name: str, title: str, caption
                   reference: float | None = None, reference_label: str = "", fit: bool = True,
                   init_too: bool = False) -> FigureData:
     """`key` (final value per trial) against width, one series per depth (and other non-seed axes), log-log,
-    mean over seeds with min-max bars, per-series fitted slope (95% CI over seeds), optional theory line."""
+    mean over seeds with its 95% interval over seeds (bars), per-series fitted slope (95% CI over seeds),
+    optional theory line."""
     groups = res.by_series()
     all_vals = [t.final(key) for ts in groups.values() for t in ts if t.flag is None]
     positive = all(v is None or v > 0 for v in all_vals) and any(v is not None for v in all_vals)
@@ -265,22 +307,20 @@ def steps_to_fit(res: SweepResults, key: str = names.CONV_STEPS_TO_FIT) -> Figur
         for t in trials:
             if t.width is not None:
                 by_w.setdefault(int(t.width), []).append(t)
-        xs, ys, lo, hi, frac = [], [], [], [], {}
+        frac, per_seed = {}, {}
         zrow, trow = [], []
         for w in widths:
             ts = by_w.get(w, [])
-            vals = [v for t in ts if (v := number(t.row.get(key))) is not None]
+            got = [(t.seed, v) for t in ts if (v := number(t.row.get(key))) is not None]
+            vals = [v for _, v in got]
             frac[w] = (len(vals), len(ts))
-            if vals:
-                xs.append(w)
-                ys.append(float(np.mean(vals)))
-                lo.append(float(min(vals)))
-                hi.append(float(max(vals)))
+            for seed, v in got:
+                per_seed.setdefault(seed, []).append((w, v))
             zrow.append(float(np.mean(vals)) if vals else float("nan"))
             trow.append(f"{np.mean(vals):.0f}\n{len(vals)}/{len(ts)}" if vals else
                         (f"—\n0/{len(ts)}" if ts else ""))
-        line.series.append(Series(res.series_label(skey), xs, ys, skey, lo, hi,
-                                  meta={"fitted": {w: f"{a}/{b}" for w, (a, b) in frac.items()}}))
+        line.series.append(from_seeds(res.series_label(skey), per_seed, skey,
+                                      fitted={w: f"{a}/{b}" for w, (a, b) in frac.items()}))
         zs.append(zrow)
         texts.append(trow)
         rows.append(res.series_label(skey))
@@ -289,8 +329,8 @@ def steps_to_fit(res: SweepResults, key: str = names.CONV_STEPS_TO_FIT) -> Figur
     return FigureData(
         name="steps_to_fit", title="Steps to fit (100% train accuracy or loss below train.target_loss)",
         caption=f"{key}: the first step at which the trial fits its training set. Left: against width, per depth "
-                "(mean over the seeds that fit, bars min–max). Right: the same per (depth, width); — = no seed fit "
-                "within train.steps.", panels=[line, heat])
+                "(mean over the seeds that fit, bars: 95% interval over those seeds, faint dots: each seed). Right: "
+                "the same per (depth, width); — = no seed fit within train.steps.", panels=[line, heat])
 
 
 def critical_width(res: SweepResults) -> FigureData | None:

@@ -28,8 +28,9 @@ from ..rundir import (
 )
 from ..sinks import read_jsonl
 from .draw import draw
-from .html import CSS
+from .html import CSS, figure_block
 from .plots import FigureData, Panel, Series
+from .provenance import footer
 
 # (figure name, title, [(panel title, y label, log y, metric keys)])
 CURVES = [
@@ -123,6 +124,7 @@ def build_trial_report(trial_dir: str | Path, out_dir: str | Path | None = None)
     if spectrum is not None:
         figs.append(spectrum)
     for f in figs:
+        f.footer = footer(src / CONFIG_FILE, 1)  # one trial: one seed
         draw(f, out)
     atomic_write(out / "figures.json", json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")
     index = _write_index(src, figs, out)
@@ -145,9 +147,7 @@ def _write_index(src: Path, figs: list[FigureData], out: Path) -> Path:
              f"<h1>Trial <code>{e(src.name)}</code></h1>",
              f"<p>{e(what)}; status {e(str(summary.get('status', 'running or interrupted')))}. Source: "
              f"<a href='../{METRICS_FILE}'>{METRICS_FILE}</a>, <a href='../{CONFIG_FILE}'>{CONFIG_FILE}</a>.</p>"]
-    for f in figs:
-        parts.append(f"<h2 id='{e(f.name)}'>{e(f.title)}</h2><figure><img src='{e(f.file)}' alt='{e(f.title)}'>"
-                     f"<figcaption>{e(f.caption)}</figcaption></figure>")
+    parts += [figure_block(f) for f in figs]
     if facts:
         parts.append(f"<h2 id='summary'>Summary ({SUMMARY_FILE})</h2><table>{facts}</table>")
     parts.append("</body></html>\n")

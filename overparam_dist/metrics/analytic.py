@@ -26,7 +26,8 @@ the diagonal is preserved: S_l(x, x) = 2 kappa |x|^2 for every l.) S_l is the li
 covariance of the pre-activation of layer l (times m for paper), P_l that of the sum over outputs of
 the backprop signals reaching it (divided by C/2 for ntk, by m/2 for paper). The layer-wise NTK of
 y = s W a is s^2 (sum_c delta_c . delta_c') (a . a'), of a bias sum_c delta_c . delta_c'. Hence, with
-l0 = 0 if the outer layers are trained else 1, t = [train_outer], b = [bias],
+l0 = 0 if the outer layers are trained else 1, t = [train_outer], b = [bias] (model.train_input_only: the l = 0
+term alone, t = 0),
 
     ntk:    K_inf = C/2 * ( sum_{l=l0}^{L} (S_l + b) P_l  +  t (S_{L+1} + 2 b) )         = lim K_emp
     paper:  K_inf = 1/4 * sum_{l=l0}^{L} S_l P_l                                   = lim K_emp / m
@@ -72,11 +73,12 @@ def _relu_step(s: torch.Tensor, diag: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def infinite_width_ntk(x: torch.Tensor, depth: int, param: str, *, train_outer: bool | None = None,
-                       bias: bool = False, classes: int = 1) -> torch.Tensor:
+                       input_only: bool = False, bias: bool = False, classes: int = 1) -> torch.Tensor:
     """Limit of ``empirical_scale(param, m) * K_emp`` as m -> infinity, (n, n) float64.
 
     x: (n, d) inputs (any norms; flattened if higher-dimensional). depth: L >= 0 hidden layers.
-    train_outer: None = the parameterization's default (paper: False, ntk: True). classes: C outputs.
+    train_outer: None = the parameterization's default (paper: False, ntk: True). input_only: only A trains
+    (model.train_input_only: the l = 0 term alone; train_outer is then ignored). classes: C outputs.
     """
     if param not in PARAMS:
         raise ValueError(f"no infinite-width NTK for model.param={param!r}: supported are {', '.join(PARAMS)}")
@@ -89,7 +91,9 @@ def infinite_width_ntk(x: torch.Tensor, depth: int, param: str, *, train_outer: 
                          "(the paper parameterization has no biases)")
     if train_outer is None:
         train_outer = param != "paper"
-    if depth == 0 and not train_outer:
+    if input_only:
+        train_outer = False
+    if depth == 0 and not (train_outer or input_only):
         raise ValueError("depth=0 with train_outer=False has no trained parameters: the NTK is zero")
 
     x = x.detach().reshape(x.shape[0], -1).to(torch.float64)
@@ -107,11 +111,13 @@ def infinite_width_ntk(x: torch.Tensor, depth: int, param: str, *, train_outer: 
 
     k = torch.zeros_like(covs[0])
     prod = torch.ones_like(k)  # P_l, built from l = L downwards
-    first = 0 if train_outer else 1
+    first = 0 if train_outer or input_only else 1
+    last = 0 if input_only else depth  # P_0 still takes every layer's Sdot: the signal A gets passes them all
     b = 1.0 if bias else 0.0
     for layer in range(depth, first - 1, -1):
         prod = prod * dots[layer]
-        k = k + (covs[layer] + b) * prod
+        if layer <= last:
+            k = k + (covs[layer] + b) * prod
     if param == "paper":
         return k / 4.0
     if train_outer:

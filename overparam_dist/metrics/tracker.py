@@ -103,7 +103,7 @@ class TheoryMetrics:
     def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
                  probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
                  bias: bool, train_outer: bool, classes: int, track_ntk: bool, spectral: bool = True,
-                 parallel=None):
+                 parallel=None, input_only: bool = False):
         """Must be built before any update (and before a checkpoint is loaded): it records the init state.
 
         `parallel`: the trial's Parallelism (parallel/parallelize.py) when layers are tensor-parallel shards;
@@ -137,7 +137,7 @@ class TheoryMetrics:
                 self.once[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
             if arch == "fc" and param in ANALYTIC_PARAMS and not (bias and param == "paper"):
                 k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
-                                           bias=bias, classes=classes).to(self.k0.device)
+                                           input_only=input_only, bias=bias, classes=classes).to(self.k0.device)
                 self.init_gap = float((self.k0 - k_inf).norm() / k_inf.norm())
                 self.spectrum["infinite"] = torch.linalg.eigvalsh(k_inf).tolist()
                 self.once[names.NTK_LAMBDA_MIN_INF] = self.spectrum["infinite"][0]

@@ -39,7 +39,8 @@ def build_model(cfg: Config, input_shape: tuple[int, ...], out_dim: int,
     """
     m = cfg.model
     model = skeleton(cfg, input_shape, out_dim)
-    rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg))  # from the global shapes
+    # from the global shapes
+    rules = parameter_rules(model, m.param, m.width, effective_train_outer(cfg), m.train_input_only)
     shards = shard(model) if shard is not None else None
     model = model.to_empty(device=device).to(dtype)
     apply_parameterization(model, rules, cfg.seed, shards)

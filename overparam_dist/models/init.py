@@ -22,7 +22,7 @@ TILE = 1024
 
 @dataclass(frozen=True)
 class Rule:
-    dist: str  # normal | uniform | zeros
+    dist: str  # normal | uniform | sign (+-scale, each with probability 1/2) | zeros
     scale: float  # std (normal) or bound (uniform)
     multiplier: float = 1.0  # forward multiplier on W x (weights only)
     lr_scale: float = 1.0  # effective lr = train.lr * lr_scale
@@ -47,11 +47,19 @@ def fans(module: nn.Module) -> tuple[int, int]:
     return w.shape[1] * receptive, w.shape[0] * receptive
 
 
-def rules_for(param: str, role: str, module: nn.Module, width: int, train_outer: bool) -> tuple[Rule, Rule]:
-    """(weight rule, bias rule) for one layer."""
+def rules_for(param: str, role: str, module: nn.Module, width: int, train_outer: bool,
+              input_only: bool = False) -> tuple[Rule, Rule]:
+    """(weight rule, bias rule) for one layer. input_only (model.train_input_only): A alone trains, and B is fixed at
+    random signs of its parameterization's scale (Du et al. 2018's a_r = +-1)."""
+    w, b = _rules(param, role, module, width, role == "input" if input_only else
+                  train_outer or role not in ("input", "output"))
+    if input_only and role == "output":
+        w = Rule("sign", w.scale, w.multiplier, w.lr_scale, False)
+    return w, b
+
+
+def _rules(param: str, role: str, module: nn.Module, width: int, trainable: bool) -> tuple[Rule, Rule]:
     fan_in, fan_out = fans(module)
-    outer = role in ("input", "output")
-    trainable = train_outer or not outer
     if param == "paper":
         # A, W_l ~ N(0, 2/m) (m = the layer's output units), B ~ N(0, 1/d_out); step = lr / m.
         std = math.sqrt(1.0 / module.weight.shape[0]) if role == "output" else math.sqrt(2.0 / fan_out)
@@ -90,6 +98,8 @@ def _tile(rule: Rule, seed: int, name: str, ti: int, tj: int, rows: int, cols: i
     tile = torch.empty(rows, cols, dtype=torch.float32)
     if rule.dist == "normal":
         return tile.normal_(0.0, rule.scale, generator=g)
+    if rule.dist == "sign":
+        return tile.bernoulli_(0.5, generator=g).mul_(2.0 * rule.scale).sub_(rule.scale)
     return tile.uniform_(-rule.scale, rule.scale, generator=g)
 
 
@@ -127,14 +137,15 @@ def generate_full(rule: Rule, seed: int, name: str, shape: torch.Size) -> torch.
     return generate_block(rule, seed, name, (rows, cols), (0, rows), (0, cols)).reshape(shape)
 
 
-def parameter_rules(model: nn.Module, param: str, width: int, train_outer: bool) -> dict[str, Rule]:
+def parameter_rules(model: nn.Module, param: str, width: int, train_outer: bool,
+                    input_only: bool = False) -> dict[str, Rule]:
     """Rule for every parameter of one of our models, keyed by parameter name."""
     out: dict[str, Rule] = {}
     for mod_name, module in model.named_modules():
         role = role_of(mod_name)
         if role is None:
             continue
-        w_rule, b_rule = rules_for(param, role, module, width, train_outer)
+        w_rule, b_rule = rules_for(param, role, module, width, train_outer, input_only)
         out[f"{mod_name}.weight"] = w_rule
         if getattr(module, "bias", None) is not None:
             out[f"{mod_name}.bias"] = b_rule
