@@ -251,6 +251,10 @@ class CriticalWidthPlan:
             row["smaller_reached"] = c.outcome.get(c.hi - 1) if found and c.hi > 0 else None
             row["probes"] = len(c.outcome)
             row["probed_widths"] = json.dumps({str(self.widths[i]): ok for i, ok in sorted(c.outcome.items())})
+            # The step each probe fitted at (null: not within the budget), so a smaller budget's m* can be read back
+            row["probed_steps"] = json.dumps({str(self.widths[i]): (self.summaries.get(c.trials[i].name) or {}).get(
+                names.CONV_STEPS_TO_FIT) for i in sorted(c.outcome)})
+            row["budget"] = c.trials[0].cfg.train.steps
             rows.append(row)
         return rows
 

@@ -8,7 +8,7 @@ from . import theory
 from .plots import FigureData, add_seed_intervals, against_width, critical_width, loss_curves, mean_series, steps_to_fit
 from .provenance import sweep_footer
 from .repro import headline
-from .results import SweepResults
+from .results import SweepResults, number
 
 
 def sweep_param(res: SweepResults) -> str | None:
@@ -17,10 +17,17 @@ def sweep_param(res: SweepResults) -> str | None:
     return params.pop() if len(params) == 1 else None
 
 
+def trains_square_layers(res: SweepResults) -> bool | None:
+    """Whether the trials train m x m layers (depth >= 1 and not model.train_input_only); None when they differ."""
+    kinds = {(number(t.row.get("model.depth")) or 0) >= 1 and str(t.row.get("model.train_input_only")) != "True"
+             for t in res.trials}
+    return kinds.pop() if len(kinds) == 1 else None
+
+
 def _with_theory(res: SweepResults, key: str, param: str | None, caption: str, **kw) -> FigureData:
     """against_width with the theory's reference line where it applies to `param` (theory.py), said in the
     caption and the subtitle either way."""
-    slope, why = theory.reference(key, param)
+    slope, why = theory.reference(key, param, trains_square_layers(res))
     return against_width(res, key, reference=slope, reference_label=f"theory: m^{slope:g}" if slope is not None
                          else "", subtitle=why, caption=f"{caption} {why}", **kw)
 

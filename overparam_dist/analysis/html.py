@@ -14,7 +14,7 @@ from ..metrics import names
 from ..rundir import RESULTS_FILE, atomic_write
 from .claims import CLAIMS
 from .plots import FigureData
-from .repro import Finding
+from .repro import Finding, this_run
 from .results import SweepResults
 from .verdicts import MIN_SEEDS
 
@@ -69,7 +69,8 @@ def _claim_section(res: SweepResults, found: list[Finding]) -> list[str]:
                    f"<td class='t'>{e(f.verdict.reason)}</td></tr>" for f in found)
     note = res.flag_note()
     return [f"<h2 id='claim'>Reproduces: {e(claim.paper)}</h2><p><b>Claim.</b> {e(claim.claim)}</p>"
-            f"<p><b>Our setup.</b> {e(claim.setup)}</p><table><tr><th>quantity</th><th>paper</th><th>measured here"
+            f"<p><b>The reproduction's setup.</b> {e(claim.setup)}</p><p><b>This run.</b> {e(this_run(res))}</p>"
+            f"<table><tr><th>quantity</th><th>paper</th><th>measured here"
             f"</th><th>verdict</th><th>why</th></tr>{rows}</table>" + (f"<p>{e(note)}</p>" if note else "")]
 
 

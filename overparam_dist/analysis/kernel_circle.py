@@ -67,7 +67,7 @@ def _mean(rows: list[list[float]]) -> list[float]:
 
 def circle_panel(res: SweepResults) -> Panel | None:
     """The figure's one panel, or None when no in-regime trial has kernel_circle.json. Each mean series carries its
-    seeds' rows in meta["per_seed"] ({seed: y}), for a renderer that draws them faint."""
+    seeds' rows in meta["per_seed"] ({seed: [(gamma, y), ...]})."""
     found = [(t, d) for t in res.in_regime() if t.width is not None and (d := read_circle(t)) is not None]
     if not found:
         return None
@@ -83,10 +83,10 @@ def circle_panel(res: SweepResults) -> Panel | None:
         color = SERIES_COLORS(i % 10)
         for key, style in (("init", "--"), ("end", "-")):
             rows = {t.seed: d[key] for t, d in same if d.get(key) is not None}
-            if rows:
+            if rows:  # per_seed as everywhere in figures.json: {seed: [(x, y), ...]}
                 panel.series.append(Series(f"{label(WIDTH, w)}, {key}", gamma, _mean(list(rows.values())),
                                            meta={"line": True, "style": style, "color": color, "width": w,
-                                                 "per_seed": rows}))
+                                                 "per_seed": {s: list(zip(gamma, r)) for s, r in rows.items()}}))
         infs += [(gamma, d["inf"]) for _, d in same if d.get("inf") is not None]
     if infs:
         gamma = infs[0][0]

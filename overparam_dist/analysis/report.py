@@ -13,7 +13,7 @@ from .claims import CLAIMS
 from .draw import draw_all
 from .html import write_index
 from .plots import FigureData
-from .repro import Finding, findings
+from .repro import Finding, findings, this_run
 from .results import SweepResults, load_sweep
 
 
@@ -40,7 +40,7 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     (out / "figures.json").write_text(json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")
     found = findings(res)
     if res.reproduces:  # the paper's claim beside the measured numbers, for scripts and the README gallery
-        (out / CLAIM_FILE).write_text(json.dumps({"claim": asdict(CLAIMS[res.reproduces]),
+        (out / CLAIM_FILE).write_text(json.dumps({"claim": asdict(CLAIMS[res.reproduces]), "this_run": this_run(res),
                                                   "findings": [asdict(f) for f in found],
                                                   "left_out": {t.name: t.flag for t in res.flagged()}}, indent=1,
                                                  default=str) + "\n")
@@ -55,6 +55,8 @@ def verdict_lines(rep: LocalReport) -> list[str]:
              for fig in rep.figures if not fig.name.startswith("repro_") for f in fig.fits if f.verdict is not None]
     if rep.results.critical_width:  # its trials stop when they fit, each at its own step: no width law to judge
         lines = ["  (no width law is judged on a critical-width search: its trials stop at different steps)"]
+    elif len(rep.results.widths) < 2:  # one width: no slope to judge, and a line per series would only say so
+        lines = []
     lines += [f"  {f.quantity}: {f.verdict.word} ({f.verdict.reason})" for f in rep.findings]
     if note := rep.results.flag_note():
         lines.append(f"  {note}")

@@ -8,14 +8,15 @@ seeds it rests on), computed on the trials inside the regime their metrics descr
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from ..metrics import names
 from .claims import CLAIMS
+from .kernel_circle import INIT_GAP_CIRCLE, REL_CIRCLE_MOVE, circle_panel, circle_values
+from .phase import critical_findings
 from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, critical_width
 from .results import WIDTH, SweepResults, Trial, label, number
 from .verdicts import (
@@ -23,6 +24,7 @@ from .verdicts import (
     INCONCLUSIVE,
     MIN_SEEDS,
     SUPPORTED,
+    Finding,
     Verdict,
     combine,
     every_trial,
@@ -31,15 +33,6 @@ from .verdicts import (
 )
 
 NOISE = "data.label_noise"
-
-
-@dataclass
-class Finding:
-    quantity: str
-    paper: str
-    measured: str
-    verdict: Verdict
-    values: dict[str, Any] = field(default_factory=dict)  # the numbers behind `measured`, for tests and JSON
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -124,25 +117,9 @@ def _ratio_curve(t: Trial, key: str = names.TRAIN_LOSS) -> tuple[list[int], list
 
 
 def _allenzhu(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
-    rows = res.critical_width or []
-    found = [r for r in rows if r.get("status") in ("found", "at_min")]
-    seeds = len({r.get("seed", 0) for r in rows})
-    out = [Finding("cells where GD fits at some width m*", "every (n, L)", f"{len(found)} of {len(rows)}",
-                   every_trial(len(found), len(rows), seeds, "find an m* among the probed widths",
-                               "cells (n, L, seed)"),
-                   {"found": len(found), "cells": len(rows)})]
-    fit = res.critical_width_fit or {}
-    for sym, axis, bound in (("a", "n", 24), ("b", "L", 12)):
-        v, ci = fit.get(sym), fit.get(f"{sym}_ci95")
-        measured = "not fitted" if v is None else f"{v:.2f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
-        # The theorem's exponent is a sufficient width, not a prediction: no exponent measured at these sizes can
-        # cross it, so comparing against it could never fail. It is shown, and decides nothing.
-        why = (f"the theorem's {bound} is a sufficient width, not a prediction: no exponent measured here can cross "
-               "it, so it decides nothing")
-        out.append(Finding(f"exponent of {axis} in m* ∝ n^a L^b", f"≤ {bound} suffices (polynomial)", measured,
-                           Verdict(INCONCLUSIVE, why, v, tuple(ci) if ci else None, seeds), {sym: v, "ci95": ci}))
+    findings_, panels = critical_findings(res)
     cw = critical_width(res)
-    return out, cw.panels if cw else []
+    return findings_, panels + (cw.panels[:1] if cw else [])
 
 
 def _lee(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
@@ -224,14 +201,25 @@ def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
         by_noise.setdefault(number(t.row.get(NOISE)), []).append(t)
     fitted = {x: f"{sum(_fit_steps(t) is not None for t in ts)}/{len(ts)}" for x, ts in sorted(by_noise.items())}
     n_fit = sum(_fit_steps(t) is not None for t in trials)
-    return [Finding("trials that reach 100% train accuracy, by label noise", "all, at every noise level",
+    fit = _fit_words(trials)
+    return [Finding(f"trials that fit ({fit}), by label noise", "all, at every noise level",
                     ", ".join(f"{x:g}: {v}" for x, v in fitted.items()),
-                    every_trial(n_fit, len(trials), _seeds(res), "reach 100% train accuracy"), {"fitted": fitted}),
-            _ordering(res, NOISE, _fit_steps, 1.0, "steps to fit, by label noise (mean)", "grow with the noise",
-                      "steps_to_fit", "{:.0f}"),
+                    every_trial(n_fit, len(trials), _seeds(res), f"fit ({fit})"), {"fitted": fitted}),
+            _ordering(res, NOISE, _fit_steps, 1.0, f"steps to fit ({fit}), by label noise (mean)",
+                      "grow with the noise", "steps_to_fit", "{:.0f}"),
             _to_chance(res)], \
-        [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, "steps to 100% train accuracy", _fit_steps),
+        [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, f"steps to fit ({fit})", _fit_steps),
          _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
+
+
+def _fit_words(trials: list[Trial]) -> str:
+    """What conv/steps_to_fit meant in these trials (train.py's fitted)."""
+    ratio = {number(t.row.get("train.target_ratio")) for t in trials} - {None, 0.0}
+    loss = {number(t.row.get("train.target_loss")) for t in trials} - {None, 0.0}
+    if ratio or loss:
+        return " or ".join([f"loss ≤ {r:g} × its value at init" for r in sorted(ratio)] +
+                           [f"loss < {v:g}" for v in sorted(loss)])
+    return "100% train accuracy"
 
 
 def _to_chance(res: SweepResults) -> Finding:
@@ -256,10 +244,15 @@ def _to_chance(res: SweepResults) -> Finding:
 
 
 def _lin_deviation(t: Trial) -> float | None:
-    """max over logged steps of |train/loss - ntk/lin_loss| / train/loss at init."""
+    """max over logged steps of |train/loss - ntk/lin_loss| / (|y|^2 / 2n), the loss of the zero predictor. Arora et
+    al. have f_0 ~ 0 (a small init scale), so their loss starts there; ours starts at |f_0 - y|^2 / 2n, larger by
+    the net's output at init, and would shrink the gap by a factor that changes with the input scale. Label targets
+    under mse are one-hot rows, |y_i| = 1: the normaliser is 1/2; other targets have none here (None)."""
+    if t.row.get("data.target") != "labels" or t.row.get("train.loss", "mse") != "mse":
+        return None
     rows = [(number(r.get(names.TRAIN_LOSS)), number(r.get(names.NTK_LIN_LOSS))) for r in t.history]
     rows = [(a, b) for a, b in rows if a is not None and b is not None]
-    return max(abs(a - b) for a, b in rows) / rows[0][0] if rows and rows[0][0] > 0 else None
+    return max(abs(a - b) for a, b in rows) / 0.5 if rows else None
 
 
 def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
@@ -268,7 +261,7 @@ def _arora(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                      "grows with the noise", "label_complexity")
            for key, which in ((names.NTK_LABEL_COMPLEXITY, "K_0"), (names.NTK_LABEL_COMPLEXITY_INF, "K∞"))]
     out.append(_ordering(res, WIDTH, _lin_deviation, -1.0,
-                         "max |loss − eigen-projection prediction| / loss at init, by width",
+                         "max |loss − eigen-projection prediction| / (‖y‖²/2n), by width",
                          "→ 0 as the width grows", "deviation"))
     pred = _by_noise(res, [(names.TRAIN_LOSS, "-"), (names.NTK_LIN_LOSS, "--")],
                      "training loss (solid) and prediction ntk/lin_loss (dashed)")
@@ -301,7 +294,15 @@ def _jacot(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                            "→ 0 (constant kernel; rate m^-0.5)")
     order = _ordering(res, WIDTH, lambda t: t.final(names.NTK_REL_DRIFT), -1.0, "|K_T − K_0| / |K_0| by width",
                       "moves at small width, barely at large", "rel_drift")
-    return [gap, drift, order], [p0, p1]
+    circle = [_ordering(res, WIDTH, lambda t, k=key: (circle_values(t) or {}).get(k), -1.0, quantity, paper, key)
+              for key, quantity, paper in (
+                  (REL_CIRCLE_MOVE, "the kernel along a circle (Figure 1): |Θ_T − Θ_0| / |Θ_0| over γ, by width",
+                   "moves at small width, barely at large"),
+                  (INIT_GAP_CIRCLE, "the kernel along a circle at init: |Θ_0 − K∞| / |K∞| over γ, by width",
+                   "→ K∞ as the width grows"))]
+    panel = circle_panel(res)
+    return [gap, drift, order, *[f for f in circle if f.measured != "no data"]], \
+        [p0, p1] + ([panel] if panel is not None else [])
 
 
 CHECKS: dict[str, Callable[[SweepResults], tuple[list[Finding], list[Panel]]]] = {
@@ -324,4 +325,35 @@ def headline(res: SweepResults) -> FigureData | None:
     if not panels:
         return None
     return FigureData(name=f"repro_{claim.key}", title=f"{claim.short}: {claim.title}",
-                      caption=f"{claim.claim} Our setup: {claim.setup}", panels=panels)
+                      caption=f"{claim.claim} This run: {this_run(res)}", panels=panels)
+
+
+# What a run's setup is described by: (config key, how it is named). Values are read from the trials themselves, so a
+# --quick variant's report describes the quick setup and not the full file's.
+SETUP_KEYS = (("model.param", "param"), ("model.width", "widths"), ("model.depth", "depths"), ("data.name", "data"),
+              ("data.n", "n"), ("data.input_norm", "inputs"), ("data.label_noise", "label noise"),
+              ("train.steps", "steps at most"), ("train.target_ratio", "fit at loss ≤ this × init"))
+
+
+def this_run(res: SweepResults) -> str:
+    """The setup the trials of this sweep actually ran, e.g. 'the --quick variant: param ntk; widths 128, 2048; ...;
+    3 seeds'."""
+    parts = []
+    for key, name in SETUP_KEYS:
+        values = sorted({v for t in res.trials if (v := t.row.get(key)) not in (None, "")}, key=str)
+        if key == "model.width" and res.critical_width:
+            values = sorted({w for r in res.critical_width for w in _probed(r)})
+            name = "widths probed"
+        if values and not (key == "train.target_ratio" and values == [0.0]):
+            shown = values if len(values) <= 8 else [values[0], "…", values[-1]]
+            parts.append(f"{name} {', '.join(format(v, 'g') if isinstance(v, float) else str(v) for v in shown)}")
+    seeds = len({t.seed for t in res.trials})
+    head = "the --quick variant" if res.name.endswith("-quick") else f"configs/repro/{res.reproduces}.yaml"
+    return f"{head}: " + "; ".join(parts) + f"; {seeds} seed{'s' if seeds != 1 else ''}."
+
+
+def _probed(row: dict) -> list[int]:
+    try:
+        return [int(float(w)) for w in json.loads(row.get("probed_widths") or "{}")]
+    except (TypeError, ValueError):
+        return []

@@ -8,6 +8,10 @@ ntk (weights N(0, 1) with 1/sqrt(fan_in) multipliers, step lr): the same dynamic
 (theta_paper = sqrt(2/m) theta_ntk, and paper's lr/m is ntk's lr/2), so |theta_t - theta_0|_F stays O(1) while
 |theta_0|_F grows like m: the relative Frobenius drift again falls like m^-1 (not m^-1/2: measured -0.97 at
 widths 128-2048). The NTK moves O(m^-1/2), and K_0 is within O(m^-1/2) of K_inf.
+Both relative-drift laws of m^-1 need trained m x m layers. Where none trains (model.depth=0, or
+model.train_input_only: Du et al.'s net), the trained weights have a fixed fan-in: |theta_0|_F grows like sqrt(m)
+(ntk) or stays O(1) (paper) against a move of O(1) (ntk) or O(m^-1/2) (paper), so the relative drift falls like
+m^-1/2 (measured -0.51 [-0.62, -0.39] on Du's net, widths 64-1024).
 standard, mup: no width law is claimed here (mup is built to leave the kernel regime): no reference lines.
 """
 
@@ -44,10 +48,20 @@ THEORY: dict[str, dict[str, tuple[float, str]]] = {
 }
 
 
-def reference(metric: str, param: str | None) -> tuple[float | None, str]:
-    """(the theory's exponent, a caption sentence saying where it comes from or why there is none)."""
+FIXED_FAN_IN = (-0.5, "with no m×m layer trained, the trained weights have a fixed fan-in: an O(m^-1/2) move of each "
+                      "unit is O(m^-1/2) of ‖θ_0‖_F")
+
+
+def reference(metric: str, param: str | None, square_layers: bool | None = True) -> tuple[float | None, str]:
+    """(the theory's exponent, a caption sentence saying where it comes from or why there is none). square_layers:
+    whether the trials train m x m layers (None: some do and some do not)."""
     if param is None:
         return None, "No reference line: the trials mix parameterizations, and the laws differ between them."
+    if metric == names.DRIFT_WEIGHT_REL and param in THEORY[metric] and not square_layers:
+        if square_layers is None:
+            return None, "No reference line: some trials train m×m layers and some do not, and the laws differ."
+        slope, why = FIXED_FAN_IN
+        return slope, f"Dashed: the theory's slope {slope:g}: {why}."
     law = THEORY.get(metric, {}).get(param)
     if law is None:
         return None, f"No reference line: no width law for this metric under model.param={param}."

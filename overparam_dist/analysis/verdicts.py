@@ -27,8 +27,8 @@ Ordering (a quantity grows, or falls, along an axis such as label noise or width
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive"
 WORDS = (SUPPORTED, CONTRADICTED, INCONCLUSIVE)
@@ -50,6 +50,17 @@ class Verdict:
             return f"{self.word} ({self.reason})"
         ci = f" [{self.ci95[0]:.2f}, {self.ci95[1]:.2f}]" if self.ci95 else ""
         return f"{self.estimate:.2f}{ci} ({self.seeds} seed{'s' * (self.seeds != 1)}): {self.word}"
+
+
+@dataclass
+class Finding:
+    """One measured quantity of a published claim (repro.py, phase.py): the paper's value beside ours, and the
+    verdict on it."""
+    quantity: str
+    paper: str
+    measured: str
+    verdict: Verdict
+    values: dict[str, Any] = field(default_factory=dict)  # the numbers behind `measured`, for tests and JSON
 
 
 def _t_quantile(q: float, dof: int) -> float:

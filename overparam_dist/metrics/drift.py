@@ -223,7 +223,10 @@ class WeightDrift:
                 out[names.drift_neuron_max(layer_name(n))] = self._unit_max(p, row_sq)
         if spectral:
             out[names.DRIFT_SPEC_UNCONVERGED] = unconverged
-        per_unit = [v for k, v in out.items() if k.startswith(names.DRIFT_NEURON_MAX + "/")]
+        # Neurons are the hidden ReLU units: the read-out's rows (one per output, fan-in m) are not, and move O(1)
+        # when trained, which would hide the hidden units' O(m^-1/2) law (their value stays under /output).
+        per_unit = [v for k, v in out.items() if k.startswith(names.DRIFT_NEURON_MAX + "/")
+                    and k != names.drift_neuron_max("output")]
         if per_unit:
             out[names.DRIFT_NEURON_MAX] = max(per_unit)
         total_init = sum(self.init_sq.values())
