@@ -8,8 +8,17 @@ import math
 import numpy as np
 import pytest
 
-from overparam_dist.analysis.phase import Bracket, bracket, cells, counting_width, fit_law, fit_logistic
-from overparam_dist.analysis.phase import _between, _budget, _law_verdicts
+from overparam_dist.analysis.phase import (
+    Bracket,
+    _between,
+    _budget,
+    _law_verdicts,
+    bracket,
+    cells,
+    counting_width,
+    fit_law,
+    fit_logistic,
+)
 
 GRID = [round(4 * 2 ** (k / 4)) for k in range(33)]  # 4 .. 1024, ratio 2^(1/4)
 BUDGET = 1000
