@@ -139,7 +139,9 @@ def test_panel_and_verdict_numbers_from_the_files(tmp_path):
     assert panel.series[0].y == [1.0, 2.0, 1.0, 0.0] and panel.series[1].y == [1.0, 2.0, 1.0, 0.0]  # seed means
     assert panel.series[0].meta["style"] == "--" and panel.series[1].meta["style"] == "-"
     assert panel.series[-1].meta == {"line": True, "style": ":", "color": "black"} and panel.series[-1].y == inf
-    assert panel.series[0].meta["per_seed"] == {0: [1.0, 2.5, 1.0, 0.0], 1: [1.0, 1.5, 1.0, 0.0]}
+    gamma = panel.series[0].x
+    assert panel.series[0].meta["per_seed"] == {0: list(zip(gamma, [1.0, 2.5, 1.0, 0.0])),
+                                                1: list(zip(gamma, [1.0, 1.5, 1.0, 0.0]))}
     table = {r["trial"]: r for r in circle_table(res)}
     assert set(table) == {"a", "b", "c", "d"}
     assert table["c"][REL_CIRCLE_MOVE] == pytest.approx(0.1 / math.sqrt(6))

@@ -21,28 +21,30 @@ from overparam_dist.analysis.phase import (
 )
 
 GRID = [round(4 * 2 ** (k / 4)) for k in range(33)]  # 4 .. 1024, ratio 2^(1/4)
+HUGE = [4 * 2 ** (k / 4) for k in range(280)]  # to 10^21: room for an exponential
 BUDGET = 1000
 
 
-def _search(threshold: float, steps_at=lambda w: 300) -> dict:
-    """A seed's bisection over GRID, fitting at every width >= threshold (as launcher/sweep/plans.py records it)."""
-    lo, hi, probed, steps = 0, len(GRID), {}, {}
+def _search(threshold: float, steps_at=lambda w: 300, grid=GRID) -> dict:
+    """A seed's bisection over the grid, fitting at every width >= threshold (as launcher/sweep/plans.py records
+    it)."""
+    lo, hi, probed, steps = 0, len(grid), {}, {}
     while lo < hi:
         mid = (lo + hi) // 2
-        ok = bool(GRID[mid] >= threshold)
-        probed[str(GRID[mid])] = ok
-        steps[str(GRID[mid])] = steps_at(GRID[mid]) if ok else None
+        ok = bool(grid[mid] >= threshold)
+        probed[str(grid[mid])] = ok
+        steps[str(grid[mid])] = steps_at(grid[mid]) if ok else None
         lo, hi = (lo, mid) if ok else (mid + 1, hi)
     return {"probed_widths": json.dumps(probed), "probed_steps": json.dumps(steps), "budget": BUDGET}
 
 
-def _rows(law, ns, depths, seeds, rng, scale=0.25, **kw) -> list[dict]:
+def _rows(law, ns, depths, seeds, rng, scale=0.25, grid=GRID, **kw) -> list[dict]:
     rows = []
     for n in ns:
         for depth in depths:
             for seed in range(seeds):
                 t = math.exp(math.log(law(n, depth)) + scale * rng.logistic())
-                rows.append({"data.n": n, "model.depth": depth, "seed": seed, **_search(t, **kw)})
+                rows.append({"data.n": n, "model.depth": depth, "seed": seed, **_search(t, grid=grid, **kw)})
     return rows
 
 
@@ -79,17 +81,23 @@ def test_a_counting_law_is_recovered_with_intervals_that_cover_it():
         assert c.ci95[0] <= truth * 1.2 and truth / 1.2 <= c.ci95[1]
     words = [f.verdict.word for f in _law_verdicts(law, 5)]
     assert words == ["supported", "supported", "supported"]
+    assert law["top"]["a_ci95"][0] <= 0.5 <= law["top"]["a_ci95"][1]  # the local exponent at the largest n
     assert _between(found, 2, 5).verdict.word == "supported"
     assert _budget(found, 5).verdict.word == "supported"
 
 
 def test_built_to_fail_exponential_growth_and_a_binding_budget_and_too_narrow_nets():
     rng = np.random.default_rng(2)
-    # m* = 2 exp(n / 24): convex in log n, no fixed power
-    rows = _rows(lambda n, d: 2 * math.exp(n / 24), [8, 16, 32, 64, 128], [1, 2], 5, rng, scale=0.1)
+    # m* = exp(n / 2): its local exponent over n = 64..96 is 16 / log 1.5 = 39 > 24, beyond the theorem's polynomial
+    rows = _rows(lambda n, d: math.exp(n / 2), [16, 32, 64, 96], [1, 2], 5, rng, scale=0.1,
+                 grid=HUGE)
     found, reps = cells(rows, boot=200)
     poly = _law_verdicts(fit_law(found, reps), 5)[0]
-    assert poly.verdict.word == "contradicted" and "convex" in poly.verdict.reason
+    assert poly.verdict.word == "contradicted" and "a over the two largest n" in poly.verdict.reason, poly.verdict
+    # A polynomial with an offset (m* = 4 + n, convex in log-log at small n) is not taken for super-polynomial
+    rows = _rows(lambda n, d: 4 + n, [8, 16, 32, 64, 128, 256], [1, 2], 5, rng, scale=0.1)
+    found, reps = cells(rows, boot=200)
+    assert _law_verdicts(fit_law(found, reps), 5)[0].verdict.word == "supported"
     # m* below the counting width: contradicted, and the counting exponents missed (a = 1.5)
     rows = _rows(lambda n, d: 0.05 * n ** 1.5 / d ** 0.5, [16, 64, 256], [1, 4], 5, rng)
     found, reps = cells(rows, boot=200)

@@ -118,15 +118,19 @@ def test_arora2019_fine_grained_quick(ray_address, tmp_path):
         for key, mean in grows["values"]["label_complexity"].items():
             by_width.setdefault(key.rpartition(", ")[0], []).append(mean)
         assert len(by_width) == 2 and all(v == sorted(v) for v in by_width.values()), grows
-        assert grows["verdict"]["word"] == _quick_word(), grows
-    dev = f["max |loss − eigen-projection prediction| / loss at init, by width"]
-    assert max(dev["values"]["deviation"].values()) < 0.1 and dev["verdict"]["word"] == _quick_word(), dev
+        assert grows["verdict"]["word"] == "supported", grows
+    dev = f["max |loss − eigen-projection prediction| / (‖y‖²/2n), by width"]
+    assert max(dev["values"]["deviation"].values()) < 0.1, dev
+    # falls with width for the true labels beyond the seeds' spread; with 3 seeds not yet for all labels
+    assert dev["verdict"]["reason"].startswith("supported"), dev
+    assert dev["verdict"]["word"] in ("supported", "inconclusive"), dev
 
 
 @pytest.mark.slow
 def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
+    """3 seeds per cell on a 2^(1/2) grid: every cell has an m*_50, the law's exponent of n is positive and bounded."""
     f = _quick("allenzhu2018_critical_width", tmp_path)
-    cells = f["cells where GD fits at some width m*"]
-    assert cells["values"]["found"] == cells["values"]["cells"] and cells["verdict"]["word"] == _quick_word(), cells
-    a = f["exponent of n in m* ∝ n^a L^b"]
-    assert a["values"]["a"] > 0 and a["verdict"]["word"] == "inconclusive", a  # 24 cannot be crossed: no verdict
+    cells = f["cells (n, L) where P(fit) crosses ½ within the probed widths"]
+    assert cells["verdict"]["word"] == "supported", cells
+    law = f["m*_50 ∝ n^a L^b: polynomial (bounded exponents, within the theorem's)"]
+    assert 0 < law["values"]["law"]["a"] < 24, law

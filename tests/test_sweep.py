@@ -341,7 +341,7 @@ print("still running")
 def test_a_critical_width_search_needs_a_fit_to_reach(tmp_path):
     """Regression targets with no train.target_loss can never fit: the search would probe every width for nothing."""
     spec = {"grid": {"data.n": [8]}, "search": {"kind": "critical_width", "widths": [4, 8]}}
-    with pytest.raises(ConfigError, match="a critical_width search needs a fit to reach: data.target=labels .* or "
+    with pytest.raises(ConfigError, match="a critical_width search needs a fit to reach: data.target=labels .*, "
                                           "train.target_loss > 0 or train.target_ratio > 0; w4 has "
                                           "data.target=regression"):
         load_sweep(_write(tmp_path, spec))

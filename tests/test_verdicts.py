@@ -215,4 +215,4 @@ def test_held_out_accuracy_must_reach_chance(tmp_path, at_top, word):
     found = {f.quantity: f for f in findings(load_sweep(sdir))}
     held = found["held-out accuracy (test/acc), by label noise"]
     assert held.verdict.word == word and held.verdict.seeds == 3, held.verdict
-    assert found["steps to fit, by label noise (mean)"].verdict.word == SUPPORTED
+    assert found["steps to fit (100% train accuracy), by label noise (mean)"].verdict.word == SUPPORTED

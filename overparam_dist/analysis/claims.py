@@ -70,7 +70,8 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
           "random labels, and the training loss follows the eigen-projection prediction |(I − ηH)^k y|², so labels "
           "aligned with the kernel's top eigenvectors (true labels) are fitted faster.",
           "model.param=ntk, depth 1, all layers trained, on scikit-learn's digits (n = 128, 10 one-hot outputs; "
-          "the paper: two MNIST / CIFAR classes), label noise 0 to 1, 5 seeds. ntk/label_complexity uses the "
+          "the paper: two MNIST / CIFAR classes), inputs scaled to |x|² = d, label noise 0 to 1, 5 seeds. "
+          "ntk/label_complexity uses the "
           "empirical K_0 on all 10 outputs and ntk/label_complexity_inf K∞; the prediction ntk/lin_loss uses K_0 and "
           "the residual at init r_0 = f_0 − y (the paper takes H∞ and f_0 ≈ 0). The gap between loss and prediction "
           "is measured in units of |y|²/2n, the loss of f = 0 where the paper's training starts."),

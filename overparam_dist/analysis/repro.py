@@ -17,7 +17,7 @@ from ..metrics import names
 from .claims import CLAIMS
 from .kernel_circle import INIT_GAP_CIRCLE, REL_CIRCLE_MOVE, circle_panel, circle_values
 from .phase import critical_findings
-from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, critical_width
+from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width
 from .results import WIDTH, SweepResults, Trial, label, number
 from .verdicts import (
     CONTRADICTED,
@@ -117,9 +117,7 @@ def _ratio_curve(t: Trial, key: str = names.TRAIN_LOSS) -> tuple[list[int], list
 
 
 def _allenzhu(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
-    findings_, panels = critical_findings(res)
-    cw = critical_width(res)
-    return findings_, panels + (cw.panels[:1] if cw else [])
+    return critical_findings(res)  # each seed's own m* is in the report's critical_width figure
 
 
 def _lee(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
@@ -353,7 +351,8 @@ def this_run(res: SweepResults) -> str:
 
 
 def _probed(row: dict) -> list[int]:
+    v = row.get("probed_widths")
     try:
-        return [int(float(w)) for w in json.loads(row.get("probed_widths") or "{}")]
+        return [int(float(w)) for w in (json.loads(v) if isinstance(v, str) else v or {})]
     except (TypeError, ValueError):
         return []

@@ -20,8 +20,9 @@ DRIFT_WEIGHT_ABS = "drift/weight_abs"
 # frozen layer (paper's A) can never flip, and counting it would dilute the value by depth.
 DRIFT_ACT_FLIP = "drift/act_flip"
 # max over the hidden units r of trained weights of |w_r(t) - w_r(0)|_2, w_r a unit's incoming weights (a row;
-# biases not included; the read-out's rows are not neurons: they are under drift/neuron_max/output only): the per-neuron distance Du, Zhai, Poczos & Singh (2018) bound by O(m^-1/2) under the ntk
-# parameterization. Per layer under drift/neuron_max/<layer>.
+# biases not included; the read-out's rows are not neurons: they are under drift/neuron_max/output only): the
+# per-neuron distance Du, Zhai, Poczos & Singh (2018) bound by O(m^-1/2) under the ntk parameterization. Per layer
+# under drift/neuron_max/<layer>.
 DRIFT_NEURON_MAX = "drift/neuron_max"
 # Layers whose spectral norm in this row stopped at the iteration cap before its error estimate reached the
 # tolerance (metrics/drift.py): 0 on a trustworthy row.
