@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from .config import AUTO, LAMBDA_MIN, LR_RULES, Config, effective_train_outer, kernel_is_known
-from .metrics.analytic import infinite_width_ntk
+from .metrics.analytic import trial_kernel
 from .metrics.regime import kernel_samples, step_kernel, top_ratio
 
 AUTO_SAMPLES = 2048  # samples of the training set K_inf is taken on
@@ -90,10 +90,7 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
 
 def infinite_kernel(cfg: Config, x: torch.Tensor, outputs: int) -> torch.Tensor:
     """K_inf / C on x, the kernel of one output (float64), for the trial's model."""
-    k = infinite_width_ntk(x.detach().flatten(1), cfg.model.depth, cfg.model.param, bias=cfg.model.bias,
-                           train_outer=effective_train_outer(cfg), input_only=cfg.model.train_input_only,
-                           classes=outputs)
-    return k.double() / outputs
+    return trial_kernel(cfg, x, outputs).double() / outputs
 
 
 def effective_lrs(base: float, rules: dict, trained: list[str]) -> dict[str, float]:

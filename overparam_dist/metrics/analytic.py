@@ -48,6 +48,7 @@ import math
 import torch
 
 from ..config import ANALYTIC_PARAMS as PARAMS
+from ..config import effective_train_outer
 
 
 def empirical_scale(param: str, width: int) -> float:
@@ -125,4 +126,11 @@ def infinite_width_ntk(x: torch.Tensor, depth: int, param: str, *, train_outer: 
     return k * (classes / 2.0)
 
 
-__all__ = ["empirical_scale", "infinite_width_ntk"]
+def trial_kernel(cfg, x: torch.Tensor, classes: int) -> torch.Tensor:
+    """K_inf of a trial's model (config.Config: its depth, parameterization, biases and trained layers) on x."""
+    m = cfg.model
+    return infinite_width_ntk(x.detach().flatten(1), m.depth, m.param, train_outer=effective_train_outer(cfg),
+                              input_only=m.train_input_only, bias=m.bias, classes=classes)
+
+
+__all__ = ["empirical_scale", "infinite_width_ntk", "trial_kernel"]

@@ -24,9 +24,9 @@ import math
 import torch
 from torch import nn
 
-from ..config import Config, effective_train_outer, kernel_is_known
+from ..config import Config, kernel_is_known
 from .analytic import PARAMS as ANALYTIC_PARAMS
-from .analytic import empirical_scale, infinite_width_ntk
+from .analytic import empirical_scale, trial_kernel
 from .tracker import trial_ntk
 
 
@@ -72,12 +72,7 @@ def ntk_row(model: nn.Module, circle: torch.Tensor, scale: float, parallel=None)
 
 def infinite_row(circle: torch.Tensor, cfg: Config, classes: int) -> torch.Tensor | None:
     """K_inf(x_0, x(gamma)) on the same scale, or None where K_inf has no closed form."""
-    if not kernel_is_known(cfg):
-        return None
-    m = cfg.model
-    k = infinite_width_ntk(circle.flatten(1), m.depth, m.param, train_outer=effective_train_outer(cfg),
-                           input_only=m.train_input_only, bias=m.bias, classes=classes)
-    return k[circle.shape[0] // 2]
+    return trial_kernel(cfg, circle, classes)[circle.shape[0] // 2] if kernel_is_known(cfg) else None
 
 
 def _finite_list(t: torch.Tensor | None) -> list[float] | None:
