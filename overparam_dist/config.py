@@ -68,9 +68,8 @@ def kernel_is_known(cfg: "Config") -> bool:
 @dataclass
 class TrainConfig:
     steps: int = 300  # maximum optimizer steps
-    lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) from the kernel GD sees (step_size.py); "lambda_min":
-    # lr_scale * lambda_0 / n, lambda_0 = lambda_min(K_inf), Du et al.'s eta = lambda_0 / n^2 for their summed loss;
-    # or a number: the base rate, scaled per layer by the parameterization (paper: lr / width)
+    lr: Any = AUTO  # "auto": lr_scale * n / lambda_max(K) of the kernel GD sees; "lambda_min": lr_scale * lambda_0 / n,
+    # lambda_0 = lambda_min(K_inf), Du et al.'s step (both: step_size.py); or a number, scaled per layer (paper: lr / m)
     lr_scale: float = 1.0  # with lr=auto: the step as a fraction of n / lambda_max(K); 1 is half the stability edge
     lr_kernel: str = "max"  # with lr=auto: max (of K_inf and Theta_0, so lr * lambda_max(Theta_0) / n <= lr_scale) |
     # infinite (K_inf alone: one step for every width; fc with paper or ntk, trials past the edge are flagged)
@@ -95,6 +94,7 @@ class MetricsConfig:
     window: int = 50  # trailing window (steps) for conv/rate
     lin_max: int = 2048  # ntk/lin_gap is computed when data.n x outputs <= this (mse, full batch)
     kernel_circle: int = 0  # points on a circle through x_0: its NTK row at init and end (kernel_circle.json); 0 = off
+    hessian: bool = False  # hessian/*: the training loss's top Hessian eigenvalue on logged rows (costs HVPs)
 
 
 @dataclass
@@ -395,12 +395,12 @@ def validate(cfg: Config) -> None:
     batch = t.batch_size or d.n
     if batch % p.dp != 0:
         key = "train.batch_size" if t.batch_size else "data.n"
-        raise ConfigError(
-            f"config key 'parallel.dp' = {p.dp}: must divide the global batch ({key} = {batch}) "
-            "so every replica gets an equal share"
-        )
+        raise ConfigError(f"config key 'parallel.dp' = {p.dp}: must divide the global batch ({key} = {batch}) "
+                          "so every replica gets an equal share")
     if m.width % p.tp != 0:
         bad("parallel.tp", f"must divide model.width ({m.width})")
+    if cfg.metrics.hessian and p.tp > 1:
+        bad("metrics.hessian", "must be false with parallel.tp > 1 (its Hessian-vector products need whole layers)")
     if any(c in cfg.run.name for c in "/\\") or any(ord(c) < 32 for c in cfg.run.name) or cfg.run.name in (".", ".."):
         bad("run.name", "must be a plain name: not '.' or '..', no '/', '\\' or control characters")
     if len(cfg.run.name.encode()) > MAX_NAME_BYTES:

@@ -24,6 +24,7 @@ from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
+from .metrics.hessian import Sharpness
 from .metrics.kernel_circle import KernelCircle
 from .metrics.label_complexity import targets as label_targets
 from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstable_reason
@@ -104,6 +105,9 @@ class Trainer:
         self._build_metrics()
         self.start_step, self.resumed = self._resume()
         self._place_data()
+        # hessian/*: the whole training set on every rank, the unwrapped model; its warm start is not checkpointed
+        self.sharpness = Sharpness(self.model, self.trained, self.x_all, self.t_all, self.loss_fn, cfg.train.loss,
+                                   self.effective_lr, ds.num_outputs) if cfg.metrics.hessian else None
         self.sinks = self._open_outputs(on_log) if world.is_main else None
 
     # -- setup ------------------------------------------------------------------------------------------
@@ -277,6 +281,8 @@ class Trainer:
             row.update(self.theory.compute(first=step == 0, final=final))
             if self.lin is not None:
                 row.update(self.lin.metrics(step))
+            if self.sharpness is not None:
+                row.update(self.sharpness.metrics())
             if step == 0:
                 row[names.REGIME_EDGE_RATIO] = self.regime.edge0
             if final:

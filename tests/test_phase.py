@@ -8,20 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from overparam_dist.analysis.phase import (
-    Bracket,
-    _between,
-    _budget,
-    _law_verdicts,
-    bracket,
-    cells,
-    counting_width,
-    fit_law,
-    fit_logistic,
-)
+from overparam_dist.analysis.phase import Bracket, bracket, cells, censored, counting_width, fit_law, fit_logistic
+from overparam_dist.analysis.phase_claim import _between, _budget, _law_verdicts
 
 GRID = [round(4 * 2 ** (k / 4)) for k in range(33)]  # 4 .. 1024, ratio 2^(1/4)
-HUGE = [4 * 2 ** (k / 4) for k in range(280)]  # to 10^21: room for an exponential
 BUDGET = 1000
 
 
@@ -60,11 +50,19 @@ def test_brackets_and_the_logistic_recover_a_known_median():
     assert math.exp(mu) == pytest.approx(float(np.median(thresholds)), rel=0.03)
     assert math.exp(mu) == pytest.approx(64, rel=0.08)
     assert s == pytest.approx(0.3, rel=0.2)
-    # Right-censored seeds: more than half fitting at no width gives no m*_50 (it would be extrapolated).
+    # A median outside the grid gives no m*_50 (it would be the grid's): half or more fitting at no width, or at
+    # the smallest one
     assert fit_logistic([Bracket(512, math.inf)] * 3 + [Bracket(8, 11)] * 2) is None
-    # Half the budget: a probe that fitted after budget / 2 steps did not fit within it.
+    assert censored([Bracket(0, 4)] * 3 + [Bracket(4, 5)] * 2) == "below"
+    # Seeds split between a small width and none at all: the median is in (4, 5], whatever the logistic says
+    mu, _ = fit_logistic([Bracket(4, 5)] * 3 + [Bracket(362, math.inf)] * 2)
+    assert 4 < math.exp(mu) <= 5
+    # Half the budget: a probe that fitted after budget / 2 steps did not fit within it; one that did not fit at all
+    # (a flagged probe has a step but no fit) did not either.
     late = bracket(_search(40, steps_at=lambda w: 800 if w < 60 else 100), BUDGET / 2)
     assert late.lo < 60 <= late.hi
+    flagged = {"probed_widths": json.dumps({"4": False, "8": True}), "probed_steps": json.dumps({"4": 10, "8": 20})}
+    assert bracket(flagged, BUDGET / 2) == Bracket(4, 8)
 
 
 def test_a_counting_law_is_recovered_with_intervals_that_cover_it():
@@ -79,7 +77,7 @@ def test_a_counting_law_is_recovered_with_intervals_that_cover_it():
     for c in found:  # each cell's interval contains its true median most of the time; all of them here
         truth = 3 * counting_width(c.n, c.depth, 2)
         assert c.ci95[0] <= truth * 1.2 and truth / 1.2 <= c.ci95[1]
-    words = [f.verdict.word for f in _law_verdicts(law, 5)]
+    words = [f.verdict.word for f in _law_verdicts(law, 5, found)]
     assert words == ["supported", "supported", "supported"]
     assert law["top"]["a_ci95"][0] <= 0.5 <= law["top"]["a_ci95"][1]  # the local exponent at the largest n
     assert _between(found, 2, 5).verdict.word == "supported"
@@ -88,24 +86,36 @@ def test_a_counting_law_is_recovered_with_intervals_that_cover_it():
 
 def test_built_to_fail_exponential_growth_and_a_binding_budget_and_too_narrow_nets():
     rng = np.random.default_rng(2)
-    # m* = exp(n / 2): its local exponent over n = 64..96 is 16 / log 1.5 = 39 > 24, beyond the theorem's polynomial
-    rows = _rows(lambda n, d: math.exp(n / 2), [16, 32, 64, 96], [1, 2], 5, rng, scale=0.1,
-                 grid=HUGE)
+    # m* = exp(n / 12): 4, 14, 207, then 43000 at n = 128, past the grid (1024): no law is claimed
+    rows = _rows(lambda n, d: math.exp(n / 12), [16, 32, 64, 128], [1, 2], 5, rng, scale=0.1)
     found, reps = cells(rows, boot=200)
-    poly = _law_verdicts(fit_law(found, reps), 5)[0]
-    assert poly.verdict.word == "contradicted" and "a over the two largest n" in poly.verdict.reason, poly.verdict
-    # A polynomial with an offset (m* = 4 + n, convex in log-log at small n) is not taken for super-polynomial
+    poly = _law_verdicts(fit_law(found, reps, GRID[-1]), 5, found)[0]
+    assert poly.verdict.word == "inconclusive" and "beyond the widest probed width" in poly.verdict.reason, poly
+    # m* = n^2.5 / 8 at n = 32..181: the local exponent over 128..181 can reach at most log(1024 / 724) / log(1.41)
+    # = 1 on this grid: the measurement is cut off, and no bounded exponent is claimed
+    rows = _rows(lambda n, d: n ** 2.5 / 8, [32, 64, 128, 181], [1, 2], 5, rng, scale=0.1)
+    found, reps = cells(rows, boot=200)
+    poly = _law_verdicts(fit_law(found, reps, GRID[-1]), 5, found)[0]
+    assert poly.verdict.word == "inconclusive", poly.verdict
+    # A polynomial with an offset (m* = 4 + n, convex in log-log at small n) is supported
     rows = _rows(lambda n, d: 4 + n, [8, 16, 32, 64, 128, 256], [1, 2], 5, rng, scale=0.1)
     found, reps = cells(rows, boot=200)
-    assert _law_verdicts(fit_law(found, reps), 5)[0].verdict.word == "supported"
-    # m* below the counting width: contradicted, and the counting exponents missed (a = 1.5)
-    rows = _rows(lambda n, d: 0.05 * n ** 1.5 / d ** 0.5, [16, 64, 256], [1, 4], 5, rng)
+    assert _law_verdicts(fit_law(found, reps, GRID[-1]), 5, found)[0].verdict.word == "supported"
+    # m* at half the counting width: contradicted
+    rows = _rows(lambda n, d: 0.5 * counting_width(n, d, 2), [64, 256, 1024], [1], 5, np.random.default_rng(2))
     found, reps = cells(rows, boot=200)
-    assert _between(found, 2, 5).verdict.word == "contradicted"
+    assert _between(found, 2, 5).verdict.word == "contradicted", _between(found, 2, 5)
+    # m* = 0.02 n^1.5: the exponent of n misses counting's 1/2
+    rows = _rows(lambda n, d: 0.02 * n ** 1.5, [64, 128, 256], [1, 2], 5, rng)
+    found, reps = cells(rows, boot=200)
     law = fit_law(found, reps)
-    assert [f.verdict.word for f in _law_verdicts(law, 5)][1] == "contradicted"
+    assert [f.verdict.word for f in _law_verdicts(law, 5, found)][1] == "contradicted"
     # A budget that binds: every width below 4x the threshold needs more than half of it
     rows = _rows(lambda n, d: 3 * counting_width(n, d, 2), [16, 64], [1, 4], 5, rng,
                  steps_at=lambda w: 900 if w < 100 else 100)
     found, _ = cells(rows, boot=200)
     assert _budget(found, 5).verdict.word == "contradicted"
+    for r in rows:  # rows without the step record decide nothing about the budget
+        r.pop("probed_steps")
+    found, _ = cells(rows, boot=200)
+    assert _budget(found, 5).verdict.word == "inconclusive"

@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .plots import SERIES_COLORS, Panel, Series
-from .verdicts import CONTRADICTED, INCONCLUSIVE, SLOPE_TOL, SUPPORTED, Finding, Verdict, every_trial
-
 BOOTSTRAP = 400  # replicates
 S_MIN = math.log(2) / 16  # the logistic's scale s (in log m) is at least a quarter of a 2^(1/4) grid step
 THEOREM = (24.0, 12.0)  # the theorem's sufficient width n^24 L^12: exponents of n and L
@@ -48,10 +45,11 @@ class Cell:
     n: float
     depth: float
     brackets: list[Bracket]
-    m50: float | None = None  # None: more than half of the seeds fitted at no probed width
+    m50: float | None = None  # None: the median seed fitted at no probed width, or at the smallest (censored)
     ci95: tuple[float, float] | None = None
     scale: float | None = None  # s of the logistic, in log m
-    half_budget: dict = field(default_factory=dict)  # the same at half the budget: m50, ci95
+    # m*_50 at half the budget, and the bootstrap interval of log(m*_50 at half / m*_50 at all of it) on the same draws
+    half_budget: dict = field(default_factory=dict)
 
     @property
     def seeds(self) -> int:
@@ -69,12 +67,18 @@ def bracket(row: dict, budget: float | None = None) -> Bracket | None:
     if budget is not None:
         if not steps:
             return None
-        probed = {float(w): s is not None and float(s) <= budget for w, s in steps.items()}
+        # a fit within the budget is a fit at all (a flagged or unfinished probe is none) that came soon enough
+        probed = {w: ok and (s := steps.get(_key(w), steps.get(str(w)))) is not None and float(s) <= budget
+                  for w, ok in probed.items()}
     if not probed:
         return None
     hi = min((w for w, ok in probed.items() if ok), default=math.inf)
     lo = max((w for w, ok in probed.items() if not ok and w < hi), default=0.0)
     return Bracket(lo, hi)
+
+
+def _key(w: float) -> str:
+    return str(int(w)) if w == int(w) else str(w)
 
 
 def _mapping(v) -> dict:
@@ -96,26 +100,50 @@ def _argmax(ll: np.ndarray) -> tuple[int, int]:
     """The maximum; ties (a flat likelihood when every seed shares one bracket) go to the middle of the maximising
     mu's, at the largest s among them."""
     best = np.argwhere(ll >= ll.max() - 1e-9)
-    i = int(best[len(best) // 2, 0]) if len(set(best[:, 0])) == 1 else int(round(np.median(best[:, 0])))
+    i = int(round(np.median(best[:, 0])))
     rows = best[best[:, 0] == best[np.abs(best[:, 0] - i).argmin(), 0]]
     return int(rows[0, 0]), int(rows[:, 1].max())
 
 
+def censored(brackets: list[Bracket]) -> str | None:
+    """'above' when at least half the seeds fitted at no probed width, 'below' when at least half fitted at the
+    smallest: the median is outside the grid, and any m*_50 there would be the grid's, not the data's."""
+    k = len(brackets)
+    if not k or sum(b.hi == math.inf for b in brackets) * 2 >= k:
+        return "above"
+    if sum(b.lo == 0 for b in brackets) * 2 >= k:
+        return "below"
+    return None
+
+
+def median_bracket(brackets: list[Bracket]) -> tuple[float, float]:
+    """Where the median threshold lies whatever its distribution: at or above the j-th smallest lo and at or below
+    the j-th smallest hi, j = ceil(k / 2) (the nonparametric bound of interval-censored data)."""
+    j = math.ceil(len(brackets) / 2) - 1
+    return sorted(b.lo for b in brackets)[j], sorted(b.hi for b in brackets)[j]
+
+
 def fit_logistic(brackets: list[Bracket]) -> tuple[float, float] | None:
     """(mu, s) maximising the interval-censored likelihood, on a coarse grid and then a fine one around its maximum;
-    None when more than half the seeds fitted at no probed width (the median lies above the grid: an m*_50 there
-    would be extrapolated)."""
-    if not brackets or sum(b.hi == math.inf for b in brackets) * 2 > len(brackets):
+    None where the median is censored (censored()). The logistic is a model: where it puts exp(mu) outside the
+    median's nonparametric bracket (seeds split between a small width and none at all), mu is moved to that
+    bracket's geometric middle."""
+    if censored(brackets):
         return None
     ends = [math.log(v) for b in brackets for v in (b.lo, b.hi) if 0 < v < math.inf]
-    lo, hi = (min(ends), max(ends)) if ends else (0.0, 1.0)
+    lo, hi = min(ends), max(ends)
     mus, ss = np.linspace(lo - 1.0, hi + 1.0, 61), np.geomspace(S_MIN, 2.0, 20)
     i, j = _argmax(_loglik(brackets, mus, ss))
     step = mus[1] - mus[0]
     fine_mu = np.linspace(mus[i] - 2 * step, mus[i] + 2 * step, 41)
     fine_s = np.geomspace(max(S_MIN, ss[j] / 1.6), ss[j] * 1.6, 11)
     i, j = _argmax(_loglik(brackets, fine_mu, fine_s))
-    return float(fine_mu[i]), float(fine_s[j])
+    mu, s = float(fine_mu[i]), float(fine_s[j])
+    m_lo, m_hi = median_bracket(brackets)
+    if not (math.log(max(m_lo, 1e-300)) <= mu <= math.log(m_hi)):
+        mu = (math.log(m_lo) + math.log(m_hi)) / 2 if m_lo > 0 and m_hi < math.inf else \
+            min(max(mu, math.log(max(m_lo, 1e-300))), math.log(m_hi))
+    return mu, s
 
 
 def _m50(brackets: list[Bracket]) -> float | None:
@@ -128,9 +156,11 @@ def _boot(brackets: list[Bracket], draws: np.ndarray) -> list[float | None]:
 
 
 def _interval(values: list[float | None]) -> tuple[float, float] | None:
+    """The 95% percentile interval; None when more than a tenth of the replicates have no value (a censored median):
+    dropping them would keep only the replicates where m* is smallest, so no finite interval is claimed."""
     vals = [v for v in values if v is not None]
     if len(vals) < 0.9 * len(values) or not vals:
-        return None  # more than a tenth of the replicates have no m*_50: no finite interval
+        return None
     return float(np.percentile(vals, 2.5)), float(np.percentile(vals, 97.5))
 
 
@@ -140,7 +170,7 @@ def cells(rows: list[dict], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[list[
     rng = np.random.default_rng(seed)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        n, depth = _num(r.get("data.n")), _num(r.get("model.depth"))
+        n, depth = positive(r.get("data.n")), positive(r.get("model.depth"))
         if n and depth:
             groups.setdefault((n, depth), []).append(r)
     out, reps = [], {}
@@ -154,21 +184,29 @@ def cells(rows: list[dict], boot: int = BOOTSTRAP, seed: int = 0) -> tuple[list[
             boots = _boot(brackets, draws)
             cell.ci95 = _interval(boots)
             reps[(n, depth)] = np.array([math.log(v) if v else np.nan for v in boots])
-        budget = _num(rs[0].get("budget"))
+        budget = positive(rs[0].get("budget"))
         half = [b for r in rs if budget and (b := bracket(r, budget / 2)) is not None]
-        if len(half) == len(brackets) and half:
-            cell.half_budget = {"budget": budget / 2, "m50": _m50(half), "ci95": _interval(_boot(half, draws))}
+        if len(half) == len(brackets) and half and cell.m50 is not None:
+            moves = [math.log(h / f) if h and f else None for h, f in zip(_boot(half, draws), boots)]
+            # median_lo: where the median at half the budget lies at least (median_bracket), also when most seeds
+            # fit at no probed width there
+            cell.half_budget = {"budget": budget / 2, "m50": _m50(half), "log_move_ci95": _interval(moves),
+                                "median_lo": median_bracket(half)[0]}
         out.append(cell)
     return out, reps
 
 
-def fit_law(found: list[Cell], reps: dict[tuple, np.ndarray]) -> dict:
+def fit_law(found: list[Cell], reps: dict[tuple, np.ndarray], widest: float | None = None) -> dict:
     """log m*_50 = c + a log n + b log L over the cells with an m*_50, with percentile intervals from the bootstrap
-    replicates; `top`: the same law over the two largest n alone, the local exponent where m* is largest."""
+    replicates; `top`: the same law over the two largest n alone, the local exponent where m* is largest, and
+    `a_top_cap`: the largest local exponent the grid (up to `widest`) could have shown there."""
     out = _law([c for c in found if c.m50 is not None], reps)
     ns = sorted({c.n for c in found if c.m50 is not None})
     if len(ns) >= 3:
         out["top"] = _law([c for c in found if c.m50 is not None and c.n in ns[-2:]], reps)
+        lower = [c.m50 for c in found if c.n == ns[-2] and c.m50]
+        if widest and lower:
+            out["a_top_cap"] = math.log(widest / min(lower)) / math.log(ns[-1] / ns[-2])
     return out
 
 
@@ -186,8 +224,8 @@ def _law(pts: list[Cell], reps: dict[tuple, np.ndarray]) -> dict:
     out["log_c"] = float(beta[0])
     out.update({k: float(beta[i + 1]) for i, (k, _) in enumerate(cols)})
     R = np.stack([reps[(c.n, c.depth)] for c in pts], axis=1) if all((c.n, c.depth) in reps for c in pts) else None
-    if R is not None:
-        ok = ~np.isnan(R).any(axis=1)
+    ok = ~np.isnan(R).any(axis=1) if R is not None else None
+    if R is not None and ok.mean() >= 0.9:  # as _interval: a law over the easy replicates alone is not claimed
         B = np.linalg.lstsq(X, R[ok].T, rcond=None)[0]
         for i, (k, _) in enumerate(cols):
             out[f"{k}_ci95"] = [float(np.percentile(B[i + 1], 2.5)), float(np.percentile(B[i + 1], 97.5))]
@@ -199,179 +237,17 @@ def counting_width(n: float, depth: float, classes: float) -> float:
     return math.sqrt(n * classes / depth)
 
 
-def _num(v) -> float | None:
+def probed_widths(row: dict) -> list[float]:
+    """The widths a seed's search probed."""
+    try:
+        return [float(w) for w in _mapping(row.get("probed_widths"))]
+    except (TypeError, ValueError, AttributeError):
+        return []
+
+
+def positive(v) -> float | None:
     try:
         f = float(v)
     except (TypeError, ValueError):
         return None
     return f if math.isfinite(f) and f > 0 else None
-
-
-# ------------------------------------------------------------------------------------------------ the claim
-
-
-def _ci_text(ci) -> str:
-    return f" [{ci[0]:.3g}, {ci[1]:.3g}]" if ci else " (no interval)"
-
-
-def _law_verdicts(law: dict, seeds: int) -> list[Finding]:
-    """m*_50 polynomial in n and L, tested where it can fail: the exponents' intervals, and the local exponent of n
-    over the two largest n (where a super-polynomial m* would be steepest), must lie within the theorem's (a <= 24,
-    b <= 12). At these sizes that catches growth faster than n^24 at n = 256, not a slow exponential: the claim card
-    says so."""
-    out = []
-    a, b = law.get("a"), law.get("b")
-    ci_a, ci_b = law.get("a_ci95"), law.get("b_ci95")
-    top = law.get("top") or {}
-    ci_top = top.get("a_ci95")
-    bounds = [("a", ci_a, THEOREM[0]), ("b", ci_b, THEOREM[1]), ("a over the two largest n", ci_top, THEOREM[0])]
-    if a is None or ci_a is None:
-        verdict = Verdict(INCONCLUSIVE, law.get("note", "no interval for the exponent of n"), a, None, seeds)
-    elif above := [f"{k}{_ci_text(ci)} > {bound:g}" for k, ci, bound in bounds if ci and ci[0] > bound]:
-        verdict = Verdict(CONTRADICTED, "beyond the theorem's exponent: " + "; ".join(above), a, tuple(ci_a), seeds)
-    elif all(ci is None or ci[1] <= bound for _, ci, bound in bounds):
-        verdict = Verdict(SUPPORTED, "bounded, within the theorem's exponents: " + "; ".join(
-            f"{k}{_ci_text(ci)}" for k, ci, _ in bounds if ci), a, tuple(ci_a), seeds)
-    else:
-        verdict = Verdict(INCONCLUSIVE, "an interval reaches past the theorem's exponent: " + "; ".join(
-            f"{k}{_ci_text(ci)}" for k, ci, _ in bounds if ci), a, tuple(ci_a), seeds)
-    measured = "not fitted" if a is None else f"a = {a:.2f}{_ci_text(ci_a)}" + (
-        f", b = {b:.2f}{_ci_text(ci_b)}" if b is not None else "")
-    if top.get("a") is not None:
-        measured += f"; over the two largest n, a = {top['a']:.2f}{_ci_text(ci_top)}"
-    out.append(Finding("m*_50 ∝ n^a L^b: polynomial (bounded exponents, within the theorem's)",
-                       f"polynomial; the theorem's sufficient width n^{THEOREM[0]:g} L^{THEOREM[1]:g}", measured,
-                       verdict, {"law": law}))
-    # The measured exponents against plain parameter counting (a = 1/2, b = -1/2): a law that can fail either way.
-    for sym, ref in (("a", COUNTING[0]), ("b", COUNTING[1])):
-        v, ci = law.get(sym), law.get(f"{sym}_ci95")
-        if v is None:
-            continue
-        if ci is None:
-            word, why = INCONCLUSIVE, "no interval"
-        elif ci[0] - SLOPE_TOL <= ref <= ci[1] + SLOPE_TOL:
-            word, why = SUPPORTED, f"the interval{_ci_text(ci)} meets {ref:g} ± {SLOPE_TOL:g}"
-        else:
-            word, why = CONTRADICTED, f"the interval{_ci_text(ci)} misses {ref:g} ± {SLOPE_TOL:g}"
-        out.append(Finding(f"exponent {sym} against parameter counting (L·m² = n·C)", f"{ref:g}",
-                           f"{v:.2f}{_ci_text(ci)}", Verdict(word, why, v, tuple(ci) if ci else None, seeds),
-                           {sym: v, "ci95": ci}))
-    return out
-
-
-def _between(found: list[Cell], classes: float, seeds: int) -> Finding:
-    """Every cell's m*_50 at or above the counting width (its interval not below it) and below the theorem's."""
-    rows, below, unsure = [], [], []
-    for c in found:
-        if c.m50 is None or c.ci95 is None:
-            unsure.append(c)
-            continue
-        count = counting_width(c.n, c.depth, classes)
-        rows.append(f"n={c.n:g}, L={c.depth:g}: {c.m50:.3g}{_ci_text(c.ci95)} vs {count:.3g}")
-        if c.ci95[1] < count:
-            below.append(c)
-        elif c.ci95[0] < count:
-            unsure.append(c)
-    if below:
-        verdict = Verdict(CONTRADICTED, f"{len(below)} cell(s) fit below the counting width", seeds=seeds)
-    elif unsure or not rows:
-        verdict = Verdict(INCONCLUSIVE, f"{len(unsure)} cell(s) with no m*_50, or an interval reaching below the "
-                          "counting width", seeds=seeds)
-    else:
-        verdict = Verdict(SUPPORTED, f"all {len(rows)} cells: the interval lies at or above sqrt(nC/L) (and, far "
-                          f"below the theorem's n^{THEOREM[0]:g} L^{THEOREM[1]:g})", seeds=seeds)
-    ratios = [c.m50 / counting_width(c.n, c.depth, classes) for c in found if c.m50]
-    return Finding("m*_50 between the counting width sqrt(nC/L) and the theorem's n^24 L^12",
-                   "at least the counting width (a lower bound), at most the theorem's (an upper bound)",
-                   f"m*_50 / counting width {min(ratios):.2g}–{max(ratios):.2g}" if ratios else "no m*_50",
-                   verdict, {"cells": rows})
-
-
-def _budget(found: list[Cell], seeds: int) -> Finding:
-    """Doubling the budget (half of it -> all of it) moves m*_50 by less than its interval, in every cell."""
-    moved, bad, rows = [], [], []
-    for c in found:
-        half = c.half_budget.get("m50")
-        if c.m50 is None or c.ci95 is None:
-            continue
-        if half is None:
-            bad.append(c)
-            rows.append(f"n={c.n:g}, L={c.depth:g}: none at half the budget, {c.m50:.3g} at all of it")
-            continue
-        moved.append(abs(math.log(c.m50 / half)))
-        inside = c.ci95[0] <= half <= c.ci95[1]
-        rows.append(f"n={c.n:g}, L={c.depth:g}: {half:.3g} → {c.m50:.3g}{_ci_text(c.ci95)}")
-        if not inside:
-            bad.append(c)
-    if not rows:
-        verdict = Verdict(INCONCLUSIVE, "no cell with an m*_50 and its budget record", seeds=seeds)
-    elif bad:
-        verdict = Verdict(CONTRADICTED, f"in {len(bad)} of {len(rows)} cells m*_50 at half the budget lies outside "
-                          "the full budget's interval: the budget binds there", seeds=seeds)
-    else:
-        verdict = Verdict(SUPPORTED, f"in all {len(rows)} cells m*_50 at half the budget lies inside the full "
-                          "budget's interval", seeds=seeds)
-    return Finding("doubling the step budget moves m*_50 by less than its interval", "(a budget that does not bind)",
-                   f"largest move ×{math.exp(max(moved)):.2f}" if moved else "no data", verdict, {"cells": rows})
-
-
-def critical_findings(res) -> tuple[list[Finding], list[Panel]]:
-    """The claim's findings and panels for a critical-width sweep run per seed (repro.py's allenzhu check)."""
-    found, reps = cells(res.critical_width or [])
-    seeds = min((c.seeds for c in found), default=0)
-    classes = next((v for t in res.trials if (v := _num(t.row.get("data.classes")))), 2.0)
-    with_m50 = [c for c in found if c.m50 is not None]
-    first = Finding("cells (n, L) where P(fit) crosses ½ within the probed widths", "every (n, L)",
-                    f"{len(with_m50)} of {len(found)}", every_trial(len(with_m50), len(found), seeds,
-                                                                    "have an m*_50 among the probed widths", "cells"),
-                    {"cells": {f"n={c.n:g}, L={c.depth:g}": c.m50 for c in found}})
-    law = fit_law(found, reps)
-    return [first, *_law_verdicts(law, seeds), _between(found, classes, seeds), _budget(found, seeds)], \
-        _panels(found, law, classes)
-
-
-def _panels(found: list[Cell], law: dict, classes: float) -> list[Panel]:
-    ns = sorted({c.n for c in found})
-    depths = sorted({c.depth for c in found})
-    styles = ["-", "--", "-.", ":"]
-    curves = Panel(title="P(fit within the budget) against width: logistic in log m per cell (points: seeds that "
-                   "fitted / seeds bracketed there)", xlabel="width m", ylabel="P(fit)", xlog=True)
-    for c in found:
-        if c.m50 is None or c.scale is None:
-            continue
-        color = SERIES_COLORS(ns.index(c.n) % 10)
-        xs = np.geomspace(c.m50 / 8, c.m50 * 8, 60)
-        curves.series.append(Series(f"n={c.n:g}, L={c.depth:g}", list(xs),
-                                    list(1 / (1 + np.exp(-(np.log(xs) - math.log(c.m50)) / c.scale))),
-                                    meta={"line": True, "color": color,
-                                          "style": styles[depths.index(c.depth) % len(styles)]}))
-        pts = _empirical(c)
-        curves.series.append(Series("_", list(pts), list(pts.values()), meta={"line": True, "color": color,
-                                                                                "style": "o"}))
-    law_panel = Panel(title="m*_50 with its bootstrap 95% interval; dotted: the fitted law; dashed: the counting "
-                      "width sqrt(nC/L) (the theorem's n^24 L^12 lies above 10^28, off the axes)",
-                      xlabel="samples n", ylabel="width m*_50", xlog=True, ylog=True)
-    lines = []  # after the data: draw.py colours the i-th data series SERIES_COLORS(i), and these match it
-    for i, depth in enumerate(depths):
-        cs = [c for c in found if c.depth == depth and c.m50 is not None]
-        color = SERIES_COLORS(i % 10)
-        law_panel.series.append(Series(f"L={depth:g}", [c.n for c in cs], [c.m50 for c in cs],
-                                       lo=[c.ci95[0] if c.ci95 else None for c in cs],
-                                       hi=[c.ci95[1] if c.ci95 else None for c in cs]))
-        lines.append(Series("_", ns, [counting_width(n, depth, classes) for n in ns],
-                            meta={"line": True, "color": color, "style": "--"}))
-        if law.get("a") is not None and "log_c" in law:
-            fit = [math.exp(law["log_c"] + law["a"] * math.log(n) + law.get("b", 0.0) * math.log(depth)) for n in ns]
-            lines.append(Series("_", ns, fit, meta={"line": True, "color": color, "style": ":"}))
-    law_panel.series += lines
-    return [curves, law_panel]
-
-
-def _empirical(c: Cell) -> dict[float, float]:
-    """At each bracket end, the fraction of seeds known to fit there among the seeds whose bracket decides it."""
-    out = {}
-    for w in sorted({v for b in c.brackets for v in (b.lo, b.hi) if 0 < v < math.inf}):
-        known = [b.hi <= w for b in c.brackets if b.hi <= w or b.lo >= w]
-        if known:
-            out[w] = sum(known) / len(known)
-    return out

@@ -8,7 +8,6 @@ seeds it rests on), computed on the trials inside the regime their metrics descr
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import numpy as np
@@ -16,7 +15,8 @@ import numpy as np
 from ..metrics import names
 from .claims import CLAIMS
 from .kernel_circle import INIT_GAP_CIRCLE, REL_CIRCLE_MOVE, circle_panel, circle_values
-from .phase import critical_findings
+from .phase import probed_widths
+from .phase_claim import critical_findings
 from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width
 from .results import WIDTH, SweepResults, Trial, label, number
 from .verdicts import (
@@ -338,9 +338,10 @@ def this_run(res: SweepResults) -> str:
     3 seeds'."""
     parts = []
     for key, name in SETUP_KEYS:
-        values = sorted({v for t in res.trials if (v := t.row.get(key)) not in (None, "")}, key=str)
+        values = sorted({v for t in res.trials if (v := t.row.get(key)) not in (None, "")},
+                        key=lambda v: (isinstance(v, str), v if not isinstance(v, str) else 0, str(v)))
         if key == "model.width" and res.critical_width:
-            values = sorted({w for r in res.critical_width for w in _probed(r)})
+            values = sorted({int(w) for r in res.critical_width for w in probed_widths(r)})
             name = "widths probed"
         if values and not (key == "train.target_ratio" and values == [0.0]):
             shown = values if len(values) <= 8 else [values[0], "…", values[-1]]
@@ -348,11 +349,3 @@ def this_run(res: SweepResults) -> str:
     seeds = len({t.seed for t in res.trials})
     head = "the --quick variant" if res.name.endswith("-quick") else f"configs/repro/{res.reproduces}.yaml"
     return f"{head}: " + "; ".join(parts) + f"; {seeds} seed{'s' if seeds != 1 else ''}."
-
-
-def _probed(row: dict) -> list[int]:
-    v = row.get("probed_widths")
-    try:
-        return [int(float(w)) for w in (json.loads(v) if isinstance(v, str) else v or {})]
-    except (TypeError, ValueError):
-        return []

@@ -62,6 +62,17 @@ NTK_LIN_LOSS = "ntk/lin_loss"
 # linearisation trained the same way (the kernel-regression prediction at step t), linearization.py
 NTK_TEST_LIN_GAP = "ntk/test_lin_gap"
 
+# Sharpness, with metrics.hessian (hessian.py): Hessian H of the trial's training loss over the whole training set
+# w.r.t. the raw trained parameters. Its largest algebraic eigenvalue (H has negative ones too), by Lanczos:
+HESSIAN_LAMBDA_MAX = "hessian/lambda_max"
+# lambda_max(P^1/2 H P^1/2), P = diag of each parameter's effective step (lr included): gradient descent's stability
+# edge is 2 (Cohen et al. 2021's lr * sharpness -> 2); under one step eta for every parameter, eta * lambda_max
+HESSIAN_EDGE_RATIO = "hessian/edge_ratio"
+# lambda_max of the Gauss-Newton part J^T H_out J / n (mse: lambda_max(Theta)/n, Theta the full nC x nC NTK)
+HESSIAN_LAMBDA_MAX_GN = "hessian/lambda_max_gn"
+# Lanczos runs of this row that stopped at the iteration cap before the tolerance: 0 on a trustworthy row
+HESSIAN_UNCONVERGED = "hessian/unconverged"
+
 CONV_RATE = "conv/rate"
 CONV_STEPS_TO_FIT = "conv/steps_to_fit"
 # Steps between the points at which a fit can be seen: 1 under full-batch GD (every step is evaluated), else
