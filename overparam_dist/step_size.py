@@ -47,7 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import AUTO, LAMBDA_MIN, LR_RULES, Config, effective_train_outer, kernel_is_known
+from .config import AUTO, LAMBDA_MIN, LR_RULES, Config, ConfigError, effective_train_outer, kernel_is_known
 from .metrics.analytic import trial_kernel
 from .metrics.regime import kernel_samples, step_kernel, top_ratio
 
@@ -68,6 +68,9 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
         return lr, {"rule": "given", "lr": lr, "edge_ratio": lr * lam_init}, lr * theta
     if cfg.train.lr == LAMBDA_MIN:
         lam0 = float(torch.linalg.eigvalsh(infinite_kernel(cfg, x, outputs))[0])
+        if not lam0 > 0:  # K_inf is singular: two samples coincide (or an input is 0), and the step would be 0
+            raise ConfigError(f"train.lr={LAMBDA_MIN}: lambda_min(K_inf) = {lam0:.3g} on the training set (two samples "
+                              "coincide or an input is zero): no positive step; use train.lr=auto")
         lr = cfg.train.lr_scale * lam0 / x.shape[0]
         return lr, {"rule": LAMBDA_MIN, "lambda_min_inf": lam0, "samples": int(x.shape[0]),
                     "lr_scale": cfg.train.lr_scale, "lr": lr, "edge_ratio": lr * lam_init}, lr * theta

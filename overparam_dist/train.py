@@ -166,12 +166,22 @@ class Trainer:
         """Load the latest complete checkpoint, if any: (step to start from, resumed)."""
         self.ckpt_root = self.out / rundir.CHECKPOINTS_DIR
         if self.cfg.checkpoint.resume and (last := checkpoint.latest(self.ckpt_root, self.world)) is not None:
+            loss0 = self._loss_at_init()  # the model is still at init: for a checkpoint written before loss0 was kept
             state = checkpoint.load(last, self.par.state_dict(self.model))
             self.conv.load(state["conv"])
+            self.conv.loss0 = loss0 if self.conv.loss0 is None else self.conv.loss0
             self.theory.load(state.get("theory", {}))
             self.regime.load(state.get("regime", {}))
             return state["step"], True
         return 0, False
+
+    @torch.no_grad()
+    def _loss_at_init(self) -> float:
+        """The training loss of the model as built (its init), on every rank alike (train.target_ratio's base)."""
+        with precision.exact():
+            out = self.model(self.x_all).to(self.dtype)
+            target = _targets(self.ds, self.cfg).to(self.device)
+            return float(_loss_fn(self.cfg)(out, target.to(self.dtype) if target.is_floating_point() else target))
 
     def _place_data(self) -> None:
         """Every rank holds the whole (small) training set; each dp rank computes on its share."""
@@ -321,7 +331,8 @@ class Trainer:
             diverged = not math.isfinite(train_loss)
             if step == 0:
                 self.conv.loss0 = train_loss
-            fitted = self.fitted(train_loss, train_acc)
+            # Only a loss of the whole training set decides a fit (mini-batch SGD sees one on logged rows alone)
+            fitted = (self.full_batch or log_now) and self.fitted(train_loss, train_acc)
             if self.full_batch or log_now:
                 self.conv.update(step, train_loss, fitted)
                 self.regime.see_loss(step, train_loss)
