@@ -28,7 +28,11 @@ def _quick(name: str, tmp_path) -> dict[str, dict]:
     assert (report.dir / f"repro_{name}.png").stat().st_size > 10_000
     claim = json.loads((report.dir / "claim.json").read_text())
     assert claim["claim"]["paper"] == CLAIMS[name].paper
-    assert "Reproduces" in report.index.read_text()
+    # the report describes the run it drew, the quick one, not the full file's setup
+    seeds = len({t.seed for t in report.results.trials})
+    assert claim["this_run"].startswith("the --quick variant: ") and claim["this_run"].endswith(f"; {seeds} seeds.")
+    assert "Reproduces" in report.index.read_text() and claim["this_run"] in report.index.read_text()
+    assert (report.dir / f"repro_{name}.pdf").read_bytes().startswith(b"%PDF")
     return {f["quantity"]: f for f in claim["findings"]}
 
 

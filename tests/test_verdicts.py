@@ -42,6 +42,14 @@ def test_width_law_verdicts():
     # Within the stated tolerance: an interval that does not contain -0.5 but comes within 0.2 of it.
     assert width_law(_slopes([-0.62, -0.66, -0.68]), -0.5).word == SUPPORTED
     assert width_law(_slopes([-0.62, -0.66, -0.68]), -0.5, tol=0.05).word == CONTRADICTED
+    # An upper bound O(m^-1/2): falling faster is consistent with it; only a slower fall (beyond the tolerance) or no
+    # fall contradicts it.
+    assert width_law(_slopes([-1.02, -0.98, -1.0]), -0.5, bound=True).word == SUPPORTED
+    v = width_law(_slopes([-0.05, 0.02, 0.0]), -0.5, bound=True)
+    assert v.word == CONTRADICTED and "slower than O(m^-0.5)" in v.reason
+    assert width_law(_slopes([-0.86, 0.18, -0.34]), -0.5, bound=True).word == INCONCLUSIVE  # contains 0
+    assert width_law(_slopes([0.01, -0.02, 0.0]), 0.0, bound=True).word == SUPPORTED  # O(1)
+    assert width_law(_slopes([0.5, 0.52, 0.49]), 0.0, bound=True).word == CONTRADICTED  # grows
     # Exponent 0 (no change with width): supported only inside the band.
     assert width_law(_slopes([0.01, -0.02, 0.0]), 0.0).word == SUPPORTED
     assert width_law(_slopes([-0.5, -0.52, -0.49]), 0.0).word == CONTRADICTED
@@ -107,7 +115,7 @@ def _sweep(tmp_path, slopes_by_seed: dict[int, float], flagged: dict[tuple, str]
 
 
 @pytest.mark.parametrize("slopes,word", [({0: -0.5, 1: -0.48, 2: -0.53}, SUPPORTED),
-                                         ({0: -1.5, 1: -1.45, 2: -1.55}, CONTRADICTED),
+                                         ({0: -0.05, 1: 0.0, 2: 0.05}, CONTRADICTED),  # O(m^-0.5): no fall
                                          ({0: -0.9, 1: 0.3, 2: -0.3}, INCONCLUSIVE),
                                          ({0: -0.5, 1: -0.5}, INCONCLUSIVE)])
 def test_report_says_each_verdict(tmp_path, slopes, word):
@@ -118,7 +126,7 @@ def test_report_says_each_verdict(tmp_path, slopes, word):
     (fit,) = next(f for f in rep.figures if f.name == "ntk_rel_drift").fits
     assert fit.slope == pytest.approx(np.mean(list(slopes.values())), abs=1e-9) and fit.verdict.word == word
     lines = verdict_lines(rep)
-    assert any(line.startswith("  ntk/rel_drift (L=1): slope") and line.endswith(f"{word} against m^-0.5")
+    assert any(line.startswith("  ntk/rel_drift (L=1): slope") and line.endswith(f"{word} against O(m^-0.5)")
                for line in lines), lines
     page = (rep.dir / "index.html").read_text()
     assert f"<td class='t verdict'>{word}</td>" in page
@@ -126,7 +134,7 @@ def test_report_says_each_verdict(tmp_path, slopes, word):
     (saved,) = next(f for f in figures if f["name"] == "ntk_rel_drift")["fits"]
     assert saved["verdict"]["word"] == word and saved["verdict"]["seeds"] == len(slopes)
     table = width_table(rep.results.dir)
-    assert f"{word} (m^-0.5)" in table and "seeds)" in table
+    assert f"{word} (O(m^-0.5))" in table and "seeds)" in table
 
 
 def test_flagged_trials_are_hollow_and_left_out_of_fits(tmp_path):

@@ -24,6 +24,7 @@ from matplotlib import colormaps
 from ..metrics import names
 from ..metrics.fit import fit_line
 from .results import DEPTH, WIDTH, SweepResults, Trial, label, number
+from .theory import is_bound
 from .verdicts import Verdict, seed_interval, width_law
 
 WIDTH_CMAP = colormaps["viridis"]
@@ -136,7 +137,7 @@ def _json_safe(v: Any) -> Any:
 
 
 def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: str = "", series: str = "",
-               key: tuple = (), reference: float | None = None) -> SlopeFit:
+               key: tuple = (), reference: float | None = None, bound: bool = False) -> SlopeFit:
     """Slope of log(y) against log(x): per seed, then mean ± 95% t-interval over seeds (see the module doc)."""
     per_seed: dict[int, float] = {}
     intercepts: dict[int, float] = {}
@@ -147,7 +148,7 @@ def fit_loglog(points_by_seed: dict[int, list[tuple[float, float]]], *, metric: 
             continue
         per_seed[seed], intercepts[seed], _ = fit_line([math.log(p[0]) for p in pts], [math.log(p[1]) for p in pts])
         widths.update(int(p[0]) for p in pts)
-    verdict = None if reference is None else width_law(per_seed, reference)
+    verdict = None if reference is None else width_law(per_seed, reference, bound=bound)
     if not per_seed:
         return SlopeFit(metric, series, key, None, None, None, "fewer than 2 widths with positive values", {},
                         sorted(widths), reference, verdict)
@@ -240,7 +241,8 @@ def against_width(res: SweepResults, key: str, *, name: str, title: str, caption
             panel.extra.append(Series(f"{s.label}: outside its regime", [p[0] for p in flagged],
                                       [p[1] for p in flagged], skey, meta={"hollow": True, "color_index": i}))
         if fit and positive:
-            f = fit_loglog(s.meta["per_seed"], metric=key, series=s.label, key=skey, reference=reference)
+            f = fit_loglog(s.meta["per_seed"], metric=key, series=s.label, key=skey, reference=reference,
+                           bound=is_bound(key))
             s.meta["fit"] = f
             fits.append(f)
         panel.series.append(s)

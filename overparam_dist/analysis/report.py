@@ -15,6 +15,7 @@ from .html import write_index
 from .plots import FigureData
 from .repro import Finding, findings, this_run
 from .results import SweepResults, load_sweep
+from .theory import law_text
 
 
 @dataclass
@@ -51,7 +52,7 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
 def verdict_lines(rep: LocalReport) -> list[str]:
     """What the terminal shows of a report's conclusions: each theory slope with its interval and verdict, each
     finding of a reproduction, and which trials were left out."""
-    lines = [f"  {f.metric} ({f.series}): slope {f.verdict.text()} against m^{f.reference:g}"
+    lines = [f"  {f.metric} ({f.series}): slope {f.verdict.text()} against {law_text(f.metric, f.reference)}"
              for fig in rep.figures if not fig.name.startswith("repro_") for f in fig.fits if f.verdict is not None]
     if rep.results.critical_width:  # its trials stop when they fit, each at its own step: no width law to judge
         lines = ["  (no width law is judged on a critical-width search: its trials stop at different steps)"]

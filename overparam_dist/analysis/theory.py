@@ -52,6 +52,22 @@ FIXED_FAN_IN = (-0.5, "with no m×m layer trained, the trained weights have a fi
                       "unit is O(m^-1/2) of ‖θ_0‖_F")
 
 
+# Laws the theory states as upper bounds, y = O(m^e) (how far the weights, the kernel and the linearisation move): a
+# faster fall is consistent with them (verdicts.width_law(bound=True)). ntk/init_gap is a rate: the CLT's m^-1/2.
+BOUNDS = frozenset({names.DRIFT_WEIGHT_ABS, names.DRIFT_WEIGHT_REL, names.NTK_REL_DRIFT, names.NTK_LIN_GAP,
+                    names.DRIFT_NEURON_MAX})
+
+
+def is_bound(metric: str) -> bool:
+    """A law of BOUNDS, or of one layer's share of one (drift/weight_rel/input)."""
+    return metric in BOUNDS or metric.rsplit("/", 1)[0] in BOUNDS
+
+
+def law_text(metric: str, exponent: float) -> str:
+    """How a verdict names the law: O(m^e) for a bound, m^e for a rate."""
+    return f"O(m^{exponent:g})" if is_bound(metric) else f"m^{exponent:g}"
+
+
 def reference(metric: str, param: str | None, square_layers: bool | None = True) -> tuple[float | None, str]:
     """(the theory's exponent, a caption sentence saying where it comes from or why there is none). square_layers:
     whether the trials train m x m layers (None: some do and some do not)."""
