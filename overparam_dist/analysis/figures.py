@@ -28,8 +28,9 @@ def _with_theory(res: SweepResults, key: str, param: str | None, caption: str, *
     """against_width with the theory's reference line where it applies to `param` (theory.py), said in the
     caption and the subtitle either way."""
     slope, why = theory.reference(key, param, trains_square_layers(res))
-    return against_width(res, key, reference=slope, reference_label=f"theory: m^{slope:g}" if slope is not None
-                         else "", subtitle=why, caption=f"{caption} {why}", **kw)
+    label = f"theory: {theory.law_text(key, slope)}" if slope is not None else ""
+    return against_width(res, key, reference=slope, reference_label=label, subtitle=why, caption=f"{caption} {why}",
+                         **kw)
 
 
 ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars: its 95% interval over seeds (Student t; none "

@@ -19,6 +19,7 @@ from .phase import probed_widths
 from .phase_claim import critical_findings
 from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width
 from .results import WIDTH, SweepResults, Trial, label, number
+from .theory import law_text
 from .verdicts import (
     CONTRADICTED,
     INCONCLUSIVE,
@@ -41,7 +42,7 @@ NOISE = "data.label_noise"
 def _width_law(res: SweepResults, key: str, exponent: float, quantity: str, paper: str) -> tuple[Finding, Panel]:
     """One finding for a law over every series (depth): contradicted where any series is, supported where all are."""
     fig = against_width(res, key, name=key, title=quantity, caption="", reference=exponent,
-                        reference_label=f"paper: m^{exponent:g}")
+                        reference_label=f"paper: {law_text(key, exponent)}")
     fig.panels[0].title = quantity
     fits = [f for f in fig.fits if f.verdict is not None]
     word = combine([f.verdict for f in fits])
