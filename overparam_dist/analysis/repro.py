@@ -208,6 +208,7 @@ def _zhang(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                       "grow with the noise", "steps_to_fit", "{:.0f}"),
             _to_chance(res)], \
         [_against_axis(res, NOISE, names.CONV_STEPS_TO_FIT, f"steps to fit ({fit})", _fit_steps),
+         _against_axis(res, NOISE, names.TEST_ACC, "held-out accuracy (test/acc) at the end"),
          _by_noise(res, [(names.TRAIN_ACC, "-")], "train accuracy during training", ylog=False)]
 
 
