@@ -124,9 +124,12 @@ def test_arora2019_fine_grained_quick(ray_address, tmp_path):
         assert len(by_width) == 2 and all(v == sorted(v) for v in by_width.values()), grows
         assert grows["verdict"]["word"] == "supported", grows
     dev = f["max |loss − eigen-projection prediction| / (‖y‖²/2n), by width"]
-    assert max(dev["values"]["deviation"].values()) < 0.1, dev
+    gaps = dev["values"]["deviation"]
+    assert max(gaps.values()) < 0.15, dev
+    for noise in ("0.0", "0.5", "1.0"):  # smaller at m = 1024 than at 128, at every noise level
+        assert gaps[f"L=1, noise={noise}, 1024"] < gaps[f"L=1, noise={noise}, 128"], gaps
     # falls with width for the true labels beyond the seeds' spread; with 3 seeds not yet for all labels
-    assert dev["verdict"]["reason"].startswith("supported"), dev
+    assert "supported: it falls" in dev["verdict"]["reason"].split(";")[0], dev  # the first series: true labels
     assert dev["verdict"]["word"] in ("supported", "inconclusive"), dev
 
 
@@ -136,5 +139,5 @@ def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
     f = _quick("allenzhu2018_critical_width", tmp_path)
     cells = f["cells (n, L) where P(fit) crosses ½ within the probed widths"]
     assert cells["verdict"]["word"] == "supported", cells
-    law = f["m*_50 ∝ n^a L^b: polynomial (bounded exponents, within the theorem's)"]
+    law = f["m*_50 ∝ n^a L^b: polynomial (finite, bounded exponents)"]
     assert 0 < law["values"]["law"]["a"] < 24, law
