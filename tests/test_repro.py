@@ -141,3 +141,13 @@ def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
     assert cells["verdict"]["word"] == "supported", cells
     law = f["m*_50 ∝ n^a L^b: polynomial (finite, bounded exponents)"]
     assert 0 < law["values"]["law"]["a"] < 24, law
+
+
+@pytest.mark.slow
+def test_lewkowycz2020_catapult_quick(ray_address, tmp_path):
+    """Steps 1, 1.8, 2.4, 3.5 and 16 x lr·λ_0/n at m = 1024, 3 seeds: lazy below 2, the catapult above it (a spike,
+    then the kernel below the edge), dead at 16; the boundary read from behaviour lies within the band around 2."""
+    f = _quick("lewkowycz2020_catapult", tmp_path)
+    boundary = f["lazy-catapult boundary in lr·λ_0/n (widest width, from each trial's behaviour)"]
+    assert boundary["verdict"]["word"] == "supported" and 1.8 <= boundary["verdict"]["estimate"] <= 2.4, boundary
+    assert f["in the catapult, λ_max(K) ends below 2n/η"]["verdict"]["word"] == "supported"

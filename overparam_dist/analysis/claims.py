@@ -75,6 +75,18 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
           "empirical K_0 on all 10 outputs and ntk/label_complexity_inf K∞; the prediction ntk/lin_loss uses K_0 and "
           "the residual at init r_0 = f_0 − y (the paper takes H∞ and f_0 ≈ 0). The gap between loss and prediction "
           "is measured in units of |y|²/2n, the loss of f = 0 where the paper's training starts."),
+    Claim("lewkowycz2020_catapult", "Lewkowycz et al. 2020", "the catapult phase between η_crit and η_max",
+          "Lewkowycz, Bahri, Dyer, Sohl-Dickstein & Gur-Ari 2020, The Large Learning Rate Phase of Deep Learning: the "
+          "Catapult Mechanism",
+          "With the squared loss and full-batch GD, wide nets are lazy for a step η < 2n/λ_0 (lr·λ_0/n < η_crit = 2); "
+          "between η_crit and η_max (about 4 for their two-layer linear model, about 12 for ReLU nets) the loss "
+          "first rises, the kernel's top eigenvalue falls until it is below 2n/η, and the net then converges (the "
+          "catapult); above η_max training diverges.",
+          "FC nets, model.param=ntk, depth 1, n = 32 synthetic regression targets on |x|² = d inputs, full-batch GD, "
+          "the step set by train.lr_scale under train.lr=auto (lr·λ_max(Θ_0)/n = lr_scale where Θ_0 sets it; the "
+          "x axis is each trial's measured value), 12 steps from 0.5 to 16 × widths 256, 1024, 2048 × 3 seeds, 100 "
+          "steps, every one logged. A trial's phase comes from its behaviour (analysis/catapult.py), never from its "
+          "step."),
     Claim("jacot2018_kernel", "Jacot et al. 2018", "the NTK converges to K∞ and stays constant",
           "Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks",
           "As the width grows, the NTK at initialisation converges to a deterministic limit K∞ and stays constant "
