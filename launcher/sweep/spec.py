@@ -19,7 +19,6 @@ file (`name=foo`, `grid.model.width=[64,128]`, `grid.seed=null` drops an axis, `
 (`train.steps=50`). Overriding a grid axis that way is refused: edit the axis (`grid.model.width=[...]`).
 
 Everything is validated (every grid point's config with `load_config`) before Ray starts.
-
 Execution: a trial needing one process runs `run_trial` in-process in a Tune function trainable (no worker
 group). A trial with parallel.dp x parallel.tp > 1 processes builds a Ray Train V2 `TorchTrainer` inside its
 Tune trainable; its workers call the same `run_trial`. Trial outputs: runs/<sweep>/<trial>/ (run_trial's own
@@ -28,6 +27,7 @@ layout); runs/<sweep>/results.csv, one row per trial, is rewritten (atomically) 
 
 from __future__ import annotations
 
+import copy
 import difflib
 import itertools
 import json
@@ -41,7 +41,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from overparam_dist.analysis.claims import check_claim
-from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config
+from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config, validate
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
@@ -237,9 +237,19 @@ def _resolve_base(base: Any, where: str) -> Path | None:
     return path
 
 
-def _load_trial(sweep_where: str, base: Path | None, settings: dict[str, Any], name: str) -> Config:
+def _load_trial(sweep_where: str, base: Path | None, settings: dict[str, Any], name: str,
+                cells: dict[str, Config] | None = None) -> Config:
+    """`cells` (critical_width): one merge per cell, its widths (checked positive integers) set on a copy."""
     try:
-        return load_config(base, settings=settings)
+        if cells is None:
+            return load_config(base, settings=settings)
+        cell = repr(sorted((k, repr(v)) for k, v in settings.items() if k != "model.width"))
+        if cell not in cells:
+            cells[cell] = load_config(base, settings=settings)
+        cfg = copy.deepcopy(cells[cell])
+        cfg.model.width = settings["model.width"]
+        validate(cfg)
+        return cfg
     except ConfigError as exc:
         raise ConfigError(f"{sweep_where}, grid point {name}: {exc}") from None
 
@@ -387,13 +397,14 @@ def _expand(sweep: Sweep, where: str) -> list[Trial]:
     varying = [k for k, v in axes.items() if len(v) > 1 or (k == "model.width" and sweep.kind == "critical_width")]
     trials: list[Trial] = []
     seen: dict[str, dict] = {}
+    cells: dict[str, Config] | None = {} if sweep.kind == "critical_width" else None  # one merge per cell
     for values in itertools.product(*axes.values()):
         point = dict(zip(axes, values))
         name = trial_name(point, varying)
         if name in seen:
             raise ConfigError(f"{where}: grid points {seen[name]} and {point} get the same trial name '{name}'")
         seen[name] = point
-        cfg = _load_trial(where, sweep.base, {**sweep.overrides, **point}, name)
+        cfg = _load_trial(where, sweep.base, {**sweep.overrides, **point}, name, cells)
         cfg.run.dir = str(sweep.dir / name)
         cfg.run.name = name
         cfg.run.quiet = True
