@@ -169,9 +169,9 @@ class Trainer:
             loss0 = self._loss_at_init()  # the model is still at init: for a checkpoint written before loss0 was kept
             state = checkpoint.load(last, self.par.state_dict(self.model))
             self.conv.load(state["conv"])
-            self.conv.loss0 = loss0 if self.conv.loss0 is None else self.conv.loss0
             self.theory.load(state.get("theory", {}))
             self.regime.load(state.get("regime", {}))
+            self.regime.loss0 = loss0 if self.regime.loss0 is None else self.regime.loss0
             return state["step"], True
         return 0, False
 
@@ -261,14 +261,15 @@ class Trainer:
         return row
 
     def fitted(self, train_loss: float, train_acc: float | None) -> bool:
-        """A loss target (train.target_loss, or train.target_ratio of the loss at step 0) where one is set, else 100%
-        train accuracy: one definition of the fit per trial, so conv/steps_to_fit means one thing."""
+        """A loss target (train.target_loss, or train.target_ratio of the loss at step 0, which regime.py keeps) where
+        one is set, else 100% train accuracy: one definition of the fit per trial, so conv/steps_to_fit means one
+        thing."""
         t = self.cfg.train
         if t.target_loss > 0 or t.target_ratio > 0:
             return math.isfinite(train_loss) and (
                 (t.target_loss > 0 and train_loss < t.target_loss)
-                or (t.target_ratio > 0 and self.conv.loss0 is not None
-                    and train_loss <= t.target_ratio * self.conv.loss0))
+                or (t.target_ratio > 0 and self.regime.loss0 is not None
+                    and train_loss <= t.target_ratio * self.regime.loss0))
         return train_acc is not None and train_acc >= 1.0
 
     def log(self, step: int, train_loss: float, train_acc: float | None, *, has_grad: bool, diverged: bool,
@@ -329,8 +330,6 @@ class Trainer:
             log_now = self.is_log_step(step)
             loss, train_loss, train_acc = self.forward_and_measure(step, log_now)
             diverged = not math.isfinite(train_loss)
-            if step == 0:
-                self.conv.loss0 = train_loss
             # Only a loss of the whole training set decides a fit (mini-batch SGD sees one on logged rows alone)
             fitted = (self.full_batch or log_now) and self.fitted(train_loss, train_acc)
             if self.full_batch or log_now:

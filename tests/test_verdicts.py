@@ -158,7 +158,7 @@ def test_report_figures_carry_seed_intervals_a_pdf_and_a_footer(tmp_path):
     """Issue 25 item 5, figures a paper could use: each mean over seeds carries its 95% Student-t interval over seeds
     (verdicts.seed_interval; none from one seed) and each seed's value into figures.json, each figure is a PNG and a
     PDF of the same name, and its footer gives the code's commit, the hash of sweep.yaml and the seed count."""
-    from overparam_dist.analysis.plots import Series, add_seed_intervals, from_seeds
+    from overparam_dist.analysis.plots import from_seeds
     from overparam_dist.analysis.provenance import code_commit
     from overparam_dist.analysis.report import build_local_report
 
@@ -185,10 +185,9 @@ def test_report_figures_carry_seed_intervals_a_pdf_and_a_footer(tmp_path):
     one = from_seeds("s", {0: [(64, 1.0), (128, 2.0)], 1: [(64, 3.0)]})
     assert one.x == [64, 128] and one.lo[1] is one.hi[1] is None and one.meta["n_seeds"] == [2, 1]
     assert (one.lo[0], one.hi[0]) == pytest.approx(verdicts.seed_interval([1.0, 3.0])[1])
-    # A series of means built elsewhere (repro.py's panels) gets its intervals from its seeds the same way.
-    s = add_seed_intervals(Series("r", [0.0, 1.0], [2.0, 5.0], meta={"per_seed": {0: [(0.0, 1.0), (1.0, 4.0)],
-                                                                                   1: [(0.0, 3.0), (1.0, 6.0)]}}))
-    assert (s.lo[1], s.hi[1]) == pytest.approx(verdicts.seed_interval([4.0, 6.0])[1])
+    # repro.py's panels against another axis (label noise) are built the same way
+    s = from_seeds("r", {0: [(0.0, 1.0), (1.0, 4.0)], 1: [(0.0, 3.0), (1.0, 6.0)]})
+    assert s.y == [2.0, 5.0] and (s.lo[1], s.hi[1]) == pytest.approx(verdicts.seed_interval([4.0, 6.0])[1])
 
 
 def test_claim_json_carries_verdicts_and_what_was_left_out(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..metrics import names
 from . import theory
-from .plots import FigureData, add_seed_intervals, against_width, critical_width, loss_curves, mean_series, steps_to_fit
+from .plots import FigureData, against_width, critical_width, loss_curves, mean_series, steps_to_fit
 from .provenance import sweep_footer
 from .repro import headline
 from .results import SweepResults, number
@@ -104,14 +104,11 @@ def figures(res: SweepResults, commit: str | None = None) -> list[FigureData]:
     if cw is not None:
         figs.append(cw)
     claim = headline(res)
-    if claim is not None:  # its panels come from repro.py; their means over seeds get their intervals below
+    if claim is not None:
         claim.caption += (" Where a point is a mean over seeds: bars = its 95% interval over seeds (Student t; none "
                           "from one seed), faint dots = each seed.")
         figs.insert(0, claim)
     footer = sweep_footer(res, commit)
     for f in figs:
         f.footer = footer
-        for p in f.panels:  # the claim's panels (repro.py) hold means over seeds without their intervals
-            for s in [*p.series, *p.extra]:
-                add_seed_intervals(s)
     return figs

@@ -186,19 +186,6 @@ def from_seeds(label_: str, per_seed: dict[int, list[tuple[float, float]]], key:
                   [b[1] for b in bands], {"per_seed": per_seed, "n_seeds": [len(v) for v in by_x.values()], **meta})
 
 
-def add_seed_intervals(s: Series) -> Series:
-    """Give a mean-over-seeds series built elsewhere (repro.py's panels: means + meta["per_seed"], no bars) its
-    interval at each x, from the seeds' values at that x."""
-    per_seed = s.meta.get("per_seed")
-    if not per_seed or s.lo is not None or s.meta.get("line"):
-        return s
-    by_x = _by_x(per_seed)
-    bands = [seed_band(by_x.get(x, [])) for x in s.x]
-    s.lo, s.hi = [b[0] for b in bands], [b[1] for b in bands]
-    s.meta["n_seeds"] = [len(by_x.get(x, [])) for x in s.x]
-    return s
-
-
 def _values_by_width(trials: list[Trial], key: str, *, initial: bool = False) -> dict[int, dict[int, float]]:
     """width -> {seed: value} (final summary value, or the step-0 value)."""
     out: dict[int, dict[int, float]] = {}

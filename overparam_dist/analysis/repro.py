@@ -18,7 +18,7 @@ from .claims import CLAIMS
 from .kernel_circle import INIT_GAP_CIRCLE, REL_CIRCLE_MOVE, circle_panel, circle_values
 from .phase import probed_widths
 from .phase_claim import critical_findings
-from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width
+from .plots import SERIES_COLORS, FigureData, Panel, Series, against_width, from_seeds
 from .results import WIDTH, SweepResults, Trial, label, number
 from .theory import law_text
 from .verdicts import (
@@ -94,17 +94,16 @@ def _ordering(res: SweepResults, axis: str, value: Callable[[Trial], float | Non
 
 
 def _against_axis(res: SweepResults, axis: str, key: str, title: str, value=None) -> Panel:
-    """`key` (final value, or `value(trial)`) against a grid axis, one series per width, mean over seeds."""
+    """`key` (final value, or `value(trial)`) against a grid axis, one series per width, mean over seeds with its
+    interval over seeds (plots.from_seeds)."""
     panel = Panel(title=title, xlabel=axis, ylabel=key)
     value = value or (lambda t: t.final(key))
     for w in res.widths or [None]:
-        trials = [t for t in res.in_regime() if t.width == w]
-        means = _means(_by_point(trials, axis, value))
         per_seed: dict[int, list] = {}
-        for t in trials:
-            if (x := number(t.row.get(axis))) is not None and (v := value(t)) is not None:
+        for t in res.in_regime():
+            if t.width == w and (x := number(t.row.get(axis))) is not None and (v := value(t)) is not None:
                 per_seed.setdefault(t.seed, []).append((x, v))
-        panel.series.append(Series(label(WIDTH, w), list(means), list(means.values()), meta={"per_seed": per_seed}))
+        panel.series.append(from_seeds(label(WIDTH, w), per_seed))
     return panel
 
 

@@ -26,7 +26,6 @@ class ConvergenceTracker:
         self.steps = window
         self.window: deque[tuple[int, float]] = deque()
         self.steps_to_fit: int | None = None
-        self.loss0: float | None = None  # the train loss at step 0 (train.target_ratio is a fraction of it)
 
     def update(self, step: int, loss: float, fitted: bool) -> None:
         self.window.append((step, loss))
@@ -42,10 +41,9 @@ class ConvergenceTracker:
         return log_loss_slope(list(steps), list(losses))
 
     def state(self) -> dict:
-        return {"window": list(self.window), "steps_to_fit": self.steps_to_fit, "loss0": self.loss0}
+        return {"window": list(self.window), "steps_to_fit": self.steps_to_fit}
 
     def load(self, state: dict) -> None:
         self.window.clear()
         self.window.extend((int(s), float(v)) for s, v in state["window"])
         self.steps_to_fit = state["steps_to_fit"]
-        self.loss0 = state.get("loss0")
