@@ -201,9 +201,9 @@ def _draw_heatmap(fig, ax, p: Panel) -> None:
     ax.set_title(p.title, fontsize=9)
 
 
-def draw_all(res: SweepResults, out_dir: Path) -> list[FigureData]:
+def draw_all(res: SweepResults, out_dir: Path, checked: tuple | None = None) -> list[FigureData]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    figs = figures(res)
+    figs = figures(res, checked=checked)
     for f in figs:
         draw(f, out_dir)
     return figs

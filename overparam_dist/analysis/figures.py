@@ -7,7 +7,7 @@ from ..metrics import names
 from . import theory
 from .plots import FigureData, against_width, critical_width, loss_curves, mean_series, steps_to_fit
 from .provenance import sweep_footer
-from .repro import headline
+from .repro import check
 from .results import SweepResults, number
 
 
@@ -38,9 +38,9 @@ ALONG_WIDTH = ("log-log, one series per depth (mean over seeds, bars: its 95% in
                "interval over seeds.")
 
 
-def figures(res: SweepResults, commit: str | None = None) -> list[FigureData]:
+def figures(res: SweepResults, commit: str | None = None, checked: tuple | None = None) -> list[FigureData]:
     """Every figure of the report, as data (not drawn yet), each with its footer (`commit`: the code's git hash,
-    found from the checkout when None)."""
+    found from the checkout when None). `checked`: repro.check(res) when the caller has it already."""
     param = sweep_param(res)
     lam = against_width(
         res, names.NTK_LAMBDA_MIN, name="ntk_lambda_min", title="Smallest NTK eigenvalue against width",
@@ -103,7 +103,7 @@ def figures(res: SweepResults, commit: str | None = None) -> list[FigureData]:
     cw = critical_width(res)
     if cw is not None:
         figs.append(cw)
-    claim = headline(res)
+    claim = (checked or check(res))[1]
     if claim is not None:
         claim.caption += (" Where a point is a mean over seeds: bars = its 95% interval over seeds (Student t; none "
                           "from one seed), faint dots = each seed.")

@@ -13,7 +13,7 @@ from .claims import CLAIMS
 from .draw import draw_all
 from .html import write_index
 from .plots import FigureData
-from .repro import Finding, findings, this_run
+from .repro import Finding, check, this_run
 from .results import SweepResults, load_sweep
 from .theory import law_text
 
@@ -37,9 +37,10 @@ def build_local_report(sweep_dir: str | Path, out_dir: str | Path | None = None)
     out = Path(out_dir) if out_dir is not None else res.dir / REPORT_DIR
     check_writable_dir(out, "report directory")
     out.mkdir(parents=True, exist_ok=True)
-    figs = draw_all(res, out)
+    checked = check(res)  # once: the findings below and the claim's figure
+    figs = draw_all(res, out, checked)
     (out / "figures.json").write_text(json.dumps([f.to_json() for f in figs], indent=1, default=str) + "\n")
-    found = findings(res)
+    found = checked[0]
     if res.reproduces:  # the paper's claim beside the measured numbers, for scripts and the README gallery
         (out / CLAIM_FILE).write_text(json.dumps({"claim": asdict(CLAIMS[res.reproduces]), "this_run": this_run(res),
                                                   "findings": [asdict(f) for f in found],

@@ -1,5 +1,5 @@
-"""The measured side of each published claim (claims.py): `findings(res)` gives, per quantity, the paper's value
-beside ours and whether the claim holds here; `headline(res)` draws the figure the README gallery shows. Both read
+"""The measured side of each published claim (claims.py): `check(res)` gives, per quantity, the paper's value
+beside ours and whether the claim holds here, and the figure the README gallery shows. It reads
 only a sweep's results (results.py), so `overparam report` can check any finished sweep that names its claim.
 
 Every finding carries a verdict from verdicts.py (supported / contradicted / inconclusive, with the interval over
@@ -313,20 +313,19 @@ CHECKS: dict[str, Callable[[SweepResults], tuple[list[Finding], list[Panel]]]] =
 assert set(CHECKS) == set(CLAIMS)
 
 
-def findings(res: SweepResults) -> list[Finding]:
-    return CHECKS[res.reproduces](res)[0] if res.reproduces else []
-
-
-def headline(res: SweepResults) -> FigureData | None:
-    """The claim's figure, repro_<claim>.png: the README gallery's picture."""
+def check(res: SweepResults) -> tuple[list[Finding], FigureData | None]:
+    """The claim's findings and its figure, repro_<claim>.png (the README gallery's picture), from one run of its
+    check (a critical width's bootstrap takes seconds: a report runs it once)."""
     if not res.reproduces:
-        return None
+        return [], None
     claim = CLAIMS[res.reproduces]
-    panels = CHECKS[res.reproduces](res)[1]
-    if not panels:
-        return None
-    return FigureData(name=f"repro_{claim.key}", title=f"{claim.short}: {claim.title}",
-                      caption=f"{claim.claim} This run: {this_run(res)}", panels=panels)
+    found, panels = CHECKS[res.reproduces](res)
+    return found, FigureData(name=f"repro_{claim.key}", title=f"{claim.short}: {claim.title}",
+                             caption=f"{claim.claim} This run: {this_run(res)}", panels=panels) if panels else None
+
+
+def findings(res: SweepResults) -> list[Finding]:
+    return check(res)[0]
 
 
 # What a run's setup is described by: (config key, how it is named). Values are read from the trials themselves, so a
