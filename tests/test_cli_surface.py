@@ -137,9 +137,9 @@ def test_python_api_runs_a_trial(tmp_path):
     assert summary["train/loss"] == read_rows(tmp_path / "api")[-1]["train/loss"]
 
 
-def _sweep_file(tmp_path, name: str, seeds: list[int]) -> Path:
+def _sweep_file(tmp_path, name: str, seeds: list[int], steps: int = 400) -> Path:
     spec = {"name": name, "grid": {"seed": seeds},
-            "overrides": {"model.width": 32, "data.n": 16, "data.target": "regression", "train.steps": 400,
+            "overrides": {"model.width": 32, "data.n": 16, "data.target": "regression", "train.steps": steps,
                           "train.stop_at_fit": False, "metrics.every": 10, "checkpoint.every": 0}}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -155,7 +155,7 @@ def test_sweep_progress_is_a_live_table_on_a_terminal_and_plain_lines_otherwise(
     args = [sys.executable, "-m", "launcher", "sweep", "--runs-dir", str(tmp_path / "runs"), "--address",
             ray_address, "--progress-every", "1"]
     main, sub = pty.openpty()
-    proc = subprocess.Popen([*args, "--config", str(_sweep_file(tmp_path, "tty", [0, 1]))], cwd=ROOT, stdin=sub,
+    proc = subprocess.Popen([*args, "--config", str(_sweep_file(tmp_path, "tty", [0, 1], 1500))], cwd=ROOT, stdin=sub,
                             stdout=sub, stderr=sub, close_fds=True)
     os.close(sub)
     screen = b""
@@ -172,8 +172,9 @@ def test_sweep_progress_is_a_live_table_on_a_terminal_and_plain_lines_otherwise(
     redraws = text.split("\x1b[")
     assert len(redraws) > 2 and all(re.match(r"\d+F", r) for r in redraws[1::2]), text[-2000:]  # redrawn in place
     assert re.search(r"trial\s+step/steps\s+loss\s+steps/s", text), text[-2000:]
-    rows = re.findall(r"\n(s[01])\s+(\d+)/400\s+(\S+)\s+(\S+)", text)  # a running trial: step of steps, loss, rate
-    assert any(0 < int(step) < 400 and rate != "-" and float(rate) > 0 for _, step, _, rate in rows), rows
+    # Long enough (1500 steps) that a redraw falls while both run: two trials of 400 steps once ended within one tick
+    rows = re.findall(r"\n(s[01])\s+(\d+)/1500\s+(\S+)\s+(\S+)", text)  # a running trial: step of steps, loss, rate
+    assert any(0 < int(step) < 1500 and rate != "-" and float(rate) > 0 for _, step, _, rate in rows), rows
     assert re.search(r"running \d \| pending \d \| ETA \d\d:\d\d", text), text[-2000:]
     assert "done 2/2 (diverged 0, failed 0)" in text.rsplit("\x1b[J", 1)[-1]  # the table left on the screen
 
