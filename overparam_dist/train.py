@@ -294,6 +294,7 @@ class Trainer:
                 row.update(self.lin.metrics(step))
             if self.sharpness is not None:
                 row.update(self.sharpness.metrics())
+            self.regime.see_row(step, row)
             if step == 0:
                 row[names.REGIME_EDGE_RATIO] = self.regime.edge0
             if final:
@@ -395,7 +396,7 @@ class Trainer:
         if status != "preempted":  # the regime of a finished run (a preempted one resumes)
             with torch.no_grad():  # in chunks of samples, as dead_layers
                 constant = self.n > 1 and output_is_constant(torch.cat([self.model(p) for p in self.x_all.split(1024)]))
-            summary.update(self.regime.summary(status, final_metrics.get(names.TRAIN_LOSS),
+            summary.update(self.regime.summary(status, step, final_metrics.get(names.TRAIN_LOSS),
                                                self.theory.dead_layers(self.x_all), constant))
         summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
         # Every rank computes the end row (a collective under tensor parallelism); rank 0 writes it.

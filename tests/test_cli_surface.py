@@ -193,11 +193,12 @@ def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tm
 
     trial = tmp_path / "t"
     run_trial(load_config(None, [f"run.dir={trial}", "model.width=64", "data.n=16", "train.steps=40",
-                                 "metrics.every=5", "train.stop_at_fit=false", "run.quiet=true"]))
+                                 "metrics.every=5", "train.stop_at_fit=false", "run.quiet=true",
+                                 "metrics.hessian=true"]))
     res = run_cli("report", str(trial))
     assert res.returncode == 0, res.stderr
     out = trial / "report"
-    figures = ("loss", "drift", "ntk", "ntk_spectrum")  # each as a PNG and a PDF
+    figures = ("loss", "drift", "ntk", "sharpness", "features", "ntk_spectrum")  # each as a PNG and a PDF
     assert {p.name for p in out.iterdir()} == {f"{f}.{ext}" for f in figures for ext in ("png", "pdf")} | {
         "figures.json", "index.html"}
     rows = read_rows(trial)
@@ -207,6 +208,16 @@ def test_single_trial_report_draws_curves_and_the_spectrum_from_the_run_files(tm
     assert loss["x"] == [r["step"] for r in rows] and loss["y"] == [r["train/loss"] for r in rows]
     kernel = {s["label"]: s for s in figs["ntk"]["panels"][0]["series"]}
     assert kernel["ntk/rel_drift"]["y"] == [r["ntk/rel_drift"] for r in rows if r["ntk/rel_drift"] > 0]
+    # Sharpness against the edge (one step for every trained parameter here: 2/eta drawn from train/lr), and each
+    # ReLU layer's feature movement
+    edge, top = figs["sharpness"]["panels"]
+    assert edge["series"][0]["y"] == [r["hessian/edge_ratio"] for r in rows] and edge["series"][1]["y"] == [2.0, 2.0]
+    lines = {s["label"]: s["y"] for s in top["series"]}
+    assert lines["hessian/lambda_max"] == [r["hessian/lambda_max"] for r in rows]
+    assert lines["2/η"] == [2 / r["train/lr"] for r in rows]
+    moved = {s["label"]: s["y"] for s in figs["features"]["panels"][0]["series"]}
+    assert set(moved) == {f"feature/delta_rms/{k}" for k in ("hidden.0", "hidden.1")}, moved  # paper: A is fixed
+    assert moved["feature/delta_rms/hidden.1"] == [r["feature/delta_rms/hidden.1"] for r in rows[1:]]
     # The spectrum file agrees with the metrics logged from their own eigen-decompositions, at init and at the end
     spec = json.loads((trial / "ntk_spectrum.json").read_text())
     assert spec["step_end"] == 40 == rows[-1]["step"] and len(spec["init"]) == len(spec["end"]) == 16

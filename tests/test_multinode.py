@@ -59,7 +59,7 @@ def test_two_torchrun_nodes_keep_tp_in_a_node_and_equal_one_process(tmp_path):
     got, want = read_rows(run), read_rows(single)
     assert [r["step"] for r in got] == [r["step"] for r in want] == [0, 5, 10]
     for g, w in zip(got, want):
-        keys = [k for k in w if k.startswith(("train/loss", "train/acc", "drift/", "ntk/"))]
+        keys = [k for k in w if k.startswith(("train/loss", "train/acc", "drift/", "ntk/", "feature/"))]
         assert keys and {k: g[k] for k in keys} == pytest.approx({k: w[k] for k in keys}, rel=1e-5, abs=1e-7)
 
 

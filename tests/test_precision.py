@@ -20,7 +20,7 @@ def _rows(tmp_path, name, *overrides):
 
 def test_bf16_trains_in_bfloat16_while_every_metric_stays_exact(tmp_path):
     fp32, bf16 = _rows(tmp_path, "fp32"), _rows(tmp_path, "bf16", "train.precision=bf16")
-    theory = [k for k in fp32[0] if k.startswith(("ntk/", "drift/"))]
+    theory = [k for k in fp32[0] if k.startswith(("ntk/", "drift/", "feature/"))]
     assert names.NTK_LAMBDA_MAX in theory and names.NTK_LABEL_COMPLEXITY in theory
     # Step 0: the same weights, so every metric is bit-identical: nothing of the metrics runs under autocast.
     assert {k: bf16[0][k] for k in theory} == {k: fp32[0][k] for k in theory}

@@ -8,7 +8,8 @@ from conftest import read_rows, run_cli
 
 from overparam_dist.config import load_config
 from overparam_dist.metrics import names
-from overparam_dist.metrics.regime import LAZY_KERNEL_MOVE, classify, kernel_samples, output_is_constant
+from overparam_dist.metrics.regime import kernel_samples, output_is_constant
+from overparam_dist.metrics.regime_rules import EOS_SHARE, LAZY_KERNEL_MOVE, RICH_FEATURE_MOVE, classify
 from overparam_dist.train import run_trial
 
 QUIET = ["wandb.mode=disabled", "run.quiet=true", "checkpoint.every=0"]
@@ -31,6 +32,18 @@ def test_the_rules_in_their_order():
     assert _classify(constant=True) == "dead"
     assert _classify(kernel_move=None) == "lazy" and _classify(edge0=None, kernel_move=None) == "lazy"
     assert _classify(edge0=3.0, edge=4.0) == "lazy"  # cross-entropy's edge is at 4
+    # The catapult seen below the predicted edge: a spike, then the kernel's edge ratio below its start and the edge
+    assert _classify(edge0=1.9, loss_max=1.5, edge_end=1.2) == "catapult"
+    assert _classify(edge0=1.9, loss_max=1.5, edge_end=1.95) == "lazy"  # the kernel did not fall below the edge
+    assert _classify(edge0=1.9, loss_max=1.005, edge_end=1.2) == "lazy"  # a rise within SPIKE is no spike
+    # The edge of stability: half the second half's sharpness rows within the band; before rich, after catapult
+    assert _classify(eos=EOS_SHARE, kernel_move=0.9) == "edge_of_stability"
+    assert _classify(eos=EOS_SHARE - 0.01) == "lazy" and _classify(eos=None) == "lazy"
+    assert _classify(eos=1.0, edge0=2.5, loss_max=3.0) == "catapult"
+    # Features that moved Theta(1) are rich, whatever the kernel did
+    assert _classify(feature_move=RICH_FEATURE_MOVE) == "rich" and _classify(feature_move=0.2) == "lazy"
+    assert all(r in names.REGIME_FLAGGED for r in ("catapult", "edge_of_stability", "diverged", "dead"))
+    assert "rich" not in names.REGIME_FLAGGED and "lazy" not in names.REGIME_FLAGGED
     assert output_is_constant(torch.ones(5, 3)) and not output_is_constant(torch.arange(15.0).reshape(5, 3))
     assert kernel_samples(5000, 10) == 204 and kernel_samples(32, 2) == 32 and kernel_samples(10, 4096) == 1
 

@@ -54,6 +54,9 @@ def test_sharded_training_equals_unsharded(tmp_path, arch):
         _assert_rows_equal(tmp_path / "ref", run)
         keys = [k for k in read_rows(run)[-1] if k.startswith(("drift/", "ntk/"))]
         assert any(k.startswith("ntk/") for k in keys) and any(k.startswith("drift/weight_spec") for k in keys)
+        # pre-activation movement (feature/*: sharded layers sum over tp), compared above: present and moving
+        # (hidden.1's ReLU input is a local shard for every arch here; paper's frozen A never moves)
+        assert all(read_rows(run)[-1].get(f"feature/delta_rms/{layer}", 0) > 0 for layer in ("hidden.0", "hidden.1"))
         assert read_summary(run)["trained_params"] == read_summary(tmp_path / "ref")["trained_params"]
 
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 import math
 
 from ..metrics import names
+from ..metrics.regime_rules import SPIKE
 from .plots import SERIES_COLORS, Panel, Series
 from .results import WIDTH, SweepResults, Trial, label, number
 from .verdicts import CONTRADICTED, INCONCLUSIVE, MIN_SEEDS, SUPPORTED, Finding, Verdict, every_trial, seed_interval
 
-SPIKE = 0.01  # a rise of the loss above its value at init by more than this fraction is a spike
 ETA_CRIT = 2.0  # the predicted lazy-catapult boundary in lr·λ_0/n (the edge of stability of the linearised model)
 BAND = (1.6, 2.5)  # the stated interval the measured boundary must lie in (within 25% of η_crit)
 ETA_MAX = {"linear two-layer": 4.0, "ReLU": 12.0}  # the paper's divergence boundary

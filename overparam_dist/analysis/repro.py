@@ -15,6 +15,8 @@ import numpy as np
 from ..metrics import names
 from .catapult import catapult_findings
 from .claims import CLAIMS
+from .edge_of_stability import eos_findings
+from .feature_learning import feature_findings
 from .kernel_circle import INIT_GAP_CIRCLE, REL_CIRCLE_MOVE, circle_panel, circle_values
 from .phase import probed_widths
 from .phase_claim import critical_findings
@@ -308,7 +310,8 @@ def _jacot(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
 CHECKS: dict[str, Callable[[SweepResults], tuple[list[Finding], list[Panel]]]] = {
     "allenzhu2018_critical_width": _allenzhu, "lee2019_linear": _lee, "du2018_two_layer": _du,
     "zhang2017_random_labels": _zhang, "arora2019_fine_grained": _arora, "jacot2018_kernel": _jacot,
-    "lewkowycz2020_catapult": catapult_findings,
+    "lewkowycz2020_catapult": catapult_findings, "cohen2021_edge_of_stability": eos_findings,
+    "yang2021_feature_learning": feature_findings,
 }
 assert set(CHECKS) == set(CLAIMS)
 

@@ -39,6 +39,7 @@ CURVES = [
         ("relative weight drift", "||θ_t − θ_0||_F / ||θ_0||_F", True, [names.DRIFT_WEIGHT_REL]),
         ("absolute weight drift", "||θ_t − θ_0||_F", True, [names.DRIFT_WEIGHT_ABS]),
         ("ReLU patterns flipped", "fraction of units", False, [names.DRIFT_ACT_FLIP]),
+        ("pre-activation movement", "||h_t − h_0||_F / ||h_0||_F", True, [names.FEATURE_DELTA_REL]),
     ]),
     ("ntk", "Distance from the NTK at initialisation over steps", [
         ("kernel drift", "||K_t − K_0||_F / ||K_0||_F", True, [names.NTK_REL_DRIFT]),
@@ -68,6 +69,51 @@ def _curve_panel(rows: list[dict], title: str, ylabel: str, ylog: bool, keys: li
     if not series:
         return None
     return Panel(title=title, xlabel="step", ylabel=ylabel, series=series, ylog=ylog)
+
+
+def _layer_keys(rows: list[dict], prefix: str) -> list[str]:
+    """The per-layer keys <prefix>/<layer> logged in the rows, in first-seen order."""
+    return list(dict.fromkeys(k for r in rows for k in r if k.startswith(prefix + "/")))
+
+
+def _sharpness_figure(rows: list[dict]) -> FigureData | None:
+    """hessian/* over steps against the edge of stability: the edge ratio against 2 and, where one step eta serves
+    every parameter (the logged edge ratio is then train/lr x lambda_max), lambda_max against 2/eta."""
+    edge = _curve_panel(rows, "sharpness in units of the step: η·λ_max(H); dashed: 2, the edge of stability",
+                        "hessian/edge_ratio", True, [names.HESSIAN_EDGE_RATIO])
+    if edge is None:
+        return None
+    xs = edge.series[0].x
+    edge.series.append(Series("_", [xs[0], xs[-1]], [2.0, 2.0], meta={"line": True, "style": "--",
+                                                                        "color": "black"}))
+    top = _curve_panel(rows, "λ_max(H) and its Gauss–Newton part", "eigenvalue", True,
+                       [names.HESSIAN_LAMBDA_MAX, names.HESSIAN_LAMBDA_MAX_GN])
+    keys = (names.HESSIAN_EDGE_RATIO, names.HESSIAN_LAMBDA_MAX, names.TRAIN_LR)
+    uniform = [(r["step"], 2 / lr) for r in rows if all(isinstance(r.get(k), (int, float)) for k in keys)
+               and (lr := r[names.TRAIN_LR]) > 0
+               and abs(r[keys[0]] - lr * r[keys[1]]) <= 1e-9 * abs(r[keys[0]])]
+    if top is not None and uniform:
+        top.series.append(Series("2/η", [p[0] for p in uniform], [p[1] for p in uniform],
+                                 meta={"line": True, "style": "--", "color": "black"}))
+    return FigureData(name="sharpness", title="Sharpness of the training loss over steps (metrics.hessian)",
+                      caption="The top eigenvalue of the training loss's Hessian, by Lanczos on Hessian-vector "
+                              "products, against gradient descent's edge of stability: η·λ_max = 2. In the kernel "
+                              "regime it stays near its value at init; at the edge of stability it rises to 2/η and "
+                              "hovers there.", panels=[p for p in (edge, top) if p is not None])
+
+
+def _feature_figure(rows: list[dict]) -> FigureData | None:
+    """Per layer, how far the features moved: the RMS coordinate of h(t) - h(0) and its size relative to h(0)."""
+    panels = [p for p in (
+        _curve_panel(rows, "RMS coordinate of h_l(t) − h_l(0) (mup's coordinate check)", "feature/delta_rms", True,
+                     _layer_keys(rows, names.FEATURE_DELTA_RMS)),
+        _curve_panel(rows, "|h_l(t) − h_l(0)| / |h_l(0)|", "feature/delta_rel", True,
+                     _layer_keys(rows, names.FEATURE_DELTA_REL))) if p is not None]
+    if not panels:
+        return None
+    return FigureData(name="features", title="Feature movement over steps, per ReLU layer",
+                      caption="h_l is the input of ReLU layer l on the probe set. In the kernel regime it moves as "
+                              "m^-1/2; when features learn it moves Θ(1).", panels=panels)
 
 
 def _spectrum_figure(spectrum: dict) -> FigureData | None:
@@ -120,9 +166,8 @@ def build_trial_report(trial_dir: str | Path, out_dir: str | Path | None = None)
         panels = [p for p in (_curve_panel(rows, *spec) for spec in specs) if p is not None]
         if panels:
             figs.append(FigureData(name=name, title=title, caption=f"{title}, from {METRICS_FILE}.", panels=panels))
-    spectrum = _spectrum_figure(_read_json(src / SPECTRUM_FILE))
-    if spectrum is not None:
-        figs.append(spectrum)
+    figs += [f for f in (_sharpness_figure(rows), _feature_figure(rows),
+                         _spectrum_figure(_read_json(src / SPECTRUM_FILE))) if f is not None]
     for f in figs:
         f.footer = footer(src / CONFIG_FILE, 1)  # one trial: one seed
         draw(f, out)

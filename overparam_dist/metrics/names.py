@@ -45,6 +45,24 @@ def drift_act_flip(layer: str) -> str:
     return f"{DRIFT_ACT_FLIP}/{layer}"
 
 
+# Feature movement (features.py), from the same probe forward as the flips: h_l the input of ReLU layer l (its
+# pre-activation) on the probe set, dh_l = h_l(t) - h_l(0); tp shards sum their squares and counts over tp.
+# ||dh||_F / ||h(0)||_F pooled over the trained layers: sqrt(sum_l ||dh_l||_F^2) / sqrt(sum_l ||h_l(0)||_F^2)
+FEATURE_DELTA_REL = "feature/delta_rel"
+# Per layer only: sqrt(mean over (probe sample, unit[, position]) of dh_l^2), the RMS coordinate size of the
+# change (mup's coordinate check quantity)
+FEATURE_DELTA_RMS = "feature/delta_rms"
+
+
+def feature_delta_rms(layer: str) -> str:
+    return f"{FEATURE_DELTA_RMS}/{layer}"
+
+
+# ||dh_l||_F / ||h_l(0)||_F per layer, frozen layers included; not logged where ||h_l(0)||_F = 0
+def feature_delta_rel(layer: str) -> str:
+    return f"{FEATURE_DELTA_REL}/{layer}"
+
+
 NTK_REL_DRIFT = "ntk/rel_drift"
 NTK_LAMBDA_MIN = "ntk/lambda_min"
 NTK_LAMBDA_MAX = "ntk/lambda_max"
@@ -82,10 +100,14 @@ CONV_STEPS_TO_FIT_RESOLUTION = "conv/steps_to_fit_resolution"
 # The regime of a trial (regime.py): the edge ratio lr * lambda_max(Theta)/n of the step-weighted GD kernel at init
 # (step 0) and at the end, and in the summary the regime word and its inputs.
 REGIME_EDGE_RATIO = "regime/edge_ratio"
-REGIME = "regime"  # summary: lazy | rich | catapult | diverged | dead
-REGIME_FLAGGED = ("catapult", "diverged", "dead")  # outside the regime the metrics describe: in no fit or verdict
+REGIME = "regime"  # summary: lazy | rich | catapult | edge_of_stability | diverged | dead
+# outside the regime the metrics describe: in no fit or verdict
+REGIME_FLAGGED = ("catapult", "edge_of_stability", "diverged", "dead")
 REGIME_WHY = "regime_why"  # summary: the rule that decided it, with its numbers
 REGIME_EDGE_RATIO_INIT = "regime/edge_ratio_init"  # summary
 REGIME_KERNEL_MOVE = "regime/kernel_move"  # summary: |Theta_T - Theta_0|_F / |Theta_0|_F on the same samples
 REGIME_LOSS_RISE = "regime/loss_rise"  # summary: max loss over the run / loss at init (> 1: the loss rose first)
 REGIME_DEAD_LAYERS = "regime/dead_layers"  # summary: hidden ReLU layers with no unit active on the training set
+# summary, with metrics.hessian: the share of the second half's rows with hessian/edge_ratio / 2 within regime.EOS_BAND
+REGIME_EOS_SHARE = "regime/eos_share"
+REGIME_FEATURE_MOVE = "regime/feature_move"  # summary: feature/delta_rel at the last logged row

@@ -9,17 +9,7 @@ cross-entropy, whose Hessian in the logits is at most half the squared loss's: s
 the first S = min(n, KERNEL_OUTPUTS // C) training samples: lambda_max(Theta_S)/S estimates lambda_max(Theta)/n
 (both are the top eigenvalue of the kernel's integral operator), and is exact when n*C <= KERNEL_OUTPUTS.
 
-The summary's `regime`, by the first rule that applies:
-- `diverged`: the loss became non-finite, or the run ended above the loss it started from;
-- `dead`: some layer of ReLUs has no unit active on any training sample at the end, or the output is the same for
-  every training sample (nothing can train through it: the loss is stuck, whatever the status says);
-- `catapult`: the edge ratio at init is at or past the edge, and the loss still ended below its start: the
-  linearised dynamics diverge, so the net left its initial kernel to converge (Lewkowycz et al. 2020);
-  `regime/loss_rise` says how far the loss rose first;
-- `lazy`: the kernel moved less than LAZY_KERNEL_MOVE, |Theta_T - Theta_0|_F / |Theta_0|_F (`regime/kernel_move`);
-- `rich`: it moved more, and the loss fell: data about feature learning, not flagged.
-`catapult`, `diverged` and `dead` are flagged: reports draw them hollow and leave them out of every fit and verdict
-(names.REGIME_FLAGGED).
+The summary's `regime` is named by regime_rules.py's rules (torch-free, so reports read the same constants).
 """
 
 from __future__ import annotations
@@ -31,10 +21,9 @@ from torch import nn
 
 from . import names
 from .linearization import gd_kernel
+from .regime_rules import EDGE, classify, eos_share, second_half
 
 KERNEL_OUTPUTS = 2048  # rows of the nC x nC kernel the edge ratio (and train.lr=auto) is taken on
-LAZY_KERNEL_MOVE = 0.25  # |Theta_T - Theta_0|_F / |Theta_0|_F below which a trial is lazy
-EDGE = {"mse": 2.0, "ce": 4.0}  # the stability edge of the edge ratio, by train.loss (step_size.py derives ce's)
 
 
 def kernel_samples(n: int, outputs: int) -> int:
@@ -59,29 +48,6 @@ def output_is_constant(out: torch.Tensor) -> bool:
     return spread <= 1e-7 * max(1.0, float(out.abs().max()))
 
 
-def classify(*, status: str, loss0: float | None, loss_end: float | None, loss_max: float | None,
-             edge0: float | None, kernel_move: float | None, dead: list[str], constant: bool,
-             edge: float = EDGE["mse"]) -> tuple[str, str]:
-    """(regime, why) by the rules of the module doc; `edge`: the loss's stability edge (EDGE)."""
-    if status == "diverged" or loss_end is None or not math.isfinite(loss_end):
-        return "diverged", "the loss became non-finite"
-    if dead:
-        return "dead", f"no ReLU of {', '.join(dead)} is active on any training sample"
-    if constant:
-        return "dead", "the output is the same for every training sample"
-    if loss0 is not None and loss_end > loss0 * (1 + 1e-9):
-        return "diverged", f"the loss ended at {loss_end:.3g}, above its initial {loss0:.3g}"
-    rise = f"; the loss rose to {loss_max / loss0:.3g} x its initial value first" if loss0 and loss_max else ""
-    if edge0 is not None and edge0 >= edge:
-        return "catapult", f"edge ratio at init {edge0:.3g} >= {edge:g}, and the loss still fell{rise}"
-    below = "edge ratio at init " + (f"{edge0:.3g} < {edge:g}" if edge0 is not None else "not measured")
-    if kernel_move is None:
-        return "lazy", f"{below} (the kernel's movement was not measured)"
-    if kernel_move < LAZY_KERNEL_MOVE:
-        return "lazy", f"{below}, kernel moved {kernel_move:.3g} < {LAZY_KERNEL_MOVE}"
-    return "rich", f"the kernel moved {kernel_move:.3g} >= {LAZY_KERNEL_MOVE} and the loss fell"
-
-
 class Regime:
     """Built at initialisation, with the model at its init: keeps Theta_0 on the first S samples and follows the
     loss; `end(...)` measures Theta_T and the dead layers and names the regime."""
@@ -97,12 +63,21 @@ class Regime:
         self.loss_max: float | None = None
         self.edge_end: float | None = None  # measure_end, at the last row
         self.kernel_move: float | None = None
+        self.sharpness: list[tuple[int, float]] = []  # (step, hessian/edge_ratio) of every logged row
+        self.feature_move: float | None = None  # feature/delta_rel of the last logged row
 
     def see_loss(self, step: int, loss: float) -> None:
         if step == 0:
             self.loss0 = loss
         if math.isfinite(loss):
             self.loss_max = loss if self.loss_max is None else max(self.loss_max, loss)
+
+    def see_row(self, step: int, row: dict) -> None:
+        """The logged row's sharpness and feature movement, when measured."""
+        if (v := row.get(names.HESSIAN_EDGE_RATIO)) is not None:
+            self.sharpness.append((step, float(v)))
+        if (v := row.get(names.FEATURE_DELTA_REL)) is not None:
+            self.feature_move = float(v)
 
     def measure_end(self) -> float:
         """The edge ratio of Theta_T (finite weights only), and how far the kernel moved from Theta_0."""
@@ -112,20 +87,26 @@ class Regime:
         self.kernel_move = float((theta - self.theta0).norm()) / norm0 if norm0 > 0 else None
         return self.edge_end
 
-    def summary(self, status: str, loss_end: float | None, dead: list[str], constant: bool) -> dict:
-        """The summary fields (names.REGIME*) of a finished run."""
+    def summary(self, status: str, last_step: int, loss_end: float | None, dead: list[str], constant: bool) -> dict:
+        """The summary fields (names.REGIME*) of a run that ended at `last_step`."""
         out: dict = {names.REGIME_EDGE_RATIO_INIT: self.edge0, names.REGIME_EDGE_RATIO: self.edge_end}
         move = self.kernel_move
         out[names.REGIME_KERNEL_MOVE] = move
         out[names.REGIME_LOSS_RISE] = self.loss_max / self.loss0 if self.loss0 and self.loss_max is not None else None
         out[names.REGIME_DEAD_LAYERS] = dead
+        eos = eos_share(second_half(self.sharpness, last_step)) if self.sharpness else None
+        out[names.REGIME_EOS_SHARE], out[names.REGIME_FEATURE_MOVE] = eos, self.feature_move
         out[names.REGIME], out[names.REGIME_WHY] = classify(
             status=status, loss0=self.loss0, loss_end=loss_end, loss_max=self.loss_max, edge0=self.edge0,
-            kernel_move=move, dead=dead, constant=constant, edge=self.edge)
+            kernel_move=move, dead=dead, constant=constant, edge=self.edge, edge_end=self.edge_end, eos=eos,
+            feature_move=self.feature_move)
         return out
 
     def state(self) -> dict:
-        return {"loss0": self.loss0, "loss_max": self.loss_max}
+        return {"loss0": self.loss0, "loss_max": self.loss_max, "sharpness": self.sharpness,
+                "feature_move": self.feature_move}
 
     def load(self, state: dict) -> None:
         self.loss0, self.loss_max = state.get("loss0"), state.get("loss_max")
+        self.sharpness = [(int(s), float(v)) for s, v in state.get("sharpness", [])]
+        self.feature_move = state.get("feature_move")

@@ -3,6 +3,8 @@
 - weight drift: drift/weight_rel, per layer relative Frobenius and spectral norms of W_t - W_0 (drift.py)
 - activation drift: drift/act_flip[/<layer>], the fraction of (probe sample, unit) ReLU signs that
   differ from init; the init pattern is stored as packed bits (8 per byte)
+- feature movement: feature/delta_rms/<layer>, feature/delta_rel[/<layer>], how far each ReLU's input on the probe
+  set moved from init (RMS coordinate change, relative Frobenius change), from the flips' forward pass (features.py)
 - NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace on the exact empirical NTK of the probe set
   (ntk.py); once, at step 0: ntk/init_gap and ntk/lambda_min_inf (the infinite-width kernel), ntk/label_complexity (K_0)
   and ntk/label_complexity_inf (from K_inf), see label_complexity.py.
@@ -14,6 +16,8 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -22,6 +26,7 @@ from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
 from .drift import WeightDrift, layer_name
+from .features import feature_movement
 from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import empirical_ntk
 
@@ -47,25 +52,34 @@ def act_layer_name(act_index: int) -> str:
 
 
 class ActivationPattern:
-    """Signs of every ReLU's input on the probe set, captured by forward hooks on the nn.ReLU modules."""
+    """Every ReLU's input (pre-activation) on a set of samples, captured by forward pre-hooks on the nn.ReLU
+    modules in one forward pass, keyed by act_layer_name."""
 
     def __init__(self, model: nn.Module):
         self.relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
     @torch.no_grad()
-    def capture(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        signs: dict[str, torch.Tensor] = {}
+    def preactivations(self, model: nn.Module, x: torch.Tensor,
+                       keep: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """layer -> its pre-activations (detached, in the model's dtype), or `keep` of them, applied as each layer
+        runs so that only what it returns is held."""
+        out: dict[str, torch.Tensor] = {}
         handles = []
         for i, (_, relu) in enumerate(self.relus):
             def hook(mod, args, i=i):
-                signs[act_layer_name(i)] = args[0] > 0
+                h = args[0].detach()
+                out[act_layer_name(i)] = h if keep is None else keep(h)
             handles.append(relu.register_forward_pre_hook(hook))
         try:
             model(x)
         finally:
             for h in handles:
                 h.remove()
-        return signs
+        return out
+
+    def capture(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The signs (h > 0) only: a bool per coordinate."""
+        return self.preactivations(model, x, keep=lambda h: h > 0)
 
 
 def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None,
@@ -117,8 +131,9 @@ class TheoryMetrics:
         self.sharded_acts = parallel.sharded_activations() if sharded else set()
         self.trained_layers = {layer_name(n) for n in trained}  # the aggregate flip counts only these
         self.acts = ActivationPattern(model)
-        init_signs = self.acts.capture(model, probe_x)
-        self.init_bits = {k: (pack_bits(v), v.numel()) for k, v in init_signs.items()}
+        # h_l(0) on the probe set (probe x width[x positions] per layer), for feature/*, and its signs as bits
+        self.init_pre = self.acts.preactivations(model, probe_x)
+        self.init_bits = {k: (pack_bits(v > 0), v.numel()) for k, v in self.init_pre.items()}
 
         self.track_ntk = track_ntk
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
@@ -149,7 +164,7 @@ class TheoryMetrics:
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
-        out.update(self._act_flips())
+        out.update(self._activation_metrics())
         if self.track_ntk:
             out.update(self._ntk_metrics())
             if first and self.init_gap is not None:
@@ -158,8 +173,15 @@ class TheoryMetrics:
                 out.update(self.once)
         return out
 
-    def _act_flips(self) -> dict[str, float]:
-        now = self.acts.capture(self.model, self.probe_x)
+    def _activation_metrics(self) -> dict[str, float]:
+        """drift/act_flip* and feature/*, from one forward pass over the probe set."""
+        pre = self.acts.preactivations(self.model, self.probe_x)
+        out = self._act_flips({layer: h > 0 for layer, h in pre.items()})
+        out.update(feature_movement(self.init_pre, pre, self.trained_layers, self.sharded_acts,
+                                    self.parallel.reduce_tp if self.sharded_acts else None))
+        return out
+
+    def _act_flips(self, now: dict[str, torch.Tensor]) -> dict[str, float]:
         out: dict[str, float] = {}
         flipped_total, units_total = 0, 0
         for layer, signs in now.items():
