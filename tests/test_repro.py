@@ -2,6 +2,7 @@
 session's Ray, builds its report, and asserts the trend the paper claims from the report's own claim.json (the
 numbers the README gallery shows for the full runs), plus the headline figure's file."""
 
+import csv
 import json
 
 import pytest
@@ -151,3 +152,31 @@ def test_lewkowycz2020_catapult_quick(ray_address, tmp_path):
     boundary = f["lazy-catapult boundary in lr·λ_0/n (widest width, from each trial's behaviour)"]
     assert boundary["verdict"]["word"] == "supported" and 1.8 <= boundary["verdict"]["estimate"] <= 2.4, boundary
     assert f["in the catapult, λ_max(K) ends below 2n/η"]["verdict"]["word"] == "supported"
+
+
+@pytest.mark.slow
+def test_cohen2021_edge_of_stability_quick(ray_address, tmp_path):
+    """Full-batch GD at eta = 1 and 2, 600 steps, 3 seeds: the sharpness rises from about a tenth of 2/eta to the
+    band and stays there; every trial is named edge_of_stability by the regime rule that reads the same band."""
+    f = _quick("cohen2021_edge_of_stability", tmp_path)
+    first = f["sharpness η·λ_max(H)/2 over the second half of training (median per trial), by step size"]
+    assert first["verdict"]["word"] == "supported", first
+    assert all(0.8 <= v["ci95"][0] <= v["ci95"][1] <= 1.25 for v in first["values"].values()), first
+    assert _words(f)["progressive sharpening: the sharpness rises from below the band at init to at least twice it"] \
+        == "supported"
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "cohen2021_edge_of_stability-quick" / "results.csv")))
+    assert {r["regime"] for r in rows} == {"edge_of_stability"} and len(rows) == 6
+
+
+@pytest.mark.slow
+def test_yang2021_feature_learning_quick(ray_address, tmp_path):
+    """Widths 64 and 1024 at one step: ntk's feature change falls as about m^-1/2, mup's stays flat, and standard's
+    step edge grows as about m (m^0.74 between these two widths; its interval reaches 0.8)."""
+    f = _quick("yang2021_feature_learning", tmp_path)
+    ntk = f["ntk: the change of each layer's features (RMS coordinate at the last step) in the width"]
+    mup = f["mup: the change of each layer's features (RMS coordinate at the last step) in the width"]
+    assert ntk["verdict"]["word"] == "supported" and mup["verdict"]["word"] == "supported", (ntk, mup)
+    assert all(-0.7 <= v["estimate"] <= -0.3 for v in ntk["values"].values())
+    assert all(abs(v["estimate"]) <= 0.2 for v in mup["values"].values())
+    standard = f["standard at a fixed step: lr·λ_max(Θ_0)/n (the step's edge ratio, 2 = unstable) in the width"]
+    assert standard["verdict"]["word"] == "supported" and standard["values"]["edge_ci95"][1] >= 0.8, standard
