@@ -1,5 +1,6 @@
-"""What one logged row of metrics.hessian costs, in training steps: hessian/lambda_max (Lanczos on Hessian-vector
-products, metrics/hessian.py) and hessian/lambda_max_gn (the exact full NTK of the training set, then eigvalsh).
+"""What one logged row of issue 26's metrics costs, in training steps: hessian/lambda_max (Lanczos on Hessian-vector
+products, metrics/hessian.py), hessian/lambda_max_gn (the exact full NTK of the training set, then eigvalsh) and
+feature/* (metrics/features.py: its share of the probe forward it has in common with the ReLU flips, and alone).
 
 FC width 1024, depth 3 (three m x m hidden layers, paper parameterization), synthetic regression data n=64,
 full-batch GD, as bench/train_overhead.py's baseline. A training step is forward, loss, backward and the SGD update
@@ -18,7 +19,9 @@ import torch
 from overparam_dist import precision
 from overparam_dist.config import load_config
 from overparam_dist.data import build_dataset
+from overparam_dist.metrics.features import feature_movement
 from overparam_dist.metrics.hessian import LossHvp, Sharpness, gauss_newton_top
+from overparam_dist.metrics.tracker import ActivationPattern
 from overparam_dist.models import build_model
 from overparam_dist.step_size import effective_lrs, resolve_lr
 from overparam_dist.train import _loss_fn, _targets
@@ -81,6 +84,20 @@ def lambda_max_row(sharp: Sharpness) -> tuple[float, int, float, bool]:
     return best
 
 
+acts = ActivationPattern(model)
+probe = x[:cfg.metrics.ntk_probe]
+h0 = acts.preactivations(model, probe)
+
+
+def best_of(fn) -> float:
+    out = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return min(out)
+
+
 with precision.exact():
     train_step()  # warm-up
     unit = min(train_step() for _ in range(args.steps))
@@ -95,6 +112,9 @@ with precision.exact():
     for _ in range(args.between):
         train_step()
     warm = lambda_max_row(sharp)
+    now = acts.preactivations(model, probe)
+    t_forward = best_of(lambda: acts.preactivations(model, probe))  # shared with drift/act_flip
+    t_features = best_of(lambda: feature_movement(h0, now, list(h0)))
 
 params = sum(q.numel() for q in trained.values())
 print(f"FC width {args.width}, depth {args.depth}, n={args.n} full batch, {params} trained parameters, "
@@ -106,3 +126,5 @@ for label, (sec, hvps, lam, ok) in [("hessian/lambda_max, cold row", cold),
           f"{sec / hvps / unit:.2f} steps each; lambda_max {lam:.4g}{'' if ok else ', UNCONVERGED'})")
 print(f"{'hessian/lambda_max_gn (exact NTK, eigvalsh)':48s} {t_gn * 1e3:9.1f} ms = {t_gn / unit:7.1f} training steps "
       f"(lambda_max_gn {gn:.4g})")
+print(f"{'feature/* alone (the probe forward is shared)':48s} {t_features * 1e3:9.1f} ms = "
+      f"{t_features / unit:7.2f} training steps; the shared probe forward {t_forward / unit:.2f} steps")
