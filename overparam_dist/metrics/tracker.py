@@ -17,6 +17,7 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -58,23 +59,32 @@ class ActivationPattern:
     def __init__(self, model: nn.Module):
         self.relus = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
+    @contextmanager
+    def recording(self, n: int, keep: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        """Within the block, the first call of each ReLU on a batch of `n` samples records its input (detached, in
+        the model's dtype), or `keep` of it, into the dict yielded: so another forward over the same samples (the
+        NTK's capture) gives them without one of its own. Calls on other batch sizes are not recorded."""
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+        for i, (_, relu) in enumerate(self.relus):
+            def hook(mod, args, i=i):
+                h = args[0]
+                if h.shape[0] == n and act_layer_name(i) not in out:
+                    out[act_layer_name(i)] = h.detach() if keep is None else keep(h.detach())
+            handles.append(relu.register_forward_pre_hook(hook))
+        try:
+            yield out
+        finally:
+            for h in handles:
+                h.remove()
+
     @torch.no_grad()
     def preactivations(self, model: nn.Module, x: torch.Tensor,
                        keep: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
         """layer -> its pre-activations (detached, in the model's dtype), or `keep` of them, applied as each layer
         runs so that only what it returns is held."""
-        out: dict[str, torch.Tensor] = {}
-        handles = []
-        for i, (_, relu) in enumerate(self.relus):
-            def hook(mod, args, i=i):
-                h = args[0].detach()
-                out[act_layer_name(i)] = h if keep is None else keep(h)
-            handles.append(relu.register_forward_pre_hook(hook))
-        try:
+        with self.recording(x.shape[0], keep) as out:
             model(x)
-        finally:
-            for h in handles:
-                h.remove()
         return out
 
     def capture(self, model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -164,18 +174,22 @@ class TheoryMetrics:
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
-        out.update(self._activation_metrics())
+        pre: dict[str, torch.Tensor] = {}
         if self.track_ntk:
-            out.update(self._ntk_metrics())
+            # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
+            # layer outputs carry an added exact zero, so they are the plain forward's values)
+            with self.acts.recording(self.probe_x.shape[0]) as pre:
+                out.update(self._ntk_metrics())
             if first and self.init_gap is not None:
                 out[names.NTK_INIT_GAP] = self.init_gap
             if first:
                 out.update(self.once)
+        out.update(self._activation_metrics(pre if len(pre) == len(self.init_pre) else None))
         return out
 
-    def _activation_metrics(self) -> dict[str, float]:
-        """drift/act_flip* and feature/*, from one forward pass over the probe set."""
-        pre = self.acts.preactivations(self.model, self.probe_x)
+    def _activation_metrics(self, pre: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """drift/act_flip* and feature/* from the probe set's pre-activations `pre` (one forward when not given)."""
+        pre = self.acts.preactivations(self.model, self.probe_x) if pre is None else pre
         out = self._act_flips({layer: h > 0 for layer, h in pre.items()})
         out.update(feature_movement(self.init_pre, pre, self.trained_layers, self.sharded_acts,
                                     self.parallel.reduce_tp if self.sharded_acts else None))
