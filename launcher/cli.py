@@ -105,7 +105,7 @@ def _print_config(cfg, resolved: bool) -> int:
 
 EPILOG = """\
 Every config key, its default and what it allows: README.md, "Configuration reference" (the schema itself is
-overparam_dist/config.py). Flags and key=value overrides mix in any order.
+overparam_dist/schema.py). Flags and key=value overrides mix in any order.
 
 examples:
   overparam train model.width=1024 model.depth=2 --quiet

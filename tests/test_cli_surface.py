@@ -45,7 +45,7 @@ def test_version_and_help():
     res = run_cli("--version")
     assert res.returncode == 0 and re.fullmatch(r"overparam \d+\.\d+\.\d+\n", res.stdout), res.stdout
     res = run_cli("--help")
-    assert res.returncode == 0 and "Configuration reference" in res.stdout and "overparam_dist/config.py" in res.stdout
+    assert res.returncode == 0 and "Configuration reference" in res.stdout and "overparam_dist/schema.py" in res.stdout
     examples = res.stdout.split("examples:")[1].strip().splitlines()
     assert len(examples) == 3 and all(line.strip().startswith("overparam ") for line in examples)
 
