@@ -8,6 +8,10 @@
    depth 1, n = 256: seconds and peak memory.
 4. widest: doubling the width of a depth-2 FC net from 4096, the widest that runs two training steps at dp=1
    before the device runs out of memory (or --max-width).
+5. whole_set_ntk: the NTK of a whole training set (metrics.ntk_probe=all), n = 16384 at width 1024, depth 3, in
+   tiles under a 2 GB cap (metrics.ntk_memory_mb): seconds and peak memory, against the untiled kernel on n = 512.
+6. metrics_overhead: bench/train_overhead.py's ratio on the device: run_trial with all theory metrics every 10
+   steps, and every step, against metrics off (width 1024, depth 3, n = 64, 200 steps).
 
 `--smoke` runs every part at CPU sizes in seconds (tests/test_gpu_check.py): the same code, tiny numbers.
 Run: .venv/bin/python bench/gpu_check.py [--smoke] [--out gpu_check.json]
@@ -94,6 +98,48 @@ def widest(start: int, limit: int, device: torch.device) -> dict:
     return {"widest_width": ok, "tried_up_to": min(width, limit), "depth": 2, "batch": 256}
 
 
+def whole_set_ntk(n: int, width: int, device: torch.device) -> dict:
+    """Seconds and peak memory of the tiled NTK of n samples, and its agreement with one untiled block on the first
+    512 (float64: the same Grams in another order)."""
+    model, x, _ = model_for(width, 3, n, device)
+    model, x = model.double(), x.double()
+    cap = 2 * 2**30 if device.type == "cuda" else 2**20
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    with precision.exact():
+        k = trial_ntk(model, x, memory_cap=cap)
+    sync(device)
+    seconds = time.perf_counter() - t0
+    m = min(n, 512)
+    with precision.exact():
+        ref = trial_ntk(model, x[:m])
+    err = float((k[:m, :m] - ref).norm() / ref.norm())
+    return {"n": n, "width": width, "depth": 3, "seconds": seconds, "memory_cap": cap, "rel_err_vs_untiled": err,
+            "peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None}
+
+
+def metrics_overhead(width: int, steps: int, device: torch.device) -> dict:
+    """run_trial's wall time in the loop with all theory metrics every 10 steps and every step, over metrics off."""
+    import tempfile
+
+    from overparam_dist.train import run_trial
+
+    def loop_s(extra: list[str]) -> float:
+        with tempfile.TemporaryDirectory() as d:
+            cfg = load_config(None, [f"model.width={width}", "model.depth=3", "data.target=regression",
+                                     f"train.steps={steps}", "train.stop_at_fit=false", "checkpoint.every=0",
+                                     "wandb.mode=disabled", "run.quiet=true", "train.lr=8", f"run.dir={d}",
+                                     f"train.device={device.type}", *extra])
+            return run_trial(cfg)["wall_s"]
+
+    off = min(loop_s(["metrics.every=0", "metrics.ntk=false", "metrics.spectral=false"]) for _ in range(2))
+    out = {"width": width, "steps": steps, "off_s": off}
+    for every in (10, 1):
+        out[f"every_{every}_ratio"] = off / min(loop_s([f"metrics.every={every}"]) for _ in range(2))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--smoke", action="store_true", help="CPU sizes: every part in seconds")
@@ -130,6 +176,8 @@ def main() -> None:
                   "finite": bool(torch.isfinite(k).all())}
     del model, x, k
 
+    out["whole_set_ntk"] = whole_set_ntk(16384 if big else 64, 1024 if big else 64, device)
+    out["metrics_overhead"] = metrics_overhead(1024 if big else 64, 200 if big else 20, device)
     out["widest"] = widest(4096 if big else 64, args.max_width or (2 ** 20 if big else 512), device)
     text = json.dumps(out, indent=1)
     with open(args.out, "w") as f:

@@ -17,7 +17,7 @@ import time
 import torch
 
 from overparam_dist import precision
-from overparam_dist.config import load_config
+from overparam_dist.config import load_config, probe_samples
 from overparam_dist.data import build_dataset
 from overparam_dist.metrics.features import feature_movement
 from overparam_dist.metrics.hessian import LossHvp, Sharpness, gauss_newton_top
@@ -85,7 +85,7 @@ def lambda_max_row(sharp: Sharpness) -> tuple[float, int, float, bool]:
 
 
 acts = ActivationPattern(model)
-probe = x[:cfg.metrics.ntk_probe]
+probe = x[:probe_samples(cfg, len(x))]
 h0 = acts.preactivations(model, probe)
 
 

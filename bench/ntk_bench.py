@@ -4,6 +4,9 @@ tutorial (Jacobian contraction; NTK-vector products), on a 3-weight-matrix FC ne
     .venv/bin/python bench/ntk_bench.py                     # widths 512 2048 8192, n=64, d=32, C=10
     .venv/bin/python bench/ntk_bench.py --quick             # widths 128 512, a smoke run
     .venv/bin/python bench/ntk_bench.py --widths 1024 --classes 1
+    .venv/bin/python bench/ntk_bench.py --whole-set         # the NTK of a whole training set (metrics.ntk_probe=all):
+                                                            # n = 256 ... 16384, width 1024, depth 3, C = 1, tiled
+                                                            # under --memory-mb, all threads
 
 Model: our FC with param=ntk, depth=1 -> A (d x m), W_1 (m x m), B (m x C), all three trained, no bias.
 Every (method, width) runs in a fresh subprocess so that time and memory of one cannot leak into another.
@@ -45,19 +48,19 @@ LABELS = {"ours": "empirical_ntk (layer-wise)", "jac": "torch.func Jacobian cont
           "ntkvp": "torch.func NTK-vector products"}
 
 
-def n_params(d: int, width: int, classes: int) -> int:
-    return d * width + width * width + width * classes
+def n_params(d: int, width: int, classes: int, depth: int = 1) -> int:
+    return d * width + depth * width * width + width * classes
 
 
-def estimate_bytes(method: str, n: int, d: int, width: int, classes: int) -> float:
+def estimate_bytes(method: str, n: int, d: int, width: int, classes: int, depth: int = 1, tiled: bool = False) -> float:
     """Rough peak beyond the parameters, float32 (checked against measured peaks at widths 128 and 512).
 
     jac: the per-sample Jacobian (n, C, P), held once (+20% for vmap temporaries; measured ~1.0x).
     ntkvp: the tutorial's vmap(vmap(get_ntk)) over (x1, x2) pushes a parameter-sized tangent per (i, j, c)
     through the jvp: n * n * C * P floats (measured ~0.8x at width 128)."""
-    P = n_params(d, width, classes)
-    if method == "ours":  # inputs + C backprop signals per layer, plus the autograd graph
-        return 4.0 * n * width * (classes + 4) * 3
+    P = n_params(d, width, classes, depth)
+    if method == "ours":  # inputs + C backprop signals per layer, plus the autograd graph; tiled: the n x n result
+        return 8.0 * n * n + (0 if tiled else 4.0 * n * width * (classes + 4) * (depth + 2))
     if method == "jac":
         return 1.2 * 4.0 * n * classes * P
     return 4.0 * n * n * classes * P
@@ -85,8 +88,8 @@ def child(args: argparse.Namespace) -> None:
     from overparam_dist.models import build_model
 
     def make(width: int):
-        cfg = load_config(None, ["model.arch=fc", "model.param=ntk", "model.depth=1", f"model.width={width}",
-                                 "model.bias=false", f"data.dim={args.d}",
+        cfg = load_config(None, ["model.arch=fc", "model.param=ntk", f"model.depth={args.depth}",
+                                 f"model.width={width}", "model.bias=false", f"data.dim={args.d}",
                                  f"data.classes={max(args.classes, 2)}"])
         model, _ = build_model(cfg, (args.d,), args.classes, dtype=torch.float32)
         assert all(p.requires_grad for p in model.parameters())
@@ -122,7 +125,8 @@ def child(args: argparse.Namespace) -> None:
 
     def fn_for(model):
         if args.method == "ours":
-            return lambda x: empirical_ntk(model, x, outputs="trace")
+            cap = args.memory_mb * 2**20 if args.memory_mb else None
+            return lambda x: empirical_ntk(model, x, outputs="trace", memory_cap=cap)
         return tutorial(model, args.method)
 
     torch.manual_seed(0)
@@ -153,7 +157,7 @@ def child(args: argparse.Namespace) -> None:
 def run_one(args, method: str, width: int) -> dict:
     cmd = [sys.executable, __file__, "--child", method, "--width", str(width), "--n", str(args.n),
            "--d", str(args.d), "--classes", str(args.classes), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--depth", str(args.depth), "--memory-mb", str(args.memory_mb)]
     limit = int((args.mem_limit_gb + 4) * 2**30)  # address space: the budget + room for libraries
 
     def preexec():
@@ -179,6 +183,10 @@ def main() -> None:
     ap.add_argument("--mem-limit-gb", type=float, default=16.0)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     ap.add_argument("--quick", action="store_true", help="widths 128 512, one repeat")
+    ap.add_argument("--depth", type=int, default=1, help="hidden m x m layers")
+    ap.add_argument("--memory-mb", type=int, default=0, help="ours: the tiles' memory cap (0 = 512-sample blocks)")
+    ap.add_argument("--whole-set", action="store_true",
+                    help="n = 256 2048 8192 16384 at width 1024, depth 3, C = 1, ours tiled under 256 MB, all threads")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--width", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -187,6 +195,8 @@ def main() -> None:
         return child(args)
     if args.quick:
         args.widths, args.repeats = [128, 512], 1
+    if args.whole_set:
+        return whole_set(args)
 
     print(f"n={args.n} d={args.d} C={args.classes} float32, trace NTK, FC param=ntk (3 trained weight "
           f"matrices), {args.threads or os.cpu_count()} thread(s), {os.cpu_count()} CPUs, "
@@ -239,5 +249,33 @@ def main() -> None:
             print(f"skipped {key[0]} at width {key[1]}: {r['skip']}")
 
 
+def whole_set(args: argparse.Namespace) -> None:
+    """The NTK of a whole training set: time and peak memory against n, and torch.func's Jacobian contraction
+    where its per-sample Jacobian fits under --mem-limit-gb."""
+    args.width, args.depth, args.classes, args.threads, args.repeats = 1024, 3, 1, 0, 1
+    args.memory_mb = args.memory_mb or 256
+    print(f"whole-set NTK: width {args.width}, depth {args.depth} ({n_params(args.d, args.width, 1, 3) / 1e6:.1f}M "
+          f"parameters), d={args.d}, C=1, float32, ours tiled under {args.memory_mb} MB, {os.cpu_count()} CPUs, "
+          f"loadavg {os.getloadavg()[0]:.1f}")
+    for n in (256, 2048, 8192, 16384):
+        args.n = n
+        row = {}
+        for method in ("ours", "jac"):
+            est = estimate_bytes(method, n, args.d, args.width, 1, args.depth, tiled=True)
+            row[method] = {"skip": f"needs about {est / 2**30:.0f} GB"} if est > args.mem_limit_gb * 2**30 else \
+                run_one(args, method, args.width)
+        ours, jac = row["ours"], row["jac"]
+        cells = [f"ours {ours['time_s']:8.2f} s, peak {ours['peak_mb']:7.0f} MB (the n x n float64 result alone "
+                 f"{8 * n * n / 2**20:.0f} MB)" if "time_s" in ours else f"ours {ours.get('skip') or ours['error']}"]
+        if "time_s" in jac:
+            diff = max(abs(a - b) / (abs(b) + 1e-30) for a, b in zip(ours.get("K", []), jac["K"]))
+            cells.append(f"torch.func {jac['time_s']:8.2f} s, peak {jac['peak_mb']:7.0f} MB "
+                         f"({jac['time_s'] / ours['time_s']:.1f}x ours' time; max rel diff {diff:.1e})")
+        else:
+            cells.append(f"torch.func skipped: {jac.get('skip') or jac['error']}")
+        print(f"  n {n:6d}: " + "; ".join(cells), flush=True)
+
+
 if __name__ == "__main__":
     main()
+

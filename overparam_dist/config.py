@@ -23,6 +23,7 @@ from .schema import (
     LAMBDA_MIN_SAMPLES,
     LR_RULES,
     MAX_NAME_BYTES,
+    MAX_SAMPLES,
     CheckpointConfig,
     Config,
     ConfigError,
@@ -48,6 +49,7 @@ __all__ = [
     "LAMBDA_MIN_SAMPLES",
     "LR_RULES",
     "MAX_NAME_BYTES",
+    "MAX_SAMPLES",
     "MetricsConfig",
     "ModelConfig",
     "ParallelConfig",
@@ -204,6 +206,11 @@ def get_key(cfg: Config, dotted: str) -> Any:
     return obj
 
 
+def probe_samples(cfg: Config, n: int) -> int:
+    """How many of the first training samples the NTK and activation metrics are taken on (metrics.ntk_probe)."""
+    return n if cfg.metrics.ntk_probe == "all" else min(int(cfg.metrics.ntk_probe), n)
+
+
 def validate(cfg: Config) -> None:
     """Raise ConfigError naming the first bad key. Checks values, not just types."""
 
@@ -276,8 +283,11 @@ def validate(cfg: Config) -> None:
         bad("train.precision", "must be fp32 with train.dtype=float64 (tf32 and bf16 lower float32 arithmetic)")
     if cfg.metrics.every < 0:
         bad("metrics.every", "must be >= 0 (0 = only at start and end)")
-    if cfg.metrics.ntk_probe < 1:
-        bad("metrics.ntk_probe", "must be >= 1")
+    probe = cfg.metrics.ntk_probe
+    if probe != "all" and (isinstance(probe, bool) or not isinstance(probe, int) or not 1 <= probe <= MAX_SAMPLES):
+        bad("metrics.ntk_probe", f"must be an integer from 1 to {MAX_SAMPLES}, or all (the whole training set)")
+    if not 1 <= cfg.metrics.ntk_memory_mb <= 2**20:
+        bad("metrics.ntk_memory_mb", "must be from 1 to 1048576 (MiB for two tiles' captures of the NTK)")
     if cfg.metrics.lin_max < 0:
         bad("metrics.lin_max", "must be >= 0 (0 = ntk/lin_gap off)")
     if cfg.metrics.kernel_circle < 0:

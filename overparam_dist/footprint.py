@@ -3,7 +3,8 @@
 A width, n or dim that cannot fit is then one line naming the estimate and what the machine has, not an
 allocator's traceback after the processes started. The estimate is a floor, so it never refuses a trial that
 fits: the parameters (sharded over tp), one gradient per trained parameter, the training set (every rank holds
-all of it, see train.py) and one activation per unit of each layer for a batch. Metrics add little beside these.
+all of it, see train.py), one activation per unit of each layer for a batch, and the probe NTK's kernels with its
+tiles' cap (ntk_bytes: with metrics.ntk_probe=all they can be the largest term). Other metrics add little.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 
 import torch
 
-from .config import Config, ConfigError, effective_train_outer
+from .config import Config, ConfigError, effective_train_outer, probe_samples
 from .models import skeleton
 from .models.init import parameter_rules
 
@@ -46,7 +47,17 @@ def bytes_per_rank(cfg: Config) -> int:
     data = (held * math.prod(shape) + cfg.data.n * outputs) * itemsize
     batch = cfg.train.batch_size or cfg.data.n
     activations = batch * cfg.model.width * (cfg.model.depth + 1) * itemsize // tp
-    return (params + trained) * itemsize // tp + data + activations
+    return (params + trained) * itemsize // tp + data + activations + ntk_bytes(cfg, outputs)
+
+
+def ntk_bytes(cfg: Config, outputs: int) -> int:
+    """The probe kernel's memory (metrics.ntk): float64 kernels of p = probe samples, K_0 kept beside K_t and the
+    copy eigvalsh works on (3 p^2), or at init the full (pC)^2 kernel of the label complexity with its solve beside
+    K_0, whichever is more; and the cap on two tiles' captures (metrics.ntk_memory_mb)."""
+    if not cfg.metrics.ntk:
+        return 0
+    p = probe_samples(cfg, cfg.data.n)
+    return 8 * max(3 * p * p, 2 * (p * outputs) ** 2 + p * p) + cfg.metrics.ntk_memory_mb * 2**20
 
 
 def available_bytes(cfg: Config) -> tuple[int, str]:
@@ -72,5 +83,5 @@ def check_fits_memory(cfg: Config) -> None:
         raise ConfigError(
             f"model.width={cfg.model.width}, model.depth={cfg.model.depth}, data.n={cfg.data.n}, "
             f"data.dim={cfg.data.dim}: one process needs at least {need / GIB:.1f} GiB (parameters, gradients, "
-            f"data, activations), but only {have / GIB:.1f} GiB is available ({where}); lower the width, n or dim, "
-            f"or shard the layers with parallel.tp")
+            f"data, activations, the probe NTK), but only {have / GIB:.1f} GiB is available ({where}); lower the "
+            f"width, n, dim or metrics.ntk_probe, or shard the layers with parallel.tp")

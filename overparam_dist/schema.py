@@ -79,7 +79,8 @@ class TrainConfig:
 @dataclass
 class MetricsConfig:
     every: int = 10  # log metrics every N steps (0 = only at start and end)
-    ntk_probe: int = 64  # probe samples for NTK / activation metrics
+    ntk_probe: Any = 64  # probe samples for NTK / activation metrics: a number up to data.n, or all (the whole set)
+    ntk_memory_mb: int = 256  # the NTK's working memory: tiles of samples are sized so that two tiles' captures fit
     ntk: bool = True  # track the empirical NTK on the probe set
     spectral: bool = True  # spectral norms of W_t - W_0 (each iteration regenerates W_0 once)
     window: int = 50  # trailing window (steps) for conv/rate
@@ -131,6 +132,7 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+MAX_SAMPLES = 10**8  # metrics.ntk_probe at most (an n x n float64 kernel of this many samples is 80 PB: a typo)
 MAX_NAME_BYTES = 200  # run.name: a directory name, with room for the suffixes we add (.slurm, .lock)
 CHOICES = {
     "model.arch": ("fc", "cnn", "resnet"),

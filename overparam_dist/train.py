@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint, precision, rundir
-from .config import Config, ConfigError, effective_train_outer
+from .config import Config, ConfigError, effective_train_outer, probe_samples
 from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
 from .metrics import names
@@ -134,14 +134,14 @@ class Trainer:
         cfg, ds = self.cfg, self.ds
         self.conv = ConvergenceTracker(cfg.metrics.window)
         # Theory metrics record the init state (K_0, ReLU patterns, ||theta_0||) now, before any checkpoint loads.
-        probe_n = min(cfg.metrics.ntk_probe, len(ds))
+        probe_n = probe_samples(cfg, len(ds))
         self.theory = TheoryMetrics(
             self.model, self.rules, cfg.seed, ds.x[:probe_n].to(self.device, self.dtype),
             label_targets(ds.y[:probe_n], ds.is_classification, ds.num_outputs),
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par,
-            input_only=cfg.model.train_input_only)
+            input_only=cfg.model.train_input_only, memory_cap=cfg.metrics.ntk_memory_mb * 2**20)
         # Its init row too is taken here, from the seed's init: a resumed trial recomputes it, nothing checkpointed.
         self.circle = KernelCircle(self.model, self.x_all, cfg, ds.num_outputs, self.par) \
             if cfg.metrics.kernel_circle > 0 else None

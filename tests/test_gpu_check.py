@@ -22,4 +22,6 @@ def test_gpu_check_smoke_writes_every_part(tmp_path):
     assert model["params"] == 64 * 256 + 4 * 256 * 256 + 256 * 2
     assert abs(got["mfu"]["fp32"]["flops_per_s"] * got["mfu"]["fp32"]["step_s"] - 6 * 64 * model["params"]) < 1
     assert got["ntk"]["finite"] and got["ntk"]["seconds"] > 0
+    assert got["whole_set_ntk"]["n"] == 64 and got["whole_set_ntk"]["rel_err_vs_untiled"] < 1e-12
+    assert 0 < got["metrics_overhead"]["every_1_ratio"] < got["metrics_overhead"]["every_10_ratio"] < 1.5
     assert got["widest"]["widest_width"] == 512  # the smoke search stops at 512, and every width fits on CPU

@@ -157,14 +157,18 @@ def test_off_by_default_and_refused_under_tensor_parallelism():
 
 @pytest.mark.slow
 def test_data_parallel_matches_one_process(tmp_path):
-    """dp = 2 computes the whole training set's Hessian on every rank: the rows equal dp = 1's."""
-    common = ["train", "--quiet", *SMALL, *CASES["fc-mup"], "train.steps=6", "metrics.every=2", "wandb.mode=disabled"]
+    """dp = 2 computes the whole training set's Hessian on every rank, and shares out the tiles of the whole set's
+    NTK (metrics.ntk_probe=all; at width 512, 1 MiB holds tiles of 9 samples: 8 blocks of the 64, 36 tiles
+    dealt to 2 ranks): the rows equal dp = 1's."""
+    common = ["train", "--quiet", *SMALL, *CASES["fc-mup"], "train.steps=6", "metrics.every=2", "wandb.mode=disabled",
+              "model.width=512", "data.n=64", "metrics.ntk=true", "metrics.ntk_probe=all", "metrics.ntk_memory_mb=1"]
     assert run_cli(*common, f"run.dir={tmp_path / 'dp1'}").returncode == 0
     res = run_cli(*common, f"run.dir={tmp_path / 'dp2'}", "parallel.dp=2")
     assert res.returncode == 0, res.stderr
     a, b = read_rows(tmp_path / "dp1"), read_rows(tmp_path / "dp2")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [0, 2, 4, 6]
     for x, y in zip(a, b):
-        for key in (names.HESSIAN_LAMBDA_MAX, names.HESSIAN_EDGE_RATIO, names.HESSIAN_LAMBDA_MAX_GN):
-            assert y[key] == pytest.approx(x[key], rel=1e-7), (x["step"], key)
+        for key in (names.HESSIAN_LAMBDA_MAX, names.HESSIAN_EDGE_RATIO, names.HESSIAN_LAMBDA_MAX_GN,
+                    names.NTK_LAMBDA_MIN, names.NTK_LAMBDA_MAX, names.NTK_TRACE):
+            assert y[key] == pytest.approx(x[key], rel=1e-6), (x["step"], key)
         assert x[names.HESSIAN_UNCONVERGED] == y[names.HESSIAN_UNCONVERGED] == 0

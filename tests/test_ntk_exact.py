@@ -302,6 +302,27 @@ def test_blocked_equals_unblocked(outputs):
     assert rel_err(empirical_ntk(cnn, xc, outputs=outputs, block_size=4), Kc) <= 1e-13
 
 
+@pytest.mark.parametrize("outputs", ["trace", "full"])
+def test_tiles_under_a_memory_cap_and_shared_out_over_ranks_equal_the_whole_kernel(outputs):
+    """metrics.ntk_probe=all: tiles sized by a memory cap, and each of 3 ranks computing its round-robin share of the
+    tiles, whose sum (the all-reduce over dp) is the untiled kernel, float64, to 1e-10 (measured: exact)."""
+    from overparam_dist.metrics.ntk import tile_samples
+    from overparam_dist.metrics.ntk_plan import RoutePlan
+
+    torch.manual_seed(7)
+    model = SharedAndPositions().double()
+    x = torch.randn(23, 20, dtype=torch.float64)
+    K = empirical_ntk(model, x, outputs=outputs)
+    per_sample = 2 * 8 * (20 + 20)  # float64 inputs and signals of about 20 each, in two blocks: a few samples
+    b = tile_samples(model, RoutePlan(model), x, per_sample * 5)
+    assert 1 <= b < 23  # the cap forces several tiles
+    assert rel_err(empirical_ntk(model, x, outputs=outputs, memory_cap=per_sample * 5), K) <= 1e-10
+    parts = [empirical_ntk(model, x, outputs=outputs, block_size=4, share=(r, 3, lambda t: t)) for r in range(3)]
+    assert all(float(p.abs().sum()) > 0 for p in parts)  # every rank had tiles (21 pairs of 6 blocks over 3)
+    assert (parts[0] != 0).logical_and(parts[1] != 0).sum() == 0  # no tile twice
+    assert rel_err(parts[0] + parts[1] + parts[2], K) <= 1e-10
+
+
 def test_reduce_fn_applies_to_layer_routes_once():
     torch.manual_seed(6)
     calls = []

@@ -34,6 +34,7 @@ our hooks are removed on exit; parameters are only read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -269,15 +270,22 @@ def _block_gram(plan: RoutePlan, capI: _Capture, capJ: _Capture, full: bool, sam
 # --------------------------------------------------------------------------------------------------
 
 def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", block_size: int | None = None,
-                  reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                  reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, memory_cap: int | None = None,
+                  share: tuple[int, int, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:
     """Exact empirical NTK of `model` at inputs `x` over its trainable parameters, float64.
 
     outputs: "trace" -> (n, n), summed over the C outputs; "full" -> (nC, nC), index i*C + c.
-    block_size: samples per block (default: all n up to DEFAULT_BLOCK). Blocks I x J are computed from
-        per-block captures, so memory is bounded by the block, not by n; the result is the same.
+    block_size: samples per block (default: all n up to DEFAULT_BLOCK, or what `memory_cap` allows). Blocks I x J
+        (tiles of rows x columns of samples) are computed from per-block captures, so memory is bounded by the
+        block, not by n; the result is the same.
+    memory_cap: bytes a tile may work in (the captures of its row and column blocks, and its Grams); the block
+        size is then the largest that fits (tile_samples). The n x n result is apart from it.
     reduce_fn: applied once to the summed Gram of the layer-wise routes (all layers, all blocks) before the
         fallback Gram is added, e.g. an all-reduce over tensor-parallel shards that each hold part of every
         wide layer. Fallback parameters are computed in full on every caller and are not reduced.
+    share: (rank, ranks, sum over ranks): the tiles are dealt out round-robin and each rank computes its own
+        share; the sums assemble the whole kernel on every rank (data-parallel replicas: the time falls with dp,
+        the result is the one rank's to the last bit, as x + 0 = x).
     The model must treat samples independently (eval-mode BatchNorm, no active dropout); see module doc.
     """
     if outputs not in ("trace", "full"):
@@ -286,36 +294,67 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     check_no_batch_coupling(model)
     x = x.detach()
     n = x.shape[0]
-    b = block_size or min(n, DEFAULT_BLOCK)
-    blocks = [(s, min(s + b, n)) for s in range(0, n, b)]
     plan = RoutePlan(model)
     with torch.enable_grad():
         while True:
             try:
-                return _assemble(model, plan, x, blocks, full, reduce_fn)
+                b = block_size or (tile_samples(model, plan, x, memory_cap, full) if memory_cap
+                                   else min(n, DEFAULT_BLOCK))
+                blocks = [(s, min(s + b, n)) for s in range(0, n, b)]
+                return _assemble(model, plan, x, blocks, full, reduce_fn, share)
             except Reroute as e:
                 plan.demote(e.layer_ids)
 
 
-def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn) -> torch.Tensor:
+TILE_GRAM_BYTES = 32  # per (sample, sample) entry of a tile: its float64 Gram and the per-layer products beside it
+
+
+def tile_samples(model: nn.Module, plan: RoutePlan, x: torch.Tensor, memory_cap: int, full: bool = False) -> int:
+    """The most samples b per tile whose working memory fits in `memory_cap` bytes (at least 1): the captures of
+    two blocks and the autograd graph of the one being captured, 3 b s (s: bytes per sample of a capture, measured
+    on the first few samples, whose tensors grow linearly in the samples; the graph holds about as much), and the
+    tile's Grams, TILE_GRAM_BYTES (b C)^2 for full outputs, TILE_GRAM_BYTES b^2 for trace."""
+    few = x[:min(x.shape[0], 4)]
+    cap = _capture(model, plan, few, check_independence=False)
+    held = sum(t.numel() * t.element_size() for t in (*cap.a, *cap.d, cap.fb) if t is not None)
+    per_sample = max(1, held // few.shape[0])
+    k = cap.C if full else 1
+    a, b = TILE_GRAM_BYTES * k * k, 3 * per_sample  # a t^2 + b t <= memory_cap
+    t = int((-b + math.sqrt(b * b + 4 * a * memory_cap)) / (2 * a))
+    return max(1, min(x.shape[0], t))
+
+
+def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -> torch.Tensor:
     n = x.shape[0]
-    K = Kfb = None
+    rank, ranks, share_sum = share if share is not None else (0, 1, None)
+    pairs = [(bi, bj) for bi in range(len(blocks)) for bj in range(bi, len(blocks))]
+    mine = {pair for i, pair in enumerate(pairs) if i % ranks == rank}
+    # Every rank captures the first block first: routes are chosen from it, the same on every rank.
+    cap0 = _capture(model, plan, x[blocks[0][0]:blocks[0][1]], check_independence=True)
+    k = cap0.C if full else 1
+    K = torch.zeros(n * k, n * k, dtype=torch.float64, device=x.device)
+    Kfb = torch.zeros_like(K) if plan.fallback else None
+    _choose_routes(plan, cap0, full)
     for bi, (s0, e0) in enumerate(blocks):
-        capI = _capture(model, plan, x[s0:e0], check_independence=bi == 0)
-        if K is None:
-            k = capI.C if full else 1
-            K = torch.zeros(n * k, n * k, dtype=torch.float64, device=x.device)
-            Kfb = torch.zeros_like(K) if plan.fallback else None
-            _choose_routes(plan, capI, full)
-        for s1, e1 in blocks[bi:]:
-            capJ = capI if s1 == s0 else _capture(model, plan, x[s1:e1], check_independence=False)
-            kl, kf = _block_gram(plan, capI, capJ, full, s1 == s0, x.device)
+        todo = [bj for bj in range(bi, len(blocks)) if (bi, bj) in mine]
+        if not todo:
+            continue
+        capI = cap0 if bi == 0 else _capture(model, plan, x[s0:e0], check_independence=False)
+        for bj in todo:
+            s1, e1 = blocks[bj]
+            capJ = capI if bj == bi else _capture(model, plan, x[s1:e1], check_independence=False)
+            kl, kf = _block_gram(plan, capI, capJ, full, bj == bi, x.device)
             K[s0 * k:e0 * k, s1 * k:e1 * k] = kl
             K[s1 * k:e1 * k, s0 * k:e0 * k] = kl.T
             if kf is not None:
                 Kfb[s0 * k:e0 * k, s1 * k:e1 * k] = kf
                 Kfb[s1 * k:e1 * k, s0 * k:e0 * k] = kf.T
             del capJ
+        del capI
+    del cap0
+    if share_sum is not None:
+        K = share_sum(K)
+        Kfb = share_sum(Kfb) if Kfb is not None else None
     if reduce_fn is not None:
         K = reduce_fn(K)
     return K if Kfb is None else K + Kfb

@@ -93,12 +93,17 @@ class ActivationPattern:
 
 
 def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None,
-              outputs: str = "trace") -> torch.Tensor:
+              outputs: str = "trace", memory_cap: int | None = None) -> torch.Tensor:
     """The exact NTK at `x` over `params` (default: every trainable parameter), float64, also when layers are
-    tensor-parallel shards (`parallel`: the trial's Parallelism); `outputs` as for empirical_ntk."""
+    tensor-parallel shards (`parallel`: the trial's Parallelism); `outputs` as for empirical_ntk. `memory_cap`:
+    bytes for the captures of two tiles of samples (metrics.ntk_memory_mb). Under data parallelism the tiles are
+    shared out over the dp replicas, which all call this together (empirical_ntk's `share`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     chosen = trainable if params is None else params
     tp = parallel is not None and parallel.world.tp > 1
+    world = parallel.world if parallel is not None else None
+    share = (world.dp_rank, world.dp, lambda t: world.all_reduce_sum(t, "dp")) \
+        if world is not None and world.dp > 1 else None
     # Shards give partial Grams (one all-reduce over tp completes them); replicated trainable parameters give
     # the whole Gram on every rank and must not be summed: one pass for each kind.
     passes = [[p for p in chosen if parallel.is_sharded(p)], [p for p in chosen if not parallel.is_sharded(p)]] \
@@ -111,7 +116,8 @@ def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | N
             ids = {id(p) for p in group}
             for p in trainable:
                 p.requires_grad_(id(p) in ids)
-            part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None)
+            part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None,
+                                 memory_cap=memory_cap, share=share)
             k = part if k is None else k + part
     finally:
         for p in trainable:
@@ -127,13 +133,13 @@ class TheoryMetrics:
     def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
                  probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
                  bias: bool, train_outer: bool, classes: int, track_ntk: bool, spectral: bool = True,
-                 parallel=None, input_only: bool = False):
+                 parallel=None, input_only: bool = False, memory_cap: int | None = None):
         """Must be built before any update (and before a checkpoint is loaded): it records the init state.
 
         `parallel`: the trial's Parallelism (parallel/parallelize.py) when layers are tensor-parallel shards;
         every metric is then computed from local parts completed by one all-reduce over tp.
         """
-        self.model, self.probe_x, self.parallel = model, probe_x, parallel
+        self.model, self.probe_x, self.parallel, self.memory_cap = model, probe_x, parallel, memory_cap
         sharded = parallel is not None and parallel.world.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
@@ -158,7 +164,7 @@ class TheoryMetrics:
             self.k0 = self._ntk(model)
             self.spectrum["init"] = torch.linalg.eigvalsh(self.k0).tolist()
             if probe_targets is not None:
-                theta0 = trial_ntk(model, probe_x, parallel, outputs="full") * self.scale
+                theta0 = trial_ntk(model, probe_x, parallel, outputs="full", memory_cap=memory_cap) * self.scale
                 self.once[names.NTK_LABEL_COMPLEXITY] = from_full_kernel(theta0, probe_targets)
             if arch == "fc" and param in ANALYTIC_PARAMS and not (bias and param == "paper"):
                 k_inf = infinite_width_ntk(probe_x.flatten(1), depth, param, train_outer=train_outer,
@@ -170,7 +176,7 @@ class TheoryMetrics:
                     self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
-        return trial_ntk(model, self.probe_x, self.parallel) * self.scale
+        return trial_ntk(model, self.probe_x, self.parallel, memory_cap=self.memory_cap) * self.scale
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
