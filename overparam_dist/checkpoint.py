@@ -30,6 +30,7 @@ from .rundir import atomic_write
 
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
+WRITER = "overparam-dist"  # the manifest's writer: informative; rotation goes by the manifest's schema
 
 
 @contextmanager
@@ -41,10 +42,11 @@ def _quiet_single_process():
 
 
 def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
+    """step_<N> directories of our own: real directories (never a link) under a real checkpoints/ directory."""
     out = []
-    if ckpt_root.is_dir():
+    if ckpt_root.is_dir() and not ckpt_root.is_symlink():
         for p in ckpt_root.iterdir():
-            if p.name.startswith("step_") and p.is_dir():
+            if p.name.startswith("step_") and p.is_dir() and not p.is_symlink():
                 try:
                     out.append((int(p.name[5:]), p))
                 except ValueError:
@@ -61,28 +63,52 @@ def _sha256(path: Path) -> str:
 
 
 def _files(d: Path) -> list[Path]:
-    return sorted(p for p in d.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
+    """Every file (and link) under d but the manifest."""
+    return sorted(p for p in d.rglob("*") if (p.is_file() or p.is_symlink()) and p.name != MANIFEST_FILE)
 
 
 def _write_manifest(d: Path) -> None:
     files = {str(p.relative_to(d)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in _files(d)}
-    atomic_write(d / MANIFEST_FILE, json.dumps({"files": files}, indent=1))
+    atomic_write(d / MANIFEST_FILE, json.dumps({"writer": WRITER, "files": files}, indent=1))
+
+
+def _manifest_files(d: Path) -> dict | str:
+    """The manifest's {relative path: {bytes, sha256}} when it is one by its schema, else why it is not: a mapping
+    of plain relative paths without '..' to an integer size and a 64-hex-digit hash, listing trainer_state.json
+    and every file of the checkpoint."""
+    try:
+        manifest = json.loads((d / MANIFEST_FILE).read_text())
+    except FileNotFoundError:
+        return "no manifest"
+    except (OSError, ValueError):
+        return "unreadable manifest"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict):
+        return "the manifest's files are not a mapping"
+    for rel, want in files.items():
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or not parts or ".." in parts:
+            return f"the manifest names {rel!r}, outside the checkpoint"
+        if not (isinstance(want, dict) and type(want.get("bytes")) is int and isinstance(want.get("sha256"), str)
+                and len(want["sha256"]) == 64):
+            return f"the manifest's entry for {rel!r} is not {{bytes: integer, sha256: 64 hex digits}}"
+    if STATE_FILE not in files:
+        return f"the manifest lists no {STATE_FILE}"
+    unlisted = sorted(str(p.relative_to(d)) for p in _files(d) if str(p.relative_to(d)) not in files)
+    if unlisted:
+        return f"the manifest does not list {unlisted[0]}"
+    return files
 
 
 def verify(d: Path) -> str | None:
     """Why checkpoint directory `d` cannot be trusted, or None when every file matches its manifest."""
-    try:
-        files = json.loads((d / MANIFEST_FILE).read_text())["files"]
-    except FileNotFoundError:
-        return "no manifest"
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unreadable manifest"
-    if STATE_FILE not in files:
-        return f"the manifest lists no {STATE_FILE}"
+    files = _manifest_files(d)
+    if isinstance(files, str):
+        return files
     for rel, want in files.items():
         p = d / rel
-        if not p.is_file():
-            return f"{rel} is missing"
+        if p.is_symlink() or not p.is_file():
+            return f"{rel} is missing, or not a plain file"
         if p.stat().st_size != want.get("bytes"):
             return f"{rel} has {p.stat().st_size} bytes, the manifest says {want.get('bytes')}"
         if _sha256(p) != want.get("sha256"):
@@ -125,7 +151,8 @@ def save(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor], train
                 shutil.rmtree(final)
             os.replace(tmp, final)
             for _, old in _step_dirs(ckpt_root)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+                if not isinstance(_manifest_files(old), str):  # only a checkpoint of ours, by its manifest
+                    shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         if world.is_main:  # a failed save (a full disk) frees what it took; the previous checkpoints stay
             shutil.rmtree(tmp, ignore_errors=True)

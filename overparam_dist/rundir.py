@@ -45,6 +45,11 @@ REPORT_DIR = "report"
 CLAIM_FILE = "claim.json"
 LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the directory, under an exclusive flock
 
+# Every name the project writes inside a run (or sweep) directory: a symbolic link planted at one of them would
+# send our writes, or a checkpoint rotation's deletes, into someone else's files, so it is refused (own_entries).
+OWN_NAMES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SPECTRUM_FILE, KERNEL_CIRCLE_FILE, CHECKPOINTS_DIR, WANDB_DIR,
+             RESULTS_FILE, SWEEP_FILE, REPORT_DIR, CLAIM_FILE, LOCK_FILE)
+
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further
 # Keys whose change makes an existing run directory a different experiment.
 IDENTITY_SECTIONS = ("seed", "model", "data", "train")
@@ -72,11 +77,13 @@ def atomic_write(path: Path, text: str | bytes) -> Path:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        tmp.unlink(missing_ok=True)  # a link planted at the temporary name is removed, never written through
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        with os.fdopen(fd, "wb") as f:
             f.write(text.encode() if isinstance(text, str) else text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, path)  # a rename replaces a link at `path` itself: its target is never touched
     except BaseException:
         tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves the old file, and no debris
         raise
@@ -94,6 +101,9 @@ def check_writable_dir(out: Path, what: str = "run directory") -> None:
         if len(part.encode()) > 255:
             raise ConfigError(f"{what} '{out}': the name '{part[:40]}...' is {len(part.encode())} bytes long, "
                               "more than a file name may be (255)")
+    if out.is_symlink():
+        raise ConfigError(f"{what} '{out}' is a symbolic link (to '{os.readlink(out)}'): the project writes only into "
+                          "directories of its own, never through a link; remove it or choose another directory")
     existing = out
     while not existing.exists():
         existing = existing.parent
@@ -102,6 +112,20 @@ def check_writable_dir(out: Path, what: str = "run directory") -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ConfigError(f"{what} '{out}': '{existing}' is not writable by this user "
                           "(permissions, or a read-only file system)")
+
+
+def own_entries(directory: Path, what: str = "run directory") -> None:
+    """One line for a symbolic link where the project writes inside `directory` (OWN_NAMES, and checkpoints/'s
+    step_* entries): our files and folders are opened as ours or not at all, never followed."""
+    if not directory.is_dir():
+        return
+    planted = [directory / name for name in OWN_NAMES if (directory / name).is_symlink()]
+    ckpt = directory / CHECKPOINTS_DIR
+    if ckpt.is_dir() and not ckpt.is_symlink():
+        planted += [p for p in ckpt.iterdir() if p.is_symlink()]
+    if planted:
+        raise ConfigError(f"{what} '{directory}': '{planted[0]}' is a symbolic link (to '{os.readlink(planted[0])}'); "
+                          "the project never writes through links in its own directories: remove it")
 
 
 def empty_but_lock(directory: Path) -> bool:
@@ -113,6 +137,7 @@ def check_run_dir(cfg: Config) -> None:
     """Refuse to reuse a run directory that holds a different experiment (nothing is overwritten)."""
     out = run_dir(cfg)
     check_writable_dir(out)
+    own_entries(out)
     cfg_file = out / CONFIG_FILE
     if not cfg_file.is_file():
         if out.exists() and not empty_but_lock(out):
