@@ -19,8 +19,9 @@ def resolve(name: str, kind: str) -> str:
         return name
     stem = name[:-5] if name.endswith(".yaml") else name
     for where in ("", *SEARCH[kind]):
-        candidate = CONFIGS / where / f"{stem}.yaml"
-        if candidate.is_file():
+        candidate = (CONFIGS / where / f"{stem}.yaml").resolve()
+        # A preset is a file under configs/: a name with '..' or a link out of it is not one
+        if candidate.is_file() and candidate.is_relative_to(CONFIGS.resolve()):
             return str(candidate)
     raise ConfigError(f"--config '{name}': no such file, and no preset of that name under {CONFIGS}/ "
                       "(`overparam presets` lists them)")

@@ -19,9 +19,11 @@ from .schema import (
     ANALYTIC_PARAMS,
     AUTO,
     CHOICES,
+    INT_MAX,
     LAMBDA_MIN,
     LAMBDA_MIN_SAMPLES,
     LR_RULES,
+    MAX_LR_SCALE,
     MAX_NAME_BYTES,
     MAX_SAMPLES,
     CheckpointConfig,
@@ -48,6 +50,8 @@ __all__ = [
     "LAMBDA_MIN",
     "LAMBDA_MIN_SAMPLES",
     "LR_RULES",
+    "INT_MAX",
+    "MAX_LR_SCALE",
     "MAX_NAME_BYTES",
     "MAX_SAMPLES",
     "MetricsConfig",
@@ -69,9 +73,19 @@ def describe_omegaconf_error(exc: OmegaConfBaseException, what: str = "config ke
     key = getattr(exc, "full_key", None)
     msg = getattr(exc, "msg", None) or _first_line(exc)
     msg = msg.strip().splitlines()[0]
+    if key and len(str(key)) > MAX_KEY_SHOWN:  # a file that is not a config (say /etc/passwd): never echo its content
+        return f"{what} {shorten(str(key))}: not a key of the schema (is the file a config?)"
     if key:
         return f"{what} '{key}': {msg}"
     return f"{what.split()[0]}: {msg}"
+
+
+MAX_KEY_SHOWN = 60  # characters of an unknown key an error line repeats
+
+
+def shorten(text: str) -> str:
+    """`text`, or its first characters and how long it was: error lines never echo a whole file."""
+    return text if len(text) <= MAX_KEY_SHOWN else f"<a name of {len(text)} characters, not shown>"
 
 
 def nest(settings: dict[str, Any]) -> dict[str, Any]:
@@ -220,6 +234,11 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         if get_key(cfg, key) not in allowed:
             bad(key, "allowed values are " + ", ".join(allowed))
+    for key, most in INT_MAX.items():
+        if get_key(cfg, key) > most:
+            bad(key, f"must be at most {most}")
+    if cfg.seed < 0:
+        bad("seed", "must be >= 0")
 
     m, d, t = cfg.model, cfg.data, cfg.train
     if m.width < 1:
@@ -266,8 +285,8 @@ def validate(cfg: Config) -> None:
     if t.lr == LAMBDA_MIN and d.n > LAMBDA_MIN_SAMPLES:
         bad("train.lr", f"{LAMBDA_MIN} takes lambda_min(K_inf) over the whole training set: data.n must be <= "
                         f"{LAMBDA_MIN_SAMPLES}")
-    if not (t.lr_scale > 0 and math.isfinite(t.lr_scale)):
-        bad("train.lr_scale", "must be a positive finite number (1 = half the stability edge)")
+    if not (0 < t.lr_scale <= MAX_LR_SCALE):
+        bad("train.lr_scale", f"must be a positive number up to {MAX_LR_SCALE:g} (1 = half the stability edge)")
     if t.lr_kernel == "infinite" and not kernel_is_known(cfg):
         bad("train.lr_kernel", "infinite needs the infinite-width kernel: model.arch=fc with model.param=ntk, or paper "
                                "without biases; use max")
@@ -275,8 +294,8 @@ def validate(cfg: Config) -> None:
         bad("train.batch_size", "must be >= 0 (0 = full batch)")
     if t.batch_size > d.n:
         bad("train.batch_size", f"must be <= data.n ({d.n})")
-    if t.target_loss < 0:
-        bad("train.target_loss", "must be >= 0 (0 = off)")
+    if not (t.target_loss >= 0 and math.isfinite(t.target_loss)):
+        bad("train.target_loss", "must be a finite number >= 0 (0 = off)")
     if not 0 <= t.target_ratio < 1:
         bad("train.target_ratio", "must be in [0, 1): a fraction of the loss at step 0 (0 = off)")
     if t.precision != "fp32" and t.dtype == "float64":

@@ -74,7 +74,11 @@ def available_bytes(cfg: Config) -> tuple[int, str]:
 
 
 def check_fits_memory(cfg: Config) -> None:
-    """ConfigError (one line) when the floor estimate already exceeds the memory available to one rank."""
+    """ConfigError (one line) when the floor estimate already exceeds the memory available to one rank, or when the
+    device it would be on is not there."""
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key 'train.device' = 'cuda': no CUDA device is available to this process; use "
+                          "train.device=auto or cpu")
     need = bytes_per_rank(cfg)
     if not os.path.isfile("/proc/meminfo") and not torch.cuda.is_available():
         return  # no way to know what is free here (not Linux): the allocator will say

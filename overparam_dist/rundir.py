@@ -143,8 +143,14 @@ def check_run_dir(cfg: Config) -> None:
         if out.exists() and not empty_but_lock(out):
             raise ConfigError(f"run directory '{out}' exists and is not a run of ours; choose another run.dir")
         return
-    with open(cfg_file) as f:
-        old = yaml.safe_load(f) or {}
+    try:
+        old = yaml.safe_load(cfg_file.read_text()) or {}
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"run directory '{out}': its {CONFIG_FILE} cannot be read as YAML ({type(exc).__name__}): "
+                          "it is not a run of ours as it stands; choose another run.dir") from None
+    if not isinstance(old, dict):
+        raise ConfigError(f"run directory '{out}': its {CONFIG_FILE} is a {type(old).__name__}, not a mapping: it is "
+                          "not a run of ours; choose another run.dir")
     old.pop("derived", None)
     a, b = _identity(old), _identity(to_dict(cfg))
     for key in sorted(set(a) | set(b)):
@@ -172,10 +178,14 @@ def finished_summary(out: Path, cfg: Config) -> dict | None:
         return None
     try:
         done = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
+        return None
+    if not isinstance(done, dict):
         return None
     rules = stop_rules(cfg)
     recorded = done.get("stop_rules") or {"steps": done.get("requested_steps")}
+    if not isinstance(recorded, dict):
+        return None
     if done.get("status") in FINISHED and all(recorded.get(k, v) == v for k, v in rules.items()):
         return done
     return None

@@ -132,6 +132,14 @@ class Config:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+# Upper bounds of the integer keys (lower bounds are checked with each key's meaning in config.validate): past them a
+# value is a typo, and it would overflow a tensor size, a seed or a C integer before it did anything useful.
+INT_MAX = {"seed": 2**63 - 1, "model.width": 2**31 - 1, "model.depth": 10**4, "model.kernel_size": 999,
+           "data.n": 10**9, "data.test_n": 10**9, "data.dim": 2**31 - 1, "data.classes": 10**6,
+           "train.steps": 10**12, "train.batch_size": 10**9, "metrics.every": 10**12, "metrics.window": 10**12,
+           "metrics.lin_max": 10**9, "metrics.kernel_circle": 10**6, "parallel.dp": 10**5, "parallel.tp": 10**5,
+           "checkpoint.every": 10**12, "checkpoint.keep": 10**6}
+MAX_LR_SCALE = 1e6  # train.lr_scale at most: a million times the stability scale is a typo
 MAX_SAMPLES = 10**8  # metrics.ntk_probe at most (an n x n float64 kernel of this many samples is 80 PB: a typo)
 MAX_NAME_BYTES = 200  # run.name: a directory name, with room for the suffixes we add (.slurm, .lock)
 CHOICES = {

@@ -44,6 +44,8 @@ stability edge: safe, and about half as fast as the squared loss at its step.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -86,7 +88,13 @@ def resolve_lr(cfg: Config, model: nn.Module, rules: dict, x: torch.Tensor, outp
     else:
         facts["set_by"] = "empirical at init"
     fraction = MUP_FRACTION if cfg.model.param == "mup" else 1.0
+    if not lam > 0:  # every input is zero, or no trained parameter moves the output: no kernel to take a step from
+        raise ConfigError(f"train.lr={AUTO}: lambda_max of the kernel at init is {lam:.3g} on the training set (are "
+                          "all inputs zero?): no step can be taken from it; give train.lr a number")
     lr = cfg.train.lr_scale * fraction / lam
+    if not (math.isfinite(lr) and lr > 0):
+        raise ConfigError(f"train.lr_scale={cfg.train.lr_scale:g}: the step it gives, lr_scale / "
+                          f"(lambda_max / n) = {lr:g}, is not a positive finite number")
     facts.update(lr_scale=cfg.train.lr_scale, fraction=fraction, lr=lr, edge_ratio=lr * lam_init)
     return lr, facts, lr * theta
 

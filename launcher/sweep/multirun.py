@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from overparam_dist.config import ConfigError
+
 CONFIG_SECTIONS = {"seed", "model", "data", "train", "metrics", "parallel", "checkpoint", "run", "wandb"}
 SWEEP_SECTIONS = ("grid.", "search.", "resources.", "overrides.", "quick.")
 
@@ -29,6 +31,9 @@ def _axis(word: str) -> str:
     key, _, value = word.partition("=")
     if "," not in value or value.lstrip()[:1] in ("[", "{", "'", '"') or key.startswith(SWEEP_SECTIONS):
         return word
+    if any(not v.strip() for v in value.split(",")):  # model.width=32, or 32,,64: a value is missing
+        raise ConfigError(f"'{word}': an empty value in the comma-separated list; write key=a,b,c with every value "
+                          "given")
     return f"grid.{key}=[{value}]"
 
 

@@ -31,6 +31,7 @@ class SweepConfig:
     grid: dict[str, Any] = field(default_factory=dict)  # config key -> list of values
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     max_failures: int = 2  # retries of a failed trial (each resumes from its checkpoint)
+    max_trials: int = 10000  # a grid of more trials is refused in one line (a typo, more often than not); raise it
     # false: one Ray actor per trial, named <sweep>/<trial> on the dashboard; true: actors run trial after trial,
     # which saves their start (imports of Ray Tune and torch: 7 s per trial on 2 cores); None (`auto`, the
     # default): true on the private Ray a sweep starts, false on a cluster it connects to (tune.actors_reused)

@@ -8,6 +8,7 @@ A sweep file (configs/sweep/*.yaml) has these keys, all optional but `grid` or `
     grid: {model.width: [64, 256], model.depth: [1, 2]}    # cartesian product over config keys
     resources: {cpus: 1, gpus: 0}        # per process of a trial (a trial has parallel.dp x parallel.tp)
     max_failures: 2                      # retries of a failed trial (each resumes from its checkpoint)
+    max_trials: 10000                    # a larger grid is refused in one line; raise it to run one
     reuse_actors: auto                   # true: actors run trial after trial; false: one named actor per trial
     search: {kind: critical_width, widths: [4, 8, ..., 256], k: 0}    # absent = the grid itself
     reproduces: lee2019_linear           # a published claim (overparam_dist/analysis/claims.py) the report checks
@@ -41,10 +42,11 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from overparam_dist.analysis.claims import check_claim
-from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config, validate
+from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config, shorten, validate
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
+from .naming import trial_name
 from .schema import SEARCH_KINDS, SWEEP_KEYS, SearchConfig, SweepConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -57,13 +59,6 @@ SET_BY_SWEEP = ("run.dir", "run.name", "wandb.group", "run.preempt_file")  # a s
 # no further trial starts, and `overparam sweep` exits with driver.EXIT_PREEMPTED.
 PREEMPT_FILE = ".preempt"
 
-# Short tags for trial names: w64-d2-s0. Keys not listed use their last part (tau0.1); "" = value only.
-NAME_TAGS = {
-    "model.width": "w", "model.depth": "d", "seed": "s", "data.n": "n", "train.lr": "lr",
-    "parallel.dp": "dp", "parallel.tp": "tp", "train.batch_size": "bs", "data.label_noise": "noise",
-    "train.steps": "steps", "model.tau": "tau", "data.dim": "dim", "data.classes": "c",
-    "model.param": "", "model.arch": "", "data.name": "", "data.target": "", "train.loss": "",
-}
 
 
 # ----------------------------------------------------------------------------------------------- spec
@@ -102,6 +97,7 @@ class Sweep:
     runs_dir: Path
     trials: list[Trial] = field(default_factory=list)  # grid: every trial; critical_width: every candidate
     reproduces: str | None = None
+    max_trials: int = SweepConfig.max_trials
 
     @property
     def dir(self) -> Path:
@@ -152,7 +148,7 @@ def _parse_value(text: str) -> Any:
 def _unknown(what: str, key: str, allowed: tuple[str, ...] | list[str]) -> ConfigError:
     close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"{what}: unknown key '{key}'{hint}; allowed: {', '.join(allowed)}")
+    return ConfigError(f"{what}: unknown key {shorten(repr(str(key)))}{hint}; allowed: {', '.join(allowed)}")
 
 
 def _flat_keys(d: dict, where: str) -> dict[str, Any]:
@@ -208,21 +204,6 @@ def _set(raw: dict, key: str, value: Any, where: str) -> None:
         if not isinstance(raw["overrides"], dict):
             raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
         raw["overrides"][key] = value
-
-
-def _tag(key: str, value: Any) -> str:
-    tag = NAME_TAGS.get(key, key.rsplit(".", 1)[-1])
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, float):
-        text = f"{value:g}"
-    else:
-        text = str(value)
-    return re.sub(r"[^A-Za-z0-9._+-]", "_", f"{tag}{text}")
-
-
-def trial_name(point: dict[str, Any], varying: list[str]) -> str:
-    return "-".join(_tag(k, point[k]) for k in varying) or "trial"
 
 
 def _resolve_base(base: Any, where: str) -> Path | None:
@@ -314,6 +295,7 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     search = _normalise_search(raw.get("search"), where)
     typed = _typed(where, {"resources": raw.get("resources") or {}, "search": search,
                            "max_failures": raw.get("max_failures", SweepConfig.max_failures),
+                           "max_trials": raw.get("max_trials", SweepConfig.max_trials),
                            "reuse_actors": _reuse_actors(raw.get("reuse_actors", "auto"), where)})
     res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
     for key, v in res.items():
@@ -323,6 +305,8 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     max_failures = typed.max_failures
     if max_failures < 0:
         raise ConfigError(f"{where}: 'max_failures' = {max_failures!r} must be an integer >= 0")
+    if typed.max_trials < 1:
+        raise ConfigError(f"{where}: 'max_trials' = {typed.max_trials!r} must be an integer >= 1")
 
     search = _check_search(typed.search, where)
     if search["kind"] == "critical_width" and "model.width" in grid:
@@ -334,7 +318,7 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     reproduces = check_claim(raw.get("reproduces"), f"{where}: 'reproduces'")
     sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
                   grid=grid, resources=res, max_failures=max_failures, reuse_actors=typed.reuse_actors, search=search,
-                  runs_dir=Path(runs_dir).absolute(), reproduces=reproduces)
+                  runs_dir=Path(runs_dir).absolute(), reproduces=reproduces, max_trials=typed.max_trials)
     sweep.trials = _expand(sweep, where)
     if search["kind"] == "critical_width" and (t := next((t for t in sweep.trials if t.cfg.data.target != "labels"
                                                            and t.cfg.train.target_loss <= 0
@@ -395,6 +379,10 @@ def _expand(sweep: Sweep, where: str) -> list[Trial]:
     if sweep.kind == "critical_width":
         axes["model.width"] = sweep.search["widths"]
     varying = [k for k, v in axes.items() if len(v) > 1 or (k == "model.width" and sweep.kind == "critical_width")]
+    total = math.prod(len(v) for v in axes.values())
+    if total > sweep.max_trials:
+        raise ConfigError(f"{where}: the grid has {total} trials ({' x '.join(str(len(v)) for v in axes.values())}), "
+                          f"more than max_trials = {sweep.max_trials}; pass max_trials={total} to run it anyway")
     trials: list[Trial] = []
     seen: dict[str, dict] = {}
     cells: dict[str, Config] | None = {} if sweep.kind == "critical_width" else None  # one merge per cell
