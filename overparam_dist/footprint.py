@@ -3,8 +3,8 @@
 A width, n or dim that cannot fit is then one line naming the estimate and what the machine has, not an
 allocator's traceback after the processes started. The estimate is a floor, so it never refuses a trial that
 fits: the parameters (sharded over tp), one gradient per trained parameter, the training set (every rank holds
-all of it, see train.py), one activation per unit of each layer for a batch, and the probe NTK's kernels with its
-tiles' cap (ntk_bytes: with metrics.ntk_probe=all they can be the largest term). Other metrics add little.
+all of it, see train.py), one activation per unit of each layer for a batch, and the probe set's ReLU inputs at init
+and NTK kernels (ntk_bytes: with metrics.ntk_probe=all they can be the largest term). Other metrics add little.
 """
 
 from __future__ import annotations
@@ -47,17 +47,24 @@ def bytes_per_rank(cfg: Config) -> int:
     data = (held * math.prod(shape) + cfg.data.n * outputs) * itemsize
     batch = cfg.train.batch_size or cfg.data.n
     activations = batch * cfg.model.width * (cfg.model.depth + 1) * itemsize // tp
-    return (params + trained) * itemsize // tp + data + activations + ntk_bytes(cfg, outputs)
+    return (params + trained) * itemsize // tp + data + activations + ntk_bytes(cfg, shape, outputs)
 
 
-def ntk_bytes(cfg: Config, outputs: int) -> int:
-    """The probe kernel's memory (metrics.ntk): float64 kernels of p = probe samples, K_0 kept beside K_t and the
-    copy eigvalsh works on (3 p^2), or at init the full (pC)^2 kernel of the label complexity with its solve beside
-    K_0, whichever is more; and the cap on two tiles' captures (metrics.ntk_memory_mb)."""
-    if not cfg.metrics.ntk:
-        return 0
+def ntk_bytes(cfg: Config, shape: tuple[int, ...], outputs: int) -> int:
+    """The probe set's memory (metrics/tracker.py), p = probe samples: the ReLU inputs at init kept for the flips and
+    feature/* (p x units x positions per ReLU layer); with metrics.ntk, the float64 kernels (K_0 kept beside K_t and
+    the copy eigvalsh works on, 3 p^2, or at init the full (pC)^2 kernel of the label complexity with its solve
+    beside K_0, whichever is more) and a tile's working memory, at most metrics.ntk_memory_mb."""
     p = probe_samples(cfg, cfg.data.n)
-    return 8 * max(3 * p * p, 2 * (p * outputs) ** 2 + p * p) + cfg.metrics.ntk_memory_mb * 2**20
+    itemsize = 8 if cfg.train.dtype == "float64" else 4
+    positions = math.prod(shape[1:]) if cfg.model.arch == "cnn" else 1
+    layers = cfg.model.depth + 1
+    init_pre = p * cfg.model.width * positions * layers * itemsize // cfg.parallel.tp
+    if not cfg.metrics.ntk:
+        return init_pre
+    per_sample = itemsize * positions * cfg.model.width * (layers + 1) * (1 + outputs)  # a capture's inputs, signals
+    tile = min(cfg.metrics.ntk_memory_mb * 2**20, 3 * p * per_sample + 32 * p * p)
+    return init_pre + 8 * max(3 * p * p, 2 * (p * outputs) ** 2 + p * p) + tile
 
 
 def available_bytes(cfg: Config) -> tuple[int, str]:

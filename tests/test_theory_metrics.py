@@ -11,7 +11,7 @@ from overparam_dist.metrics import names
 from overparam_dist.metrics.analytic import infinite_width_ntk
 from overparam_dist.metrics.convergence import ConvergenceTracker, log_loss_slope
 from overparam_dist.metrics.drift import WeightDrift
-from overparam_dist.metrics.tracker import TheoryMetrics, pack_bits, unpack_bits
+from overparam_dist.metrics.tracker import TheoryMetrics
 from overparam_dist.models import build_model
 from overparam_dist.models.init import generate_full
 from overparam_dist.train import run_trial
@@ -92,13 +92,6 @@ def test_float32_model_drift_is_exact_in_regenerated_w0():
     drift = WeightDrift({n: p for n, p in model.named_parameters() if p.requires_grad}, rules, cfg.seed,
                         cache_bytes=0)
     assert drift.compute()[names.DRIFT_WEIGHT_REL] == 0.0  # W_0 regenerates bit-identically
-
-
-def test_bits_roundtrip():
-    mask = torch.rand(7, 13) > 0.5
-    packed = pack_bits(mask)
-    assert packed.dtype == torch.uint8 and packed.numel() == math.ceil(91 / 8)
-    assert torch.equal(unpack_bits(packed, 91), mask.flatten())
 
 
 def _jac_ntk(model, x, full=False):
@@ -246,3 +239,24 @@ def test_drift_shrinks_with_width_like_the_theory(tmp_path):
     assert -0.65 <= slopes[names.drift_weight_spec("hidden.0")] <= -0.35
     assert -0.65 <= slopes[names.NTK_REL_DRIFT] <= -0.35
     assert -1.15 <= slopes[names.DRIFT_WEIGHT_REL] <= -0.85
+
+
+def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
+    """A probe set larger than tracker.PROBE_CHUNK is taken in chunks: flips and feature movement add up to the
+    values of one forward over all of it (here chunks of 3 of 10 samples, against the NTK's own forward)."""
+    from overparam_dist.metrics import tracker
+
+    cfg, model, rules = _model("model.param=ntk", "model.width=24", "model.depth=2", "seed=4")
+    x = torch.nn.functional.normalize(torch.randn(10, 8, dtype=torch.float64), dim=1)
+    tm = TheoryMetrics(model, rules, cfg.seed, x, None, param="ntk", width=24, depth=2, arch="fc", bias=False,
+                       train_outer=True, classes=3, track_ntk=True, spectral=False)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    whole = tm.compute(first=False)  # the ReLU inputs recorded from the NTK's capture forward
+    monkeypatch.setattr(tracker, "PROBE_CHUNK", 3)
+    chunked = tm._activation_metrics()
+    keys = [k for k in chunked if k.startswith(("drift/act_flip", "feature/"))]
+    assert len(keys) >= 10 and whole[names.DRIFT_ACT_FLIP] > 0
+    for k in keys:
+        assert chunked[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-15), k

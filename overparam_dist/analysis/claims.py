@@ -112,8 +112,9 @@ CLAIMS: dict[str, Claim] = {c.key: c for c in (
           "train.lr = 1 for every parameterisation (mup: Tensor Programs V's per-layer SGD steps, models/init.py), "
           "5 steps, each logged: the coordinate check's layout. Widths 64 to 4096 × standard, ntk, mup × 3 seeds. "
           "The change is the RMS coordinate of h_l(t) − h_l(0), h_l the input of ReLU layer l on 64 probe samples; "
-          "each seed's slope in log width at the last step is judged per layer (ntk: −0.5 ± 0.2; mup: within ±0.2 "
-          "of 0); for standard, the step's edge ratio lr·λ_max(Θ_0)/n against m^1."),
+          "each seed's slope in log width at the last step is judged per layer (ntk: the interval excludes 0 and "
+          "meets −0.5 ± 0.2; mup: it lies within ±0.2 of 0); for standard, the step's edge ratio lr·λ_max(Θ_0)/n "
+          "against m^1."),
     Claim("jacot2018_kernel", "Jacot et al. 2018", "the NTK converges to K∞ and stays constant",
           "Jacot, Gabriel & Hongler 2018, Neural Tangent Kernel: Convergence and Generalization in Neural Networks",
           "As the width grows, the NTK at initialisation converges to a deterministic limit K∞ and stays constant "

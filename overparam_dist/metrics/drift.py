@@ -20,10 +20,12 @@ rho = d_t / d_{t-1}, error ~ d_t rho / (1 - rho) with d_t = sigma_t - sigma_{t-1
 is below `tol` * sigma (1e-3; the final row 1e-5), at most SPECTRAL_MAX_ITERS times. Each pass also gives the top
 Ritz pair's residual r = A y - theta y (A = D^T D, A V is what the pass computes): some eigenvalue of A lies within
 |r| of theta (Bauer-Fike for a symmetric matrix), so |r| <= 2 tol theta stops too. That is what makes a warm row
-cheap: the subspace of the row before is nearly invariant for D a few steps later, and one pass proves it. (The
-eigenvalue within |r| is sigma_1^2 unless the subspace misses sigma_1's direction entirely, which a random start
-and a subspace of K_SUBSPACE vectors make a measure-zero event; theta stays a lower bound on sigma_1^2 either
-way.) A row where some layer hit the cap says so in drift/weight_spec_unconverged (metrics/names.py).
+cheap: the subspace of the row before is nearly invariant for D a few steps later, and one pass bounds the
+eigenvalue nearest theta. It is sigma_1^2 unless sigma_1's direction is (nearly) absent from the subspace, which
+a random start makes a measure-zero event, but a warm start from an earlier D may not; theta stays a lower bound
+on sigma_1^2 either way, and the final row (`precise`) makes at least two passes, so a direction the warm
+subspace missed is amplified once before its residual is trusted. A row where some layer hit the cap says so in
+drift/weight_spec_unconverged (metrics/names.py).
 """
 
 from __future__ import annotations
@@ -207,7 +209,8 @@ class WeightDrift:
             # Converged when either bound says the error left is below tol * sigma: the residual (some eigenvalue of
             # A lies within |r| of theta, so sigma within |r| / (2 sigma): one pass on a warm-started row), or the
             # Aitken estimate of the sequence (module doc).
-            if residual <= 2 * tol * theta or _error_left(sigmas) <= tol * sigmas[-1]:
+            if (residual <= 2 * tol * theta and (len(sigmas) > 1 or not precise)) \
+                    or _error_left(sigmas) <= tol * sigmas[-1]:
                 converged = True
                 break
         self.vectors[name] = v

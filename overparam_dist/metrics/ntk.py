@@ -337,6 +337,8 @@ def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -
     _choose_routes(plan, cap0, full)
     for bi, (s0, e0) in enumerate(blocks):
         todo = [bj for bj in range(bi, len(blocks)) if (bi, bj) in mine]
+        if bi > 0:
+            cap0 = None  # no third block's capture beside a tile's two (tile_samples budgets two)
         if not todo:
             continue
         capI = cap0 if bi == 0 else _capture(model, plan, x[s0:e0], check_independence=False)
@@ -351,7 +353,6 @@ def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -
                 Kfb[s1 * k:e1 * k, s0 * k:e0 * k] = kf.T
             del capJ
         del capI
-    del cap0
     if share_sum is not None:
         K = share_sum(K)
         Kfb = share_sum(Kfb) if Kfb is not None else None

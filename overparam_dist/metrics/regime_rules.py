@@ -9,7 +9,8 @@ The summary's `regime`, by the first rule that applies:
   - predicted: the edge ratio at init is at or past the edge, so the linearised dynamics diverge and the net left
     its initial kernel to converge, or
   - seen: the loss first rose above its value at init by more than SPIKE (`regime/loss_rise`), and the kernel's
-    edge ratio at the end fell below the one at init and below the edge (lambda_max(K) < 2n/eta);
+    edge ratio at the end fell by at least KERNEL_DROP of the one at init, and below the edge (lambda_max(K) <
+    2n/eta): a lazy run's kernel drifts by far less;
 - `edge_of_stability` (Cohen et al. 2021), with metrics.hessian: in the second half of the run (logged rows at
   step >= last step / 2, at least EOS_MIN_ROWS of them) a share of at least EOS_SHARE of the rows has
   hessian/edge_ratio / 2 (the sharpness in units of 2/eta) within EOS_BAND (`regime/eos_share`);
@@ -28,6 +29,7 @@ import math
 LAZY_KERNEL_MOVE = 0.25  # |Theta_T - Theta_0|_F / |Theta_0|_F below which a trial is lazy
 EDGE = {"mse": 2.0, "ce": 4.0}  # the stability edge of the edge ratio, by train.loss (step_size.py derives ce's)
 SPIKE = 0.01  # a rise of the loss above its value at init by more than this fraction is a spike
+KERNEL_DROP = 0.1  # a seen catapult's kernel: its edge ratio fell by at least this fraction of its value at init
 HESSIAN_EDGE = 2.0  # gradient descent's edge for hessian/edge_ratio, whatever the loss (a quadratic's stability)
 EOS_BAND = (0.8, 1.25)  # the sharpness in units of 2/eta that is "at the edge" (within 25% of 2/eta)
 EOS_SHARE = 0.5  # of the second half's sharpness rows in EOS_BAND: the trial trained at the edge of stability
@@ -68,7 +70,7 @@ def classify(*, status: str, loss0: float | None, loss_end: float | None, loss_m
     if edge0 is not None and edge0 >= edge:
         return "catapult", f"edge ratio at init {edge0:.3g} >= {edge:g}, and the loss still fell{rose}"
     if rise is not None and rise > 1 + SPIKE and edge0 is not None and edge_end is not None \
-            and edge_end < min(edge0, edge):
+            and edge_end <= (1 - KERNEL_DROP) * edge0 and edge_end < edge:
         return "catapult", (f"the loss rose to {rise:.3g} x its initial value, then fell, and the kernel's edge ratio "
                             f"fell from {edge0:.3g} to {edge_end:.3g} < {edge:g}")
     if eos is not None and eos >= EOS_SHARE:

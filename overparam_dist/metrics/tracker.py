@@ -2,9 +2,10 @@
 
 - weight drift: drift/weight_rel, per layer relative Frobenius and spectral norms of W_t - W_0 (drift.py)
 - activation drift: drift/act_flip[/<layer>], the fraction of (probe sample, unit) ReLU signs that
-  differ from init; the init pattern is stored as packed bits (8 per byte)
+  differ from init, against the ReLU inputs at init, which are kept (probe x units per layer)
 - feature movement: feature/delta_rms/<layer>, feature/delta_rel[/<layer>], how far each ReLU's input on the probe
-  set moved from init (RMS coordinate change, relative Frobenius change), from the flips' forward pass (features.py)
+  set moved from init (RMS coordinate change, relative Frobenius change), from the same forward pass (features.py),
+  taken in chunks of PROBE_CHUNK samples
 - NTK: ntk/rel_drift, ntk/lambda_min, ntk/lambda_max, ntk/trace on the exact empirical NTK of the probe set
   (ntk.py); once, at step 0: ntk/init_gap and ntk/lambda_min_inf (the infinite-width kernel), ntk/label_complexity (K_0)
   and ntk/label_complexity_inf (from K_inf), see label_complexity.py.
@@ -27,24 +28,11 @@ from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
 from .drift import WeightDrift, layer_name
-from .features import feature_movement
+from .features import activation_metrics, layer_sums
 from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import empirical_ntk
 
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """Bool tensor -> uint8 tensor of ceil(numel / 8) bytes."""
-    flat = mask.flatten().to(torch.uint8)
-    pad = (-flat.numel()) % 8
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=flat.device)
-    return (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
-
-
-def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
-    bits = (packed[:, None] >> torch.arange(8, device=packed.device, dtype=torch.uint8)) & 1
-    return bits.flatten()[:numel].bool()
+PROBE_CHUNK = 1024  # probe samples per forward of the activation metrics
 
 
 def act_layer_name(act_index: int) -> str:
@@ -147,9 +135,9 @@ class TheoryMetrics:
         self.sharded_acts = parallel.sharded_activations() if sharded else set()
         self.trained_layers = {layer_name(n) for n in trained}  # the aggregate flip counts only these
         self.acts = ActivationPattern(model)
-        # h_l(0) on the probe set (probe x width[x positions] per layer), for feature/*, and its signs as bits
-        self.init_pre = self.acts.preactivations(model, probe_x)
-        self.init_bits = {k: (pack_bits(v > 0), v.numel()) for k, v in self.init_pre.items()}
+        # h_l(0) on the probe set (probe x width[x positions] per layer, footprint.py counts it): feature/* and the
+        # ReLU flips (its signs) are measured against it
+        self.init_pre = self._preactivations()
 
         self.track_ntk = track_ntk
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
@@ -193,31 +181,25 @@ class TheoryMetrics:
         out.update(self._activation_metrics(pre if len(pre) == len(self.init_pre) else None))
         return out
 
-    def _activation_metrics(self, pre: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
-        """drift/act_flip* and feature/* from the probe set's pre-activations `pre` (one forward when not given)."""
-        pre = self.acts.preactivations(self.model, self.probe_x) if pre is None else pre
-        out = self._act_flips({layer: h > 0 for layer, h in pre.items()})
-        out.update(feature_movement(self.init_pre, pre, self.trained_layers, self.sharded_acts,
-                                    self.parallel.reduce_tp if self.sharded_acts else None))
-        return out
+    def _preactivations(self) -> dict[str, torch.Tensor]:
+        """The probe set's pre-activations, by chunks of PROBE_CHUNK samples (one forward's memory stays bounded)."""
+        parts = [self.acts.preactivations(self.model, x) for x in self.probe_x.split(PROBE_CHUNK)]
+        return {layer: torch.cat([p[layer] for p in parts]) if len(parts) > 1 else parts[0][layer]
+                for layer in parts[0]}
 
-    def _act_flips(self, now: dict[str, torch.Tensor]) -> dict[str, float]:
-        out: dict[str, float] = {}
-        flipped_total, units_total = 0, 0
-        for layer, signs in now.items():
-            bits, numel = self.init_bits[layer]
-            counts = torch.tensor([float((unpack_bits(bits, numel) != signs.flatten()).sum()), float(numel)],
-                                  dtype=torch.float64, device=signs.device)
-            if layer in self.sharded_acts:  # a local shard of the layer's units: sum over tp
-                self.parallel.reduce_tp(counts)
-            flipped, units = float(counts[0]), float(counts[1])
-            out[names.drift_act_flip(layer)] = flipped / units
-            if layer in self.trained_layers:
-                flipped_total += flipped
-                units_total += units
-        if units_total:
-            out[names.DRIFT_ACT_FLIP] = flipped_total / units_total
-        return out
+    def _activation_metrics(self, pre: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """drift/act_flip* and feature/* from the probe set's pre-activations `pre`, or from a forward over it in
+        chunks of PROBE_CHUNK samples, whose sums add up (features.layer_sums)."""
+        chunks = [(0, pre)] if pre is not None else [
+            (s, self.acts.preactivations(self.model, x))
+            for s, x in zip(range(0, self.probe_x.shape[0], PROBE_CHUNK), self.probe_x.split(PROBE_CHUNK))]
+        sums: dict[str, torch.Tensor] = {}
+        for start, part in chunks:
+            for layer, h in part.items():
+                add = layer_sums(self.init_pre[layer][start:start + h.shape[0]], h)
+                sums[layer] = add if layer not in sums else sums[layer] + add
+        return activation_metrics(sums, self.trained_layers, self.sharded_acts,
+                                  self.parallel.reduce_tp if self.sharded_acts else None)
 
     def _ntk_metrics(self) -> dict[str, float]:
         k = self._ntk(self.model)
