@@ -27,16 +27,20 @@ def _clean(value: Any) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The logged rows of a metrics.jsonl: the lines that are mappings with an integer step. Any other line (a torn
+    last line from a killed process, bytes that are not a row) is dropped, never a traceback."""
     rows = []
     if path.is_file():
-        with open(path) as f:
+        with open(path, encoding="utf-8", errors="replace") as f:
             for line in f:
                 line = line.strip()
                 if line:
                     try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        break  # a torn last line from a killed process: drop it
+                        row = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(row, dict) and type(row.get("step")) is int:
+                        rows.append(row)
     return rows
 
 

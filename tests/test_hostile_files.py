@@ -98,3 +98,41 @@ def test_a_manifest_is_a_schema_and_a_bad_one_falls_back_to_the_checkpoint_befor
     assert res.returncode == 0 and "step_00000004 is unusable" in res.stderr and "Traceback" not in res.stderr
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert read_summary(run)["steps"] == 6 and [r["step"] for r in rows][-3:] == [2, 4, 6]
+
+
+def test_damaged_run_files_give_a_report_not_a_traceback(tmp_path):
+    """Random bytes in metrics.jsonl, a list where a mapping belongs in config.yaml, summary.json or
+    ntk_spectrum.json, text where numbers belong: the single-trial report draws what the rest allows."""
+    from overparam_dist.analysis.trial_report import build_trial_report
+
+    trial = tmp_path / "t"
+    run_trial(load_config(None, [f"run.dir={trial}", "train.steps=4", *TINY]))
+    rows = (trial / "metrics.jsonl").read_text()
+    damages = {
+        "rows": {"metrics.jsonl": rows.encode() + os.urandom(400) + b"\n[1, 2]\n{\"step\": \"x\"}\n"},
+        "mappings": {"config.yaml": b"- a\n- b\n", "summary.json": b"[1]",
+                     "ntk_spectrum.json": b"{\"init\": \"high\", \"end\": [1, \"x\"]}"},
+    }
+    for what, damage in damages.items():
+        copy = tmp_path / f"t-{what}"
+        copy.mkdir()
+        for f in trial.iterdir():
+            if f.is_file():
+                (copy / f.name).write_bytes(damage.get(f.name, f.read_bytes()))
+        report = build_trial_report(copy)
+        assert (report.dir / "index.html").is_file() and any(f.name == "loss" for f in report.figures), what
+    text = (tmp_path / "t-rows" / "report" / "figures.json").read_text()
+    assert [s["x"] for s in json.loads(text)[0]["panels"][0]["series"]] == [[0, 2, 4]]  # the rows before the bytes
+
+
+def test_a_results_file_with_text_where_numbers_belong_is_read(tmp_path):
+    from overparam_dist.analysis.report import build_local_report
+    from overparam_dist.analysis.results import write_results
+
+    rows = [{"trial": f"w{w}-s{s}", "status": "completed", "seed": s, "model.width": w, "drift/weight_rel": 0.1 / w}
+            for w in (64, 256) for s in (0, 1, 2)]
+    rows += [{"trial": "bad1", "status": "completed", "seed": 0, "model.width": "wide", "drift/weight_rel": "high"},
+             {"trial": "bad2", "status": "completed", "seed": "x", "model.width": "nan", "drift/weight_rel": 0.1}]
+    write_results(tmp_path, rows)
+    report = build_local_report(tmp_path)
+    assert report.results.widths == [64, 256] and (report.dir / "index.html").is_file()

@@ -146,15 +146,19 @@ class Trial:
 
     @property
     def width(self) -> int | None:
-        return self.row.get(WIDTH)
+        """model.width, or None where the row's value is not an integer (a damaged results.csv: 'wide', nan)."""
+        v = self.row.get(WIDTH)
+        return v if type(v) is int else None
 
     @property
     def depth(self) -> int | None:
-        return self.row.get(DEPTH)
+        v = self.row.get(DEPTH)
+        return v if type(v) is int else None
 
     @property
     def seed(self) -> int:
-        return self.row.get(SEED) or 0
+        v = self.row.get(SEED)
+        return v if type(v) is int else 0
 
     @property
     def flag(self) -> str | None:
@@ -313,9 +317,11 @@ def _rows_from_dirs(sweep_dir: Path) -> tuple[list[str], list[dict]]:
         if not ((d / CONFIG_FILE).is_file() and (d / SUMMARY_FILE).is_file()):
             continue
         try:
-            cfg = yaml.safe_load((d / CONFIG_FILE).read_text()) or {}
-            summary = json.loads((d / SUMMARY_FILE).read_text())
-        except (OSError, yaml.YAMLError, json.JSONDecodeError):
+            cfg = yaml.safe_load((d / CONFIG_FILE).read_text(errors="replace")) or {}
+            summary = json.loads((d / SUMMARY_FILE).read_text(errors="replace"))
+        except (OSError, yaml.YAMLError, ValueError):
+            continue
+        if not (isinstance(cfg, dict) and isinstance(summary, dict)):  # not a trial's files: skipped
             continue
         cfg.pop("derived", None)
         row: dict[str, Any] = {"trial": d.name, "status": summary.get("status")}
@@ -350,10 +356,12 @@ def load_sweep(sweep_dir: str | Path) -> SweepResults:
     name, reproduces = sdir.resolve().name, None
     if (sdir / SWEEP_FILE).is_file():
         try:
-            spec = yaml.safe_load((sdir / SWEEP_FILE).read_text()) or {}
-            name, reproduces = spec.get("name") or name, spec.get("reproduces")
-        except yaml.YAMLError:
-            pass
+            spec = yaml.safe_load((sdir / SWEEP_FILE).read_text(errors="replace")) or {}
+        except (OSError, yaml.YAMLError):
+            spec = {}
+        if isinstance(spec, dict):
+            name = spec.get("name") if isinstance(spec.get("name"), str) else name
+            reproduces = spec.get("reproduces") if isinstance(spec.get("reproduces"), str) else None
     cw = None
     if (sdir / CRITICAL_WIDTH_FILE).is_file():
         cw = _read_csv(sdir / CRITICAL_WIDTH_FILE)[1]

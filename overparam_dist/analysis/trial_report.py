@@ -125,7 +125,8 @@ def _spectrum_figure(spectrum: dict) -> FigureData | None:
     series = []
     for key, label, style, color in styles:
         evals = spectrum.get(key)
-        if evals:
+        if isinstance(evals, list) and evals and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in evals):
             desc = sorted(evals, reverse=True)
             pts = [(i + 1, v) for i, v in enumerate(desc) if v > 0]
             series.append(Series(label=label, x=[p[0] for p in pts], y=[p[1] for p in pts],
@@ -142,10 +143,12 @@ def _spectrum_figure(spectrum: dict) -> FigureData | None:
 
 
 def _read_json(path: Path) -> dict:
+    """A JSON mapping from the run directory, or {} for a missing, damaged or non-mapping file."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def build_trial_report(trial_dir: str | Path, out_dir: str | Path | None = None) -> TrialReport:
@@ -180,10 +183,11 @@ def _write_index(src: Path, figs: list[FigureData], out: Path) -> Path:
     e = html.escape
     summary = _read_json(src / SUMMARY_FILE)
     try:
-        cfg = yaml.safe_load((src / CONFIG_FILE).read_text()) or {}
+        cfg = yaml.safe_load((src / CONFIG_FILE).read_text(errors="replace")) or {}
     except (OSError, yaml.YAMLError):
         cfg = {}
-    model = cfg.get("model", {})
+    model = cfg.get("model") if isinstance(cfg, dict) else None
+    model = model if isinstance(model, dict) else {}
     what = ", ".join(f"{k} {model[k]}" for k in ("arch", "param", "width", "depth") if k in model)
     facts = "".join(f"<tr><td class='t'>{e(k)}</td><td>{e(str(v))}</td></tr>" for k, v in summary.items()
                     if not isinstance(v, (dict, list)))
