@@ -251,7 +251,7 @@ def _listening(pids: set[int]) -> list[str]:
 def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_path):
     import glob
 
-    from launcher.sweep.cluster import DRIVER_FILE, EMBEDDED_PREFIX, _pids_mentioning, reap_stale_embedded
+    from launcher.sweep.cluster import DRIVER_FILE, EMBEDDED_PREFIX, _pids_of_session, reap_stale_embedded
 
     path = _sweep_file(tmp_path, {"name": "net", "grid": {"model.width": [64]},
                                   "overrides": {"train.steps": 10**7, "train.stop_at_fit": False, "train.lr": 0.01,
@@ -269,7 +269,11 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
                     if Path(d, DRIVER_FILE).read_text().split()[0] == str(driver.pid):
                         temp = d
             time.sleep(0.2)
-        addresses = _listening(set(_pids_mentioning(temp)) | {driver.pid})
+        session = set(_pids_of_session(temp))
+        # Ray's agents rename themselves (ray::DashboardAgent): found by their open log files, not their command line
+        names = {(Path("/proc") / str(p) / "cmdline").read_bytes().split(b"\0")[0].decode() for p in session}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {n.strip() for n in names}, names
+        addresses = _listening(session | {driver.pid})
         assert len(addresses) >= 4  # gcs_server, raylet, workers, dashboard: all of them seen
         assert [a for a in addresses if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))] == []
         assert [a for a in addresses if a.endswith(":52365")] == []  # the agent's default port is not fixed
@@ -279,8 +283,8 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
         driver.wait()
     assert temp in reap_stale_embedded()  # what the next sweep does first
     deadline = time.time() + 15
-    while _pids_mentioning(temp):
-        assert time.time() < deadline, "processes of the killed driver's Ray survived"
+    while _pids_of_session(temp):
+        assert time.time() < deadline, "processes of the killed driver's Ray survived (agents included)"
         time.sleep(0.2)
     assert not Path(temp).exists()
 

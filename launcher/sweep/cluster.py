@@ -110,15 +110,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _pids_mentioning(text: str) -> list[int]:
+def _pids_of_session(temp_dir: str) -> list[int]:
+    """The processes of the Ray whose temp dir is `temp_dir`: those that name it in their command line, and those
+    holding a file open under it (its log files): Ray's dashboard and runtime-env agents rename themselves
+    (ray::DashboardAgent) and would escape a search by command line."""
     out = []
     for d in Path("/proc").iterdir():
-        if d.name.isdigit() and int(d.name) != os.getpid():
-            try:
-                if text in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(d.name))
-            except OSError:
-                pass
+        if not d.name.isdigit() or int(d.name) == os.getpid():
+            continue
+        try:
+            if temp_dir in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                out.append(int(d.name))
+                continue
+            for fd in (d / "fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd).startswith(temp_dir + "/"):
+                        out.append(int(d.name))
+                        break
+        except OSError:
+            pass
     return out
 
 
@@ -133,8 +143,9 @@ def _alive(pid: int) -> bool:
 
 
 def reap_stale_embedded() -> list[str]:
-    """Remove what a killed driver's private Ray left: its processes (found by their temp dir, by PID) and the
-    temp dir itself. Only directories whose driver.pid names a dead process; another live sweep's is untouched."""
+    """Remove what a killed driver's private Ray left: its processes (found by their temp dir in their command line
+    or their open files, killed by PID) and the temp dir itself. Only directories whose driver.pid names a dead
+    process; another live sweep's is untouched."""
     import glob
 
     reaped = []
@@ -145,7 +156,7 @@ def reap_stale_embedded() -> list[str]:
             continue  # not ours (or a Ray we did not start): leave it
         if _alive(pid):
             continue
-        for p in _pids_mentioning(d):
+        for p in _pids_of_session(d):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(p, signal.SIGKILL)
         shutil.rmtree(d, ignore_errors=True)
