@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .config import Config, ConfigError
-from .data_files import check_available, files_of, read_cifar_batch, read_idx, verify_files
+from .data_files import check_available, check_labelled, files_of, read_cifar_batch, read_idx, verify_files
 
 DATA_SEED_OFFSET = 1_000_003  # data and weights use different streams of the same seed
 TEST_SEED_OFFSET = 2_000_029  # and the held-out samples a third one
@@ -91,9 +91,14 @@ def _download(name: str, root: Path) -> None:
 def _read_split(cfg: Config, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     if cfg.data.name == "mnist":
         images, labels = files_of(cfg, split)
-        return read_idx(images).float().unsqueeze(1), read_idx(labels).long()
-    xs, ys = zip(*(read_cifar_batch(path) for path in files_of(cfg, split)))
-    return torch.cat(xs).float(), torch.cat(ys)
+        x, y = read_idx(images), read_idx(labels).long()
+        check_labelled(x, y, 10, f"'{images}', '{labels}'", 3)
+        return x.float().unsqueeze(1), y
+    paths = files_of(cfg, split)
+    xs, ys = zip(*(read_cifar_batch(path) for path in paths))
+    x, y = torch.cat(xs), torch.cat(ys)
+    check_labelled(x, y, 10, ", ".join(f"'{p}'" for p in paths), 4)
+    return x.float(), y
 
 
 def _load_real(cfg: Config) -> tuple[torch.Tensor, torch.Tensor, int, tuple | None]:

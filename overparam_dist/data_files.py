@@ -75,10 +75,15 @@ def read_idx(path: Path) -> torch.Tensor:
     _, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if dtype_code != 0x08:
         raise ConfigError(f"data file '{path}' is not an unsigned-byte IDX file")
+    if len(data) < 4 + 4 * ndim:
+        raise ConfigError(f"data file '{path}': its IDX header is cut short ({len(data)} bytes for {ndim} "
+                          "dimensions)")
     shape = struct.unpack(">" + "I" * ndim, data[4:4 + 4 * ndim])
     body = data[4 + 4 * ndim:]
     if len(body) != torch.Size(shape).numel():
         raise ConfigError(f"data file '{path}' holds {len(body)} bytes for an array of shape {tuple(shape)}")
+    if not body:  # a zero dimension: frombuffer refuses an empty buffer
+        return torch.zeros(shape, dtype=torch.uint8)
     return torch.frombuffer(bytearray(body), dtype=torch.uint8).reshape(shape)
 
 
@@ -165,6 +170,19 @@ class _ArraysOnly(pickle.Unpickler):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def check_labelled(images: torch.Tensor, labels: torch.Tensor, classes: int, where: str, image_dims: int) -> None:
+    """One line for image and label files that do not make a labelled data set: counts that differ, an empty
+    dimension, labels outside 0 .. classes - 1."""
+    if images.dim() != image_dims or labels.dim() != 1 or 0 in images.shape:
+        raise ConfigError(f"data files {where}: images of shape {tuple(images.shape)} and labels of shape "
+                          f"{tuple(labels.shape)} are not {image_dims - 1}-D images with one label each")
+    if images.shape[0] != labels.shape[0]:
+        raise ConfigError(f"data files {where}: {images.shape[0]} images but {labels.shape[0]} labels")
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise ConfigError(f"data files {where}: labels from {int(labels.min())} to {int(labels.max())}, outside "
+                          f"0 .. {classes - 1}")
 
 
 def read_cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

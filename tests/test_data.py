@@ -126,3 +126,33 @@ def test_missing_dataset_is_a_clear_error(tmp_path):
             check_available(load_config(None, [f"data.name={name}", f"data.root={tmp_path}"]))
     with pytest.raises(ConfigError, match="data.n"):
         build_dataset(load_config(None, ["data.name=digits", "data.n=5000"]))
+
+
+def test_damaged_mnist_and_cifar_files_are_one_line(tmp_path):
+    """Issue 28: a short IDX header, image and label counts that differ, a zero dimension, label 255, and a CIFAR
+    batch with too few labels: each one line naming the files, never a traceback."""
+    rng = np.random.default_rng(1)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    args = ["data.name=mnist", f"data.root={tmp_path}", "data.n=8", "data.verify=false"]
+    cases = [
+        (rng.integers(0, 255, (20, 28, 28)), rng.integers(0, 10, 19), "20 images but 19 labels"),
+        (np.zeros((20, 0, 28)), rng.integers(0, 10, 20), r"\(20, 0, 28\).*one label each"),
+        (rng.integers(0, 255, (20, 28, 28)), np.full(20, 255), "labels from 255 to 255, outside 0 .. 9"),
+    ]
+    for images, labels, says in cases:
+        _write_idx(raw / "train-images-idx3-ubyte.gz", images)
+        _write_idx(raw / "train-labels-idx1-ubyte.gz", labels)
+        with pytest.raises(ConfigError, match=says):
+            build_dataset(load_config(None, args))
+    with gzip.open(raw / "train-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">HBB", 0, 0x08, 3) + b"\x00\x00")  # three dimensions announced, half of one given
+    with pytest.raises(ConfigError, match="IDX header is cut short"):
+        build_dataset(load_config(None, args))
+    cif = tmp_path / "cifar-10-batches-py"
+    cif.mkdir()
+    with open(cif / "data_batch_1", "wb") as f:
+        pickle.dump({"data": rng.integers(0, 255, (20, 3072), dtype=np.uint8), "labels": list(range(10))}, f)
+    with pytest.raises(ConfigError, match="20 images but 10 labels"):
+        build_dataset(load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.n=8",
+                                         "data.verify=false"]))
