@@ -70,3 +70,9 @@ def test_cuda_without_a_device_is_one_line(tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip() == ("overparam: error: config key 'train.device' = 'cuda': no CUDA device is available "
                                   "to this process; use train.device=auto or cpu")
+
+
+def test_a_slurm_count_past_its_type_is_one_line(tmp_path):
+    res = run_cli("submit", "slurm", "--trial", "--dry-run", "--nodes", "99999999999999999999", cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.strip() == ("overparam: error: --nodes must be an integer from 1 to "
+                                                          "1000000, got 99999999999999999999"), res.stderr

@@ -124,9 +124,12 @@ def add_submit_args(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, type=kind, default=default, help=help_text, **meta)
 
 
-def positive(name: str, value: int, minimum: int = 1) -> int:
-    if value is None or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value}")
+MAX_COUNT = 1_000_000  # nodes, CPUs, GPUs, seconds: past this a count is a typo, and Slurm's 32-bit fields overflow
+
+
+def positive(name: str, value: int, minimum: int = 1, maximum: int = MAX_COUNT) -> int:
+    if value is None or not minimum <= value <= maximum:
+        raise ConfigError(f"{name} must be an integer from {minimum} to {maximum}, got {value}")
     return value
 
 
