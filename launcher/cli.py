@@ -44,8 +44,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if done is not None:
         print(f"already finished in {run_dir(cfg)}/: {done['status']} at step {done['steps']} of "
               f"{done['requested_steps']} (dp={done.get('dp')}, tp={done.get('tp')}); nothing was trained. Change "
-              "train.steps, train.stop_at_fit, train.target_loss or train.target_ratio to continue it, or run.name "
-              "for a new trial")
+              "train.steps, train.stop_at_fit, train.target_loss or train.target_ratio to continue it; to train it "
+              "again under settings its identity leaves out (parallel.dp, parallel.tp, train.device), add "
+              + (f"run.dir={run_dir(cfg)}-2" if cfg.run.dir else f"run.name={run_dir(cfg).name}-2")
+              + " (a new trial beside it)")
         return 0
     from overparam_dist.footprint import check_fits_memory  # these two need torch: a meta model, CUDA's presence
     from overparam_dist.parallel.distributed import check_backend

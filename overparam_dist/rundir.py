@@ -11,6 +11,7 @@
     runs/<sweep>/<trial>/wandb/          offline W&B run files
     runs/<sweep>/results.csv             one row per trial (analysis/results.py writes and reads it)
     runs/<sweep>/sweep.yaml              the resolved sweep
+    runs/<sweep>/identity.json           the resolved content of every sweep the directory holds, and its hash
     runs/<sweep>/report/                 PNG plots + index.html (+ claim.json: a reproduction's claim and findings)
 
 A trial directory is "finished" when summary.json says completed or diverged for the same requested step count:
@@ -41,6 +42,7 @@ CHECKPOINTS_DIR = "checkpoints"
 WANDB_DIR = "wandb"
 RESULTS_FILE = "results.csv"
 SWEEP_FILE = "sweep.yaml"
+IDENTITY_FILE = "identity.json"  # the sweep's identities (launcher/sweep/identity.py)
 REPORT_DIR = "report"
 CLAIM_FILE = "claim.json"
 LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the directory, under an exclusive flock
@@ -48,7 +50,7 @@ LOCK_FILE = ".lock"  # holds "<pid> <host>" of the process training in the direc
 # Every name the project writes inside a run (or sweep) directory: a symbolic link planted at one of them would
 # send our writes, or a checkpoint rotation's deletes, into someone else's files, so it is refused (own_entries).
 OWN_NAMES = (CONFIG_FILE, METRICS_FILE, SUMMARY_FILE, SPECTRUM_FILE, KERNEL_CIRCLE_FILE, CHECKPOINTS_DIR, WANDB_DIR,
-             RESULTS_FILE, SWEEP_FILE, REPORT_DIR, CLAIM_FILE, LOCK_FILE)
+             RESULTS_FILE, SWEEP_FILE, IDENTITY_FILE, REPORT_DIR, CLAIM_FILE, LOCK_FILE)
 
 FINISHED = ("completed", "diverged")  # statuses of a trial that will not train further
 # Keys whose change makes an existing run directory a different experiment.

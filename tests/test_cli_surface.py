@@ -92,7 +92,7 @@ def test_sweep_dry_run_prints_the_trials_and_touches_nothing(tmp_path):
                   "parallel.dp=2", "--address", "127.0.0.1:1", cwd=tmp_path)  # never reached: no Ray
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
-    assert lines[0].startswith("sweep multirun: 6 trial(s)") and "nothing written" in lines[0]
+    assert re.match(r"sweep multirun-w-d-[0-9a-f]{6}: 6 trial\(s\)", lines[0]) and "nothing written" in lines[0]
     assert lines[1].split() == ["trial", "model.width", "model.depth", "processes", "cpus", "gpus", "steps"]
     assert lines[2].split() == ["w32-d1", "32", "1", "2", "2", "0", "50"]
     assert lines[-1].split() == ["total", "12", "300"]
@@ -103,20 +103,41 @@ def test_multirun_without_a_file_runs_the_grid(tmp_path, ray_address):
     res = run_cli("sweep", "model.width=16,32", "--runs-dir", str(tmp_path), "train.steps=2", "data.n=8",
                   "metrics.every=1", "wandb.mode=disabled", "--address", ray_address, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    with open(tmp_path / "multirun" / "results.csv") as f:
+    [sdir] = [p for p in tmp_path.iterdir() if p.name.startswith("multirun-w-")]  # named by its axes and identity
+    with open(sdir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted((r["trial"], r["model.width"], r["status"]) for r in rows) == [
         ("w16", "16", "completed"), ("w32", "32", "completed")]
     # The same sweep as pandas DataFrames (issue 15, item 9)
     from overparam_dist.analysis import load_sweep
 
-    trials, metrics = load_sweep(tmp_path / "multirun")
+    trials, metrics = load_sweep(sdir)
     assert sorted(trials["trial"]) == ["w16", "w32"] and sorted(trials["model.width"]) == [16, 32]
     for name in ("w16", "w32"):
-        want = read_rows(tmp_path / "multirun" / name)
+        want = read_rows(sdir / name)
         got = metrics[metrics["trial"] == name]
         assert list(got["step"]) == [r["step"] for r in want] == [0, 1, 2]
         assert list(got["train/loss"]) == [r["train/loss"] for r in want]
+    # The issue-28 sequence: another multirun, then a --resume of it under the first one's name with another grid
+    before = {p: p.read_bytes() for p in sorted(sdir.rglob("*")) if p.is_file()}
+    common = ["sweep", "--runs-dir", str(tmp_path), "train.steps=1", "data.n=8", "wandb.mode=disabled", "--address",
+              ray_address]
+    res = run_cli(*common, "model.depth=1,2", f"name={sdir.name}", "--resume", cwd=tmp_path)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert "holds another sweep (grid.model.depth: absent there, [1, 2] here)" in res.stderr, res.stderr
+    assert "name=" in res.stderr and "--extend" in res.stderr
+    assert {p: p.read_bytes() for p in sorted(sdir.rglob("*")) if p.is_file()} == before  # nothing touched
+    # --extend adds the new trials; the first sweep's rows and files stay as they were
+    res = run_cli(*common, "model.width=16", "model.depth=1,2", "metrics.every=1", f"name={sdir.name}", "--extend",
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(sdir / "results.csv") as f:
+        merged = {r["trial"]: r for r in csv.DictReader(f)}
+    first = {r["trial"]: r for r in rows}
+    assert {"w16", "w32", "d1", "d2"} <= set(merged) and merged["d2"]["status"] == "completed"
+    assert all(merged[t][k] == v for t in ("w16", "w32") for k, v in first[t].items())
+    for p in (sdir / "sweep.yaml", sdir / "w16" / "metrics.jsonl", sdir / "w32" / "summary.json"):
+        assert p.read_bytes() == before[p], p
     # An experiment file as --config is the multirun's base
     res = run_cli("sweep", "--config", "paper_fc", "model.width=64,128", "--dry-run", cwd=tmp_path)
     assert res.returncode == 0 and [ln.split()[0] for ln in res.stdout.splitlines()[2:4]] == ["w64", "w128"]

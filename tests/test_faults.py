@@ -179,6 +179,7 @@ def test_rerun_with_other_stop_rules_continues_or_says_so(tmp_path):
 
     same = run_cli("train", *common)  # the same rules: nothing to do, and it says so
     assert same.returncode == 0 and "already finished" in same.stdout and "nothing was trained" in same.stdout
+    assert f"add run.dir={run}-2 (a new trial beside it)" in same.stdout  # how to train it again anyway
     assert read_summary(run) == first
 
     res = run_cli("train", *common, "train.target_loss=0")  # the new rules ask for more: it trains on

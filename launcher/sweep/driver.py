@@ -20,8 +20,10 @@ from overparam_dist.rundir import (
     check_writable_dir,
     empty_but_lock,
     exclusive,
+    own_entries,
 )
 
+from . import identity
 from .cluster import check_reachable, ray_connected, ray_session
 from .plans import make_plan
 from .preemption import preempt_requested, preemption_handler
@@ -50,25 +52,29 @@ class Outcome:
         return [n for n, s in self.states.items() if s == "failed"]
 
 
-def prepare(sweep: Sweep, resume: bool, address: str | None = None) -> dict[str, dict]:
+def prepare(sweep: Sweep, resume: bool, address: str | None = None, extend: bool = False) -> dict[str, dict]:
     """Check the sweep directory before Ray starts; return {trial: summary} of already finished trials."""
     sdir = sweep.dir
     check_writable_dir(sdir, "sweep directory")
+    own_entries(sdir, "sweep directory")
+    if sdir.exists() and not empty_but_lock(sdir):  # read only: another sweep's directory is not touched at all
+        if not (resume or extend):
+            raise ConfigError(f"sweep directory '{sdir}' exists: pass --resume to continue that same sweep, or "
+                              "give this one another name (name=...)")
+        identity.check(sdir, sweep.to_yaml_dict(), extend)
     check_unlocked(sdir, "sweep directory")  # a --resume while the first driver still runs
-    if sdir.exists() and not empty_but_lock(sdir) and not resume:
-        raise ConfigError(f"sweep directory '{sdir}' exists: pass --resume to continue that sweep, "
-                          "or give this one another name (name=...)")
     sweep.check_inputs(on_this_host=not (address or os.environ.get("RAY_ADDRESS") or ray_connected()))
     return {t.name: s for t in sweep.trials if (s := t.finished_summary()) is not None}
 
 
 def run_sweep(sweep: Sweep, *, address: str | None = None, resume: bool = False, progress_every: float = 10.0,
-              out=None, num_cpus: int | None = None) -> Outcome:
-    """Run (or continue) a sweep; results.csv is rewritten as each trial ends. Bad input raises ConfigError
-    before anything is written or any Ray process starts."""
+              out=None, num_cpus: int | None = None, extend: bool = False) -> Outcome:
+    """Run (or continue, or with `extend` add to) a sweep; results.csv is rewritten as each trial ends, keeping the
+    rows of the directory's other trials. Bad input raises ConfigError before anything is written or any Ray
+    process starts."""
     out = out or sys.stdout
-    done = prepare(sweep, resume, address)
-    if resume:
+    done = prepare(sweep, resume, address, extend)
+    if resume or extend:
         (sweep.dir / PREEMPT_FILE).unlink(missing_ok=True)  # a preempted run's flag: this run goes on
     with exclusive(sweep.dir, "sweep directory"), preemption_handler(sweep):
         return _run_sweep(sweep, done, address, resume, progress_every, out, num_cpus)
@@ -88,7 +94,9 @@ def _run_sweep(sweep: Sweep, done: dict[str, dict], address: str | None, resume:
 
     def start_outputs() -> None:
         sweep.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(sweep.dir / SWEEP_FILE, yaml.safe_dump(sweep.to_yaml_dict(), sort_keys=False))
+        if not identity.recorded(sweep.dir):  # the first sweep's file: an --extend never rewrites it
+            atomic_write(sweep.dir / SWEEP_FILE, yaml.safe_dump(sweep.to_yaml_dict(), sort_keys=False))
+        identity.record(sweep.dir, sweep.to_yaml_dict())
         book.write()
         if done:
             print(f"[{sweep.name}] {len(done)} trial(s) already finished in {sweep.dir}/: not run again", file=out)
@@ -132,7 +140,8 @@ def cmd_sweep(args) -> int:
         print(dry_run_table(sweep, trial_demand))
         return 0
     try:
-        outcome = run_sweep(sweep, address=args.address, resume=args.resume, progress_every=args.progress_every)
+        outcome = run_sweep(sweep, address=args.address, resume=args.resume, progress_every=args.progress_every,
+                            extend=args.extend)
     except KeyboardInterrupt:
         print(f"overparam: sweep interrupted; results so far in {sweep.dir / RESULTS_FILE}; continue with "
               "the same command and --resume", file=sys.stderr)
@@ -158,8 +167,11 @@ def cmd_sweep(args) -> int:
               "(errors in results.csv; rerun with --resume to retry them)", file=sys.stderr)
         return 1
     if missing:
-        print(f"overparam: sweep interrupted, {len(missing)} trial(s) not run; continue with --resume",
-              file=sys.stderr)
+        partial = {n: step for n in missing if (step := outcome.book.partial_step(n)) is not None}
+        parts = [f"{len(missing) - len(partial)} trial(s) not run"] if len(partial) < len(missing) else []
+        parts += [f"{n} partial at step {step} of {outcome.book.by_name[n].cfg.train.steps}"
+                  for n, step in partial.items()]
+        print(f"overparam: sweep interrupted: {'; '.join(parts)}; continue with --resume", file=sys.stderr)
         return 130
     return 0
 
@@ -175,6 +187,9 @@ def add_parser(sub) -> None:
                         "else a private local Ray started and stopped by this command")
     s.add_argument("--resume", action="store_true",
                    help="continue an interrupted sweep: finished trials are skipped, the others resume")
+    s.add_argument("--extend", action="store_true",
+                   help="add this sweep's trials to the existing sweep of the same name, whose grid or overrides "
+                        "differ: its finished trials and their rows are kept")
     s.add_argument("--runs-dir", default="runs", help="where runs/<sweep>/ goes (default: ./runs)")
     s.add_argument("--quick", action="store_true",
                    help="the file's small variant (its `quick:` keys), run as <name>-quick (every configs/repro/)")

@@ -43,8 +43,6 @@ def sweep_args(config: str | None, overrides: list[str]) -> tuple[str | None, li
     if config is not None and looks_like_experiment(config):
         words.insert(0, f"base={Path(config).resolve()}")
         config = None
-    if config is None and not any(w.startswith("name=") for w in words):
-        words.insert(0, "name=multirun")
     return config, words
 
 

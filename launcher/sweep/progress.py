@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from overparam_dist.analysis.results import write_results
+from overparam_dist.analysis.results import raw_rows, write_results
 from overparam_dist.config import flatten, to_dict
 from overparam_dist.metrics import names
+from overparam_dist.rundir import METRICS_FILE
+from overparam_dist.sinks import read_jsonl
 
 from .spec import Sweep
 
@@ -51,6 +53,7 @@ class Book:
         self.first: dict[str, tuple[float, int]] = {}  # (time, step) of a running trial's first result
         self.live = _is_terminal(self.out)
         self._drawn = 0  # lines of the live table now on the terminal
+        self.kept: list[dict] | None = None  # results.csv rows of trials outside this sweep, read at the first write
 
     def __getstate__(self):  # Tune pickles its searcher and callbacks (which hold the book): not the stream
         return {k: v for k, v in self.__dict__.items() if k != "out"}
@@ -103,10 +106,21 @@ class Book:
         self.write()
 
     # --- outputs
+    def partial_step(self, name: str) -> int | None:
+        """The last logged step of a trial this run did not see end, when it trained at all (its metrics.jsonl)."""
+        rows = read_jsonl(self.sweep.dir / name / METRICS_FILE)
+        return rows[-1]["step"] if rows else None
+
     def rows(self) -> list[dict]:
+        """results.csv's rows: every trial that ended, and every one that trained part of its steps (`partial`,
+        with the step it reached)."""
         rows = []
         for t in self.sweep.trials:
             if t.name not in self.state or self.state[t.name] == "running":
+                step = self.partial_step(t.name)
+                if step is not None:
+                    rows.append({"trial": t.name, "status": "partial", **flatten(to_dict(t.cfg)), "steps": step,
+                                 "requested_steps": t.cfg.train.steps})
                 continue
             s = self.summary.get(t.name, {})
             row = {"trial": t.name, "status": self.state[t.name]}
@@ -118,7 +132,12 @@ class Book:
         return rows
 
     def write(self) -> Path:
-        return write_results(self.sweep.dir, self.rows())
+        """results.csv: this sweep's rows, after the rows the file already held for trials outside this sweep (an
+        --extend keeps the first sweep's; a plain run has none)."""
+        mine = self.rows()
+        if self.kept is None:
+            self.kept = [r for r in raw_rows(self.sweep.dir) if r.get("trial") not in self.by_name]
+        return write_results(self.sweep.dir, self.kept + mine)
 
     def counts(self) -> dict[str, int]:
         return count_states(self.state)

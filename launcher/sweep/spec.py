@@ -46,7 +46,8 @@ from overparam_dist.config import Config, ConfigError, describe_omegaconf_error,
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
-from .naming import trial_name
+from .identity import short_hash
+from .naming import NAME_TAGS, trial_name
 from .schema import SEARCH_KINDS, SWEEP_KEYS, SearchConfig, SweepConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,6 +207,12 @@ def _set(raw: dict, key: str, value: Any, where: str) -> None:
         raw["overrides"][key] = value
 
 
+def multirun_name(grid: dict[str, list], resolved: dict[str, Any]) -> str:
+    """multirun-<axis tags>-<6 hex digits of the identity>, e.g. multirun-w-d-3f2a1c (multirun-3f2a1c without axes)."""
+    tags = [NAME_TAGS.get(k) or k.rsplit(".", 1)[-1] for k in grid]
+    return "-".join(["multirun", *[re.sub(r"[^A-Za-z0-9._]", "_", t) for t in tags][:4], short_hash(resolved)])
+
+
 def _resolve_base(base: Any, where: str) -> Path | None:
     if base in (None, ""):
         return None
@@ -263,8 +270,8 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     raw.pop("quick", None)
     _apply_cli(raw, list(cli or []), where)
 
-    name = raw.get("name") or (path.stem if path is not None else "sweep")
-    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+    name = raw.get("name") or (path.stem if path is not None else None)  # None: a multirun's, derived below
+    if name is not None and (not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name)):
         raise ConfigError(f"{where}: 'name' = {name!r} must be letters, digits, '.', '_' or '-'")
     base = _resolve_base(raw.get("base"), where)
 
@@ -316,6 +323,9 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
         raise ConfigError(f"{where}: needs a non-empty 'grid' (config key -> list of values) or a 'search'")
 
     reproduces = check_claim(raw.get("reproduces"), f"{where}: 'reproduces'")
+    if name is None:  # a multirun without a file: its axes and a short hash of its identity, so two never collide
+        name = multirun_name(grid, {"base": str(base) if base else None, "overrides": overrides, "grid": grid,
+                                    "search": search, "reproduces": reproduces})
     sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
                   grid=grid, resources=res, max_failures=max_failures, reuse_actors=typed.reuse_actors, search=search,
                   runs_dir=Path(runs_dir).absolute(), reproduces=reproduces, max_trials=typed.max_trials)

@@ -87,6 +87,16 @@ def write_results(sweep_dir: Path, rows: list[dict]) -> Path:
     return write_csv(Path(sweep_dir) / RESULTS_FILE, rows, columns or ["trial", "status"])
 
 
+def raw_rows(sweep_dir: Path) -> list[dict[str, str]]:
+    """results.csv's rows as the text of their cells ([] when it is missing or unreadable): rows written back
+    through write_results come out as they went in."""
+    try:
+        with open(Path(sweep_dir) / RESULTS_FILE, newline="", encoding="utf-8") as f:
+            return [{k: v for k, v in r.items() if k is not None} for r in csv.DictReader(f)]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
 # ------------------------------------------------------------------------------------------------- reading
 
 
@@ -165,8 +175,8 @@ class Trial:
         """The regime that puts this trial outside its metrics' regime (names.REGIME_FLAGGED: drawn hollow, left out of
         every fit and verdict; `rich` is data, the width laws measure how far it moved), else None."""
         regime = self.row.get(names.REGIME)
-        if self.status == "diverged":
-            return "diverged"
+        if self.status in ("diverged", "partial"):  # partial: it trained only part of its steps (the sweep stopped)
+            return self.status
         return regime if regime in names.REGIME_FLAGGED else None
 
     @cached_property
@@ -231,7 +241,7 @@ class SweepResults:
 
     def usable(self) -> list[Trial]:
         """Trials with a result to plot (completed or diverged, or anything that logged metrics)."""
-        return [t for t in self.trials if t.status in ("completed", "diverged", "preempted") or t.history]
+        return [t for t in self.trials if t.status in ("completed", "diverged", "preempted", "partial") or t.history]
 
     def in_regime(self) -> list[Trial]:
         """The usable trials every fit and verdict rests on: those not flagged (Trial.flag)."""
