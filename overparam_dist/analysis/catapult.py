@@ -22,7 +22,7 @@ from ..metrics import names
 from ..metrics.regime_rules import SPIKE
 from .plots import SERIES_COLORS, Panel, Series
 from .results import WIDTH, SweepResults, Trial, label, number
-from .verdicts import CONTRADICTED, INCONCLUSIVE, MIN_SEEDS, SUPPORTED, Finding, Verdict, every_trial, seed_interval
+from .verdicts import INCONCLUSIVE, MIN_SEEDS, Finding, Verdict, every_trial, within_band
 
 ETA_CRIT = 2.0  # the predicted lazy-catapult boundary in lr·λ_0/n (the edge of stability of the linearised model)
 BAND = (1.6, 2.5)  # the stated interval the measured boundary must lie in (within 25% of η_crit)
@@ -71,13 +71,8 @@ def catapult_findings(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
                           f"needs {MIN_SEEDS}", seeds=seeds)
         measured = "no bracket" if not found else ", ".join(f"{v:.2f}" for v in found.values())
     else:
-        mean, ci = seed_interval(list(found.values()))
-        inside = BAND[0] <= ci[0] and ci[1] <= BAND[1]
-        missed = ci[1] < BAND[0] or ci[0] > BAND[1]
-        word = SUPPORTED if inside else CONTRADICTED if missed else INCONCLUSIVE
-        verdict = Verdict(word, f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] over {seeds} seeds "
-                          f"{'lies within' if inside else 'misses' if missed else 'reaches past'} [{BAND[0]:g}, "
-                          f"{BAND[1]:g}]", mean, ci, seeds)
+        verdict = within_band(list(found.values()), BAND)
+        mean, ci = verdict.estimate, verdict.ci95
         measured = f"{mean:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] at m = {widest}"
     by_width = {w: boundaries([t for t in trials if t.width == w]) for w in sorted({t.width for t in trials})}
     first = Finding("lazy-catapult boundary in lr·λ_0/n (widest width, from each trial's behaviour)",

@@ -23,17 +23,7 @@ from ..metrics import names
 from ..metrics.regime_rules import EOS_BAND, HESSIAN_EDGE, second_half
 from .plots import SERIES_COLORS, Panel, Series, from_seeds
 from .results import SweepResults, Trial, number
-from .verdicts import (
-    CONTRADICTED,
-    INCONCLUSIVE,
-    MIN_SEEDS,
-    SUPPORTED,
-    Finding,
-    Verdict,
-    combine,
-    every_trial,
-    seed_interval,
-)
+from .verdicts import INCONCLUSIVE, SUPPORTED, Finding, Verdict, combine, every_trial, within_band
 
 LR = "train.lr"
 
@@ -75,18 +65,6 @@ def loss_fall(t: Trial) -> tuple[bool, float]:
     return loss[-1] < loss[len(loss) // 2], rises
 
 
-def _band_verdict(values: list[float]) -> Verdict:
-    s = len(values)
-    if s < MIN_SEEDS:
-        return Verdict(INCONCLUSIVE, f"{s} seed(s): a verdict needs {MIN_SEEDS}", None, None, s)
-    mean, ci = seed_interval(values)
-    inside = EOS_BAND[0] <= ci[0] and ci[1] <= EOS_BAND[1]
-    missed = ci[1] < EOS_BAND[0] or ci[0] > EOS_BAND[1]
-    word = SUPPORTED if inside else CONTRADICTED if missed else INCONCLUSIVE
-    how = "lies within" if inside else "misses" if missed else "reaches past"
-    return Verdict(word, f"the interval {how} [{EOS_BAND[0]:g}, {EOS_BAND[1]:g}] x 2/η", mean, ci, s)
-
-
 def eos_findings(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     trials = [t for t in res.usable() if step_size(t) is not None]
     lrs = sorted({step_size(t) for t in trials})
@@ -94,7 +72,7 @@ def eos_findings(res: SweepResults) -> tuple[list[Finding], list[Panel]]:
     verdicts, measured, values = [], [], {}
     for lr, ts in by_lr.items():
         late = [v for t in ts if t.status == "completed" and (v := late_sharpness(t)) is not None]
-        v = _band_verdict(late)
+        v = within_band(late, EOS_BAND, " x 2/η")
         verdicts.append(v)
         values[f"{lr:g}"] = {"mean": v.estimate, "ci95": v.ci95, "seeds": v.seeds, "word": v.word}
         measured.append(f"η = {lr:g}: " + (v.text() if v.estimate is not None else v.reason))

@@ -161,6 +161,21 @@ def ordering(by_point: Mapping[float, Mapping[int, float]], direction: float) ->
     return Verdict(INCONCLUSIVE, "the end-to-end change is within the seeds' spread", sign * mean, signed_ci, s)
 
 
+def within_band(values: list[float], band: tuple[float, float], unit: str = "") -> Verdict:
+    """The verdict on 'the quantity lies in `band`' from each seed's value: supported when the interval over seeds
+    lies inside it, contradicted when it misses it altogether, inconclusive when it reaches past it, and always
+    below MIN_SEEDS seeds."""
+    s = len(values)
+    if s < MIN_SEEDS:
+        return Verdict(INCONCLUSIVE, f"{s} seed{'s' * (s != 1)}: a verdict needs {MIN_SEEDS}", None, None, s)
+    mean, ci = seed_interval(values)
+    inside = band[0] <= ci[0] and ci[1] <= band[1]
+    missed = ci[1] < band[0] or ci[0] > band[1]
+    how = "lies within" if inside else "misses" if missed else "reaches past"
+    return Verdict(SUPPORTED if inside else CONTRADICTED if missed else INCONCLUSIVE,
+                   f"the interval {how} [{band[0]:g}, {band[1]:g}]{unit}", mean, ci, s)
+
+
 def every_trial(passed: int, total: int, seeds: int, what: str, unit: str = "trials") -> Verdict:
     """A claim about every trial (every cell fits, every trial stays under a bound): contradicted by one
     counterexample, supported only when all pass and at least MIN_SEEDS seeds back it."""
