@@ -324,6 +324,18 @@ def tile_samples(model: nn.Module, plan: RoutePlan, x: torch.Tensor, memory_cap:
     return max(1, min(x.shape[0], t))
 
 
+def block_size_for(model: nn.Module, x: torch.Tensor, memory_cap: int, outputs: str = "trace") -> int:
+    """tile_samples for `model` at `x`: what `memory_cap` makes the block size. A caller that takes the kernel of
+    the same samples again and again (every logged row) measures it once and passes block_size."""
+    plan = RoutePlan(model)
+    with torch.enable_grad():
+        while True:  # as empirical_ntk: a layer its capture cannot route goes to the fallback, and it measures again
+            try:
+                return tile_samples(model, plan, x.detach(), memory_cap, outputs == "full")
+            except Reroute as e:
+                plan.demote(e.layer_ids)
+
+
 def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -> torch.Tensor:
     n = x.shape[0]
     rank, ranks, share_sum = share if share is not None else (0, 1, None)

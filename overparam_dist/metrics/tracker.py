@@ -30,7 +30,7 @@ from .analytic import empirical_scale, infinite_width_ntk
 from .drift import WeightDrift, layer_name
 from .features import activation_metrics, layer_sums
 from .label_complexity import from_full_kernel, from_trace_kernel
-from .ntk import empirical_ntk
+from .ntk import block_size_for, empirical_ntk
 
 PROBE_CHUNK = 1024  # probe samples per forward of the activation metrics
 
@@ -81,10 +81,11 @@ class ActivationPattern:
 
 
 def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None,
-              outputs: str = "trace", memory_cap: int | None = None) -> torch.Tensor:
+              outputs: str = "trace", memory_cap: int | None = None, block_size: int | None = None) -> torch.Tensor:
     """The exact NTK at `x` over `params` (default: every trainable parameter), float64, also when layers are
     tensor-parallel shards (`parallel`: the trial's Parallelism); `outputs` as for empirical_ntk. `memory_cap`:
-    bytes for the captures of two tiles of samples (metrics.ntk_memory_mb). Under data parallelism the tiles are
+    bytes for the captures of two tiles of samples (metrics.ntk_memory_mb), or `block_size` samples per block as
+    measured before (ntk.block_size_for). Under data parallelism the tiles are
     shared out over the dp replicas, which all call this together (empirical_ntk's `share`)."""
     trainable = [p for p in model.parameters() if p.requires_grad]
     chosen = trainable if params is None else params
@@ -105,7 +106,7 @@ def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | N
             for p in trainable:
                 p.requires_grad_(id(p) in ids)
             part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None,
-                                 memory_cap=memory_cap, share=share)
+                                 memory_cap=None if block_size else memory_cap, block_size=block_size, share=share)
             k = part if k is None else k + part
     finally:
         for p in trainable:
@@ -140,6 +141,8 @@ class TheoryMetrics:
         self.init_pre = self._preactivations()
 
         self.track_ntk = track_ntk
+        # The probe kernel's block size under metrics.ntk_memory_mb, measured once: every row takes the same samples
+        self.block = block_size_for(model, probe_x, memory_cap) if track_ntk and memory_cap else None
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
         # Once per trial, at step 0 and in the summary: label complexity from K_0 and K_inf (label_complexity.py),
@@ -164,7 +167,7 @@ class TheoryMetrics:
                     self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
-        return trial_ntk(model, self.probe_x, self.parallel, memory_cap=self.memory_cap) * self.scale
+        return trial_ntk(model, self.probe_x, self.parallel, block_size=self.block) * self.scale
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
