@@ -77,3 +77,22 @@ def test_a_trial_that_trained_part_of_its_steps_is_partial(tmp_path):
     book.write()
     [t] = load_results(sweep.dir).trials
     assert t.status == "partial" and t.flag == "partial"  # drawn hollow, in no fit
+
+
+def test_an_extension_keeps_the_first_sweeps_rows_as_they_were(tmp_path):
+    """--extend writes results.csv as the first sweep's rows, cell for cell, then its own."""
+    from overparam_dist.analysis.results import write_results
+
+    first = _sweep(tmp_path, "grid.model.width=[64,128]")
+    first.dir.mkdir(parents=True)
+    write_results(first.dir, [{"trial": "w64", "status": "completed", "train/loss": 0.1234567890123},
+                              {"trial": "w128", "status": "diverged", "train/loss": None}])
+    before = (first.dir / "results.csv").read_text().splitlines()
+    other = _sweep(tmp_path, "grid.model.depth=[1,2]")
+    book = Book(other)
+    book.finished("d1", {"status": "completed", "steps": 300})
+    lines = (other.dir / "results.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["w64", "w128", "d1"]
+    rows = {t.name: t.row for t in load_results(other.dir).trials}
+    assert rows["w64"]["train/loss"] == 0.1234567890123 and rows["w128"]["status"] == "diverged"
+    assert lines[0].startswith(before[0].split(",")[0])  # the header grows; the first sweep's cells are unchanged
