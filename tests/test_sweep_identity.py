@@ -71,10 +71,11 @@ def test_a_trial_that_trained_part_of_its_steps_is_partial(tmp_path):
     (sweep.dir / "s0" / "metrics.jsonl").write_text("".join(
         json.dumps({"step": s, "train/loss": 1.0 / (s + 1)}) + "\n" for s in (0, 100, 200)))
     book = Book(sweep)
-    rows = book.rows()
+    assert book.rows() == []  # while the sweep runs, no trial's file is read
+    rows = book.rows(final=True)
     assert [(r["trial"], r["status"], r["steps"], r["requested_steps"]) for r in rows] == [("s0", "partial", 200, 300)]
     assert "partial" in trial_table(book) and book.partial_step("s1") is None
-    book.write()
+    book.write(final=True)
     [t] = load_results(sweep.dir).trials
     assert t.status == "partial" and t.flag == "partial"  # drawn hollow, in no fit
 

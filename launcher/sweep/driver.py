@@ -111,7 +111,7 @@ def _run_sweep(sweep: Sweep, done: dict[str, dict], address: str | None, resume:
     else:
         start_outputs()
     book.maybe_print(progress_every, force=True)
-    results = book.write()
+    results = book.write(final=True)
     unfinished = any(s == "preempted" for s in book.state.values()) or not plan.resolved()
     outcome = Outcome(sweep, results, dict(book.state), sorted(done), book=book,
                       preempted=preempt_requested(sweep) and unfinished)

@@ -1,9 +1,12 @@
-"""Trial names: the short tags of the grid axes a trial differs in, such as w64-d2-s0."""
+"""Names: a trial's, the short tags of the grid axes it differs in (w64-d2-s0), and a multirun's default, its axes and
+a short hash of its identity (multirun-w-d-3f2a1c)."""
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from .identity import short_hash
 
 # Short tags for trial names: w64-d2-s0. Keys not listed use their last part (tau0.1); "" = value only.
 NAME_TAGS = {
@@ -27,3 +30,9 @@ def _tag(key: str, value: Any) -> str:
 
 def trial_name(point: dict[str, Any], varying: list[str]) -> str:
     return "-".join(_tag(k, point[k]) for k in varying) or "trial"
+
+
+def multirun_name(grid: dict[str, list], resolved: dict[str, Any]) -> str:
+    """multirun-<axis tags>-<6 hex digits of the identity>, e.g. multirun-w-d-3f2a1c (multirun-3f2a1c without axes)."""
+    tags = [NAME_TAGS.get(k) or k.rsplit(".", 1)[-1] for k in grid]
+    return "-".join(["multirun", *[re.sub(r"[^A-Za-z0-9._]", "_", t) for t in tags][:4], short_hash(resolved)])

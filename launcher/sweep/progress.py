@@ -111,13 +111,14 @@ class Book:
         rows = read_jsonl(self.sweep.dir / name / METRICS_FILE)
         return rows[-1]["step"] if rows else None
 
-    def rows(self) -> list[dict]:
-        """results.csv's rows: every trial that ended, and every one that trained part of its steps (`partial`,
-        with the step it reached)."""
+    def rows(self, final: bool = False) -> list[dict]:
+        """results.csv's rows: every trial that ended and, at the end of the run (`final`), every one that trained
+        part of its steps (`partial`, with the step it reached). Only then: while the sweep runs, reading every
+        unfinished trial's metrics.jsonl each time one trial ends would grow with the square of the sweep."""
         rows = []
         for t in self.sweep.trials:
             if t.name not in self.state or self.state[t.name] == "running":
-                step = self.partial_step(t.name)
+                step = self.partial_step(t.name) if final else None
                 if step is not None:
                     rows.append({"trial": t.name, "status": "partial", **flatten(to_dict(t.cfg)), "steps": step,
                                  "requested_steps": t.cfg.train.steps})
@@ -131,10 +132,10 @@ class Book:
             rows.append(row)
         return rows
 
-    def write(self) -> Path:
-        """results.csv: this sweep's rows, after the rows the file already held for trials outside this sweep (an
-        --extend keeps the first sweep's; a plain run has none)."""
-        mine = self.rows()
+    def write(self, final: bool = False) -> Path:
+        """results.csv: this sweep's rows (rows(final)), after the rows the file already held for trials outside
+        this sweep (an --extend keeps the first sweep's; a plain run has none)."""
+        mine = self.rows(final)
         if self.kept is None:
             self.kept = [r for r in raw_rows(self.sweep.dir) if r.get("trial") not in self.by_name]
         return write_results(self.sweep.dir, self.kept + mine)
@@ -246,7 +247,7 @@ TABLE_COLUMNS = ("status", "steps", names.TRAIN_LOSS, names.TRAIN_ACC, names.DRI
 
 def trial_table(book: Book, limit: int = 40) -> str:
     """The trials and their final metrics, as the last thing the driver prints ('-' = not measured)."""
-    rows = book.rows()
+    rows = book.rows(final=True)
     width = max([len(r["trial"]) for r in rows] + [5])
     lines = [f"{'trial':<{width}}" + "".join(f"  {c:>17}" for c in TABLE_COLUMNS)]
 

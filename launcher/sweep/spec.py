@@ -46,8 +46,7 @@ from overparam_dist.config import Config, ConfigError, describe_omegaconf_error,
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
-from .identity import short_hash
-from .naming import NAME_TAGS, trial_name
+from .naming import multirun_name, trial_name
 from .schema import SEARCH_KINDS, SWEEP_KEYS, SearchConfig, SweepConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -205,12 +204,6 @@ def _set(raw: dict, key: str, value: Any, where: str) -> None:
         if not isinstance(raw["overrides"], dict):
             raise ConfigError(f"{where}: 'overrides' must be a mapping of config key -> value")
         raw["overrides"][key] = value
-
-
-def multirun_name(grid: dict[str, list], resolved: dict[str, Any]) -> str:
-    """multirun-<axis tags>-<6 hex digits of the identity>, e.g. multirun-w-d-3f2a1c (multirun-3f2a1c without axes)."""
-    tags = [NAME_TAGS.get(k) or k.rsplit(".", 1)[-1] for k in grid]
-    return "-".join(["multirun", *[re.sub(r"[^A-Za-z0-9._]", "_", t) for t in tags][:4], short_hash(resolved)])
 
 
 def _resolve_base(base: Any, where: str) -> Path | None:

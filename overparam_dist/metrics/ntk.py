@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -295,13 +296,21 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     x = x.detach()
     n = x.shape[0]
     plan = RoutePlan(model)
+
+    def kernel() -> torch.Tensor:
+        b = block_size or (tile_samples(model, plan, x, memory_cap, full) if memory_cap else min(n, DEFAULT_BLOCK))
+        return _assemble(model, plan, x, [(s, min(s + b, n)) for s in range(0, n, b)], full, reduce_fn, share)
+
+    return _rerouted(plan, kernel)
+
+
+def _rerouted(plan: RoutePlan, fn: Callable[[], Any]) -> Any:
+    """fn() with gradients on, tried again each time a capture finds layers it cannot route (they go to the
+    exact fallback: plan.demote)."""
     with torch.enable_grad():
         while True:
             try:
-                b = block_size or (tile_samples(model, plan, x, memory_cap, full) if memory_cap
-                                   else min(n, DEFAULT_BLOCK))
-                blocks = [(s, min(s + b, n)) for s in range(0, n, b)]
-                return _assemble(model, plan, x, blocks, full, reduce_fn, share)
+                return fn()
             except Reroute as e:
                 plan.demote(e.layer_ids)
 
@@ -328,12 +337,7 @@ def block_size_for(model: nn.Module, x: torch.Tensor, memory_cap: int, outputs: 
     """tile_samples for `model` at `x`: what `memory_cap` makes the block size. A caller that takes the kernel of
     the same samples again and again (every logged row) measures it once and passes block_size."""
     plan = RoutePlan(model)
-    with torch.enable_grad():
-        while True:  # as empirical_ntk: a layer its capture cannot route goes to the fallback, and it measures again
-            try:
-                return tile_samples(model, plan, x.detach(), memory_cap, outputs == "full")
-            except Reroute as e:
-                plan.demote(e.layer_ids)
+    return _rerouted(plan, lambda: tile_samples(model, plan, x.detach(), memory_cap, outputs == "full"))
 
 
 def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -> torch.Tensor:

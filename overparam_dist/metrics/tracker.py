@@ -106,7 +106,7 @@ def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | N
             for p in trainable:
                 p.requires_grad_(id(p) in ids)
             part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None,
-                                 memory_cap=None if block_size else memory_cap, block_size=block_size, share=share)
+                                 memory_cap=memory_cap, block_size=block_size, share=share)
             k = part if k is None else k + part
     finally:
         for p in trainable:
@@ -128,7 +128,7 @@ class TheoryMetrics:
         `parallel`: the trial's Parallelism (parallel/parallelize.py) when layers are tensor-parallel shards;
         every metric is then computed from local parts completed by one all-reduce over tp.
         """
-        self.model, self.probe_x, self.parallel, self.memory_cap = model, probe_x, parallel, memory_cap
+        self.model, self.probe_x, self.parallel = model, probe_x, parallel
         sharded = parallel is not None and parallel.world.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
@@ -193,9 +193,9 @@ class TheoryMetrics:
     def _activation_metrics(self, pre: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
         """drift/act_flip* and feature/* from the probe set's pre-activations `pre`, or from a forward over it in
         chunks of PROBE_CHUNK samples, whose sums add up (features.layer_sums)."""
-        chunks = [(0, pre)] if pre is not None else [
+        chunks = [(0, pre)] if pre is not None else (  # a generator: one chunk's pre-activations held at a time
             (s, self.acts.preactivations(self.model, x))
-            for s, x in zip(range(0, self.probe_x.shape[0], PROBE_CHUNK), self.probe_x.split(PROBE_CHUNK))]
+            for s, x in zip(range(0, self.probe_x.shape[0], PROBE_CHUNK), self.probe_x.split(PROBE_CHUNK)))
         sums: dict[str, torch.Tensor] = {}
         for start, part in chunks:
             for layer, h in part.items():
