@@ -80,13 +80,13 @@ def available_bytes(cfg: Config) -> tuple[int, str]:
     return kib * 1024 // ranks, f"MemAvailable / {ranks} process(es) on this host"
 
 
-def check_fits_memory(cfg: Config) -> None:
+def check_fits_memory(cfg: Config, copies: int = 1) -> None:
     """ConfigError (one line) when the floor estimate already exceeds the memory available to one rank, or when the
-    device it would be on is not there."""
+    device it would be on is not there. `copies`: trials held by one process at once (seeds.py)."""
     if cfg.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("config key 'train.device' = 'cuda': no CUDA device is available to this process; use "
                           "train.device=auto or cpu")
-    need = bytes_per_rank(cfg)
+    need = bytes_per_rank(cfg) * copies
     if not os.path.isfile("/proc/meminfo") and not torch.cuda.is_available():
         return  # no way to know what is free here (not Linux): the allocator will say
     have, where = available_bytes(cfg)
@@ -94,5 +94,6 @@ def check_fits_memory(cfg: Config) -> None:
         raise ConfigError(
             f"model.width={cfg.model.width}, model.depth={cfg.model.depth}, data.n={cfg.data.n}, "
             f"data.dim={cfg.data.dim}: one process needs at least {need / GIB:.1f} GiB (parameters, gradients, "
-            f"data, activations, the probe NTK), but only {have / GIB:.1f} GiB is available ({where}); lower the "
-            f"width, n, dim or metrics.ntk_probe, or shard the layers with parallel.tp")
+            f"data, activations, the probe NTK{f', for {copies} batched seeds' if copies > 1 else ''}), but only "
+            f"{have / GIB:.1f} GiB is available ({where}); lower the width, n, dim or metrics.ntk_probe, or shard "
+            f"the layers with parallel.tp{' (or set batch_seeds: false)' if copies > 1 else ''}")

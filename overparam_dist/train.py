@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint, precision, rundir
+from . import checkpoint, loop, precision, rundir
 from .config import Config, ConfigError, effective_train_outer, probe_samples
 from .data import Dataset, build_dataset
 from .footprint import check_fits_memory
@@ -33,7 +33,6 @@ from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
-from .preemption import Preemption
 from .rundir import default_run_name, run_dir
 from .sinks import OnLog, Sinks
 from .step_size import effective_lrs, init_facts, resolve_lr
@@ -63,7 +62,7 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
             world.barrier()
             # Everything but the training step itself (precision.training_step) is computed exactly.
             with rundir.out_of_room_is_one_line(run_dir(cfg)), precision.exact():
-                return Trainer(cfg, world, ds, on_log).train()
+                return loop.train([Trainer(cfg, world, ds, on_log)])[0]
     finally:
         world.close()
 
@@ -216,27 +215,43 @@ class Trainer:
         every = self.cfg.metrics.every
         return step == 0 or step >= self.cfg.train.steps or (every > 0 and step % every == 0)
 
-    def forward_and_measure(self, step: int, log_now: bool) -> tuple[torch.Tensor, float, float | None]:
-        """Forward on the batch of this update: (loss to backprop, train loss, train accuracy or None).
-        With full batch its loss is the train loss of theta_step; with mini-batches a logged step evaluates."""
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(inputs, targets, labels or None) of update `step` on this rank: its share of the training set under
+        full batch, else its share of the step's mini-batch."""
+        if self.full_batch:
+            return self.x_local, self.t_local, self.labels_local
         world = self.world
-        if self.full_batch:
-            xb, tb, lb = self.x_local, self.t_local, self.labels_local
-        else:
-            idx = _batch_indices(self.cfg, self.n, step)
-            b = idx.numel() // world.dp
-            idx = idx[world.dp_rank * b:(world.dp_rank + 1) * b].to(self.device)
-            xb, tb = self.x_all[idx], self.t_all[idx]
-            lb = self.labels[idx] if self.labels is not None else None
+        idx = _batch_indices(self.cfg, self.n, step)
+        b = idx.numel() // world.dp
+        idx = idx[world.dp_rank * b:(world.dp_rank + 1) * b].to(self.device)
+        return self.x_all[idx], self.t_all[idx], (self.labels[idx] if self.labels is not None else None)
+
+    def forward(self, xb: torch.Tensor) -> torch.Tensor:
+        """The training forward of one update (seeds.py batches it over seeds instead)."""
         with precision.training_step(self.cfg.train.precision, self.device):
-            output = self.step_net(xb)
+            return self.step_net(xb)
+
+    def measure(self, step: int, output: torch.Tensor, tb: torch.Tensor, lb: torch.Tensor | None) -> None:
+        """From the forward on the batch of this update: the loss to backprop, the train loss and accuracy (with full
+        batch those of theta_step; with mini-batches a logged step evaluates), and whether to stop here."""
+        cfg = self.cfg
+        self.log_now = self.is_log_step(step)
         output = output.to(self.dtype)  # the loss in the weights' dtype (bf16 autocast returns bfloat16)
-        loss = self.loss_fn(output, tb)
+        self.loss = self.loss_fn(output, tb)
         if self.full_batch:
-            return (loss, *self._reduce_loss_acc(loss.detach(), output.detach(), lb))
-        if log_now:
-            return (loss, *self.evaluate())
-        return loss, float(loss.detach()), None  # batch loss: divergence check only
+            self.train_loss, self.train_acc = self._reduce_loss_acc(self.loss.detach(), output.detach(), lb)
+        elif self.log_now:
+            self.train_loss, self.train_acc = self.evaluate()
+        else:
+            self.train_loss, self.train_acc = float(self.loss.detach()), None  # batch loss: divergence check only
+        self.diverged = not math.isfinite(self.train_loss)
+        # Only a loss of the whole training set decides a fit (mini-batch SGD sees one on logged rows alone)
+        fitted = (self.full_batch or self.log_now) and self.fitted(self.train_loss, self.train_acc)
+        if self.full_batch or self.log_now:
+            self.conv.update(step, self.train_loss, fitted)
+            self.regime.see_loss(step, self.train_loss)
+        self.stop = self.diverged or step >= cfg.train.steps or (
+            fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0 or cfg.train.target_ratio > 0))
 
     def _reduce_loss_acc(self, loss: torch.Tensor, output: torch.Tensor, labels) -> tuple[float, float | None]:
         """The mean loss over this rank's share -> the mean over all n samples (shares may differ by one)."""
@@ -313,61 +328,49 @@ class Trainer:
                         self.cfg.checkpoint.keep)
         self.saved_at = step
 
-    # -- the loop ------------------------------------------------------------------------------------------
-    def train(self) -> dict:
-        cfg = self.cfg
+    # -- the loop (loop.py runs these for one trainer, or for the seeds of one cell together) -----------------
+    def begin(self) -> None:
         self.bar = None
-        if self.world.is_main and not cfg.run.quiet:
+        if self.world.is_main and not self.cfg.run.quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=cfg.train.steps, initial=self.start_step, desc=self.name, unit="step", leave=False)
-        step = self.saved_at = self.start_step
-        status, final_metrics = "completed", {}
-        preemption = Preemption(cfg.run.preempt_file)
+            self.bar = tqdm(total=self.cfg.train.steps, initial=self.start_step, desc=self.name, unit="step",
+                            leave=False)
+        self.step = self.saved_at = self.start_step
+        self.status, self.final_metrics = "completed", {}
         self.t_start = self.t_mark = time.perf_counter()
         self.steps_since = 0
 
-        while True:
-            log_now = self.is_log_step(step)
-            loss, train_loss, train_acc = self.forward_and_measure(step, log_now)
-            diverged = not math.isfinite(train_loss)
-            # Only a loss of the whole training set decides a fit (mini-batch SGD sees one on logged rows alone)
-            fitted = (self.full_batch or log_now) and self.fitted(train_loss, train_acc)
-            if self.full_batch or log_now:
-                self.conv.update(step, train_loss, fitted)
-                self.regime.see_loss(step, train_loss)
-            stop = diverged or step >= cfg.train.steps or (
-                fitted and (cfg.train.stop_at_fit or cfg.train.target_loss > 0 or cfg.train.target_ratio > 0))
-            if not stop:
-                self.optimizer.zero_grad(set_to_none=True)
-                with precision.backward_step(cfg.train.precision):
-                    loss.backward()
-            if log_now or stop:
-                final_metrics = self.log(step, train_loss, train_acc, has_grad=not stop, diverged=diverged,
-                                         final=stop)
-            if stop:
-                status = "diverged" if diverged else "completed"
-                break
+    def log_or_stop(self) -> bool:
+        """After the backward of this update: its row when due; True when the trial stops at this step."""
+        if self.log_now or self.stop:
+            self.final_metrics = self.log(self.step, self.train_loss, self.train_acc, has_grad=not self.stop,
+                                          diverged=self.diverged, final=self.stop)
+        if self.stop:
+            self.status = "diverged" if self.diverged else "completed"
+        return self.stop
 
-            self.optimizer.step()
-            step += 1
-            self.steps_since += 1
-            if self.bar is not None:
-                self.bar.update(1)
-            if cfg.checkpoint.every > 0 and step % cfg.checkpoint.every == 0 and step < cfg.train.steps:
-                self.save_checkpoint(step)
-            if preemption.requested(self.world):
-                if self.saved_at != step:
-                    self.save_checkpoint(step)
-                status = "preempted"
-                break
+    def update(self) -> None:
+        self.optimizer.step()
+        self.step += 1
+        self.steps_since += 1
+        if self.bar is not None:
+            self.bar.update(1)
+        if self.cfg.checkpoint.every > 0 and self.step % self.cfg.checkpoint.every == 0 \
+                and self.step < self.cfg.train.steps:
+            self.save_checkpoint(self.step)
 
-        preemption.restore()
+    def preempt(self) -> None:
+        if self.saved_at != self.step:
+            self.save_checkpoint(self.step)
+        self.status = "preempted"
+
+    def end(self) -> dict:
         if self.bar is not None:
             self.bar.close()
-        if status == "completed" and self.saved_at != step:
-            self.save_checkpoint(step)
-        return self.finish(status, step, final_metrics)
+        if self.status == "completed" and self.saved_at != self.step:
+            self.save_checkpoint(self.step)
+        return self.finish(self.status, self.step, self.final_metrics)
 
     def finish(self, status: str, step: int, final_metrics: dict[str, float]) -> dict:
         """Write summary.json (rank 0), close the sinks, and return the summary on every rank."""

@@ -259,6 +259,7 @@ def test_dashboard_names_each_trial_actor_and_its_log_shows_progress(tmp_path):
 
     spec = {"name": "dash", "grid": {"seed": [0, 1]}, "resources": {"cpus": 2},  # one at a time on 2 CPUs
             "reuse_actors": False,  # auto would reuse them on a private Ray (tune.actors_reused)
+            "batch_seeds": False,  # auto would train the two seeds as one trial (seed_groups.py)
             "overrides": {"model.width": 32, "data.n": 16, "data.target": "regression", "train.steps": 200,
                           "train.stop_at_fit": False, "metrics.every": 20, "checkpoint.every": 0}}
     (tmp_path / "dash.yaml").write_text(yaml.safe_dump(spec))

@@ -123,7 +123,7 @@ def test_sweep_spreads_over_two_nodes_and_tp_pairs_stay_inside_a_node(ray_nodes,
     assert not (tmp_path / "runs" / "wide").exists()
     # Four 1-CPU trials at once need both 2-CPU nodes.
     spread = {"name": "spread", "overrides": {**TRIAL, "train.steps": 200, "checkpoint.every": 0},
-              "grid": {"seed": [0, 1, 2, 3]}, "resources": {"cpus": 1}}
+              "grid": {"seed": [0, 1, 2, 3]}, "resources": {"cpus": 1}, "batch_seeds": False}  # four trials
     proc = _sweep(tmp_path, state, spread)
     assert proc.wait(timeout=300) == 0, (tmp_path / "spread.log").read_text()[-3000:]
     placement = {d.name: _nodes(d) for d in sorted((tmp_path / "runs" / "spread").glob("s[0-3]"))}

@@ -19,6 +19,7 @@ from launcher.sweep.driver import run_sweep
 from launcher.sweep.plans import FINISHED, CriticalWidthPlan, fit_power_law, reached
 from launcher.sweep.spec import load_sweep
 from overparam_dist.config import ConfigError
+from overparam_dist.train import run_trial
 
 QUICKSTART = ROOT / "configs" / "sweep" / "quickstart.yaml"
 
@@ -200,17 +201,17 @@ def test_power_law_fit_recovers_exponents():
 def test_quickstart_sweep(ray_address, tmp_path):
     from launcher.demo import width_table
 
-    # One seed of the three (make demo runs all): the grid and the table are the same shape, a third of the time.
-    sweep = load_sweep(QUICKSTART, ["grid.seed=[0]"], runs_dir=tmp_path / "runs")
+    # Its three seeds of each cell train as one batched trial (batch_seeds: auto); depth 2 alone, half the time.
+    sweep = load_sweep(QUICKSTART, ["grid.model.depth=[2]"], runs_dir=tmp_path / "runs")
     outcome = run_sweep(sweep, progress_every=30)
-    assert outcome.counts["completed"] == 8 and not outcome.failed
+    assert outcome.counts["completed"] == 12 and not outcome.failed
     rows = _results(sweep.dir)
-    assert len(rows) == 8
+    assert len(rows) == 12
     grid = yaml.safe_load(QUICKSTART.read_text())["grid"]
-    assert {(int(r["model.width"]), int(r["model.depth"])) for r in rows} == {
-        (w, d) for w in grid["model.width"] for d in grid["model.depth"]}
+    assert {(int(r["model.width"]), int(r["seed"])) for r in rows} == {
+        (w, s) for w in grid["model.width"] for s in grid["seed"]}
     for r in rows:
-        assert r["trial"] == f"w{r['model.width']}-d{r['model.depth']}" and r["status"] == "completed"
+        assert r["trial"] == f"w{r['model.width']}-s{r['seed']}" and r["status"] == "completed"
         assert r["data.n"] == "32" and r["wandb.group"] == "quickstart" and r["steps"] == "200"
         for key in ("train/loss", "drift/weight_rel", "train/acc"):
             assert math.isfinite(float(r[key])), (r["trial"], key)
@@ -218,9 +219,16 @@ def test_quickstart_sweep(ray_address, tmp_path):
             assert math.isfinite(float(r["ntk/rel_drift"]))
     table = width_table(sweep.dir)
     assert "slope" in table and "drift/weight_rel" in table
-    assert "inconclusive (O(m^-1))" in table and "supported" not in table  # one seed: no verdict can be reached
-    # reuse_actors: auto on a cluster the sweep connects to: a new actor, so a new process, for every trial
-    assert len({(sweep.dir / ".workers" / f"{r['trial']}.pid").read_text() for r in rows}) == 8
+    assert "supported (O(m^-1))" in table, table  # three seeds: an interval, so a verdict
+    # One process per cell, named by its group; each seed's rows are those of the seed trained alone
+    pids = {w: (sweep.dir / ".workers" / f"w{w}-s0+2seeds.pid").read_text() for w in grid["model.width"]}
+    assert len(set(pids.values())) == 4
+    alone = sweep.trials[1].cfg
+    alone.run.dir = str(tmp_path / "alone")
+    run_trial(alone)
+    from test_seeds import assert_same_runs
+
+    assert_same_runs(tmp_path / "alone", sweep.dir / sweep.trials[1].name, 1e-6)
 
 
 @pytest.mark.slow
@@ -230,6 +238,7 @@ def test_reuse_actors_auto_reuses_them_on_the_private_ray(tmp_path):
     would import Ray Tune and torch again (tune.actors_reused). Issue 31: on a machine where Ray never ran, whose
     temp roots (RAY_TMPDIR, TMPDIR) do not exist yet; the sweep creates nothing there."""
     spec = _write(tmp_path, {"name": "auto", "grid": {"seed": [0, 1, 2]}, "resources": {"cpus": 2},  # one at a time
+                             "batch_seeds": False,  # three trials, not one batch of three seeds
                              "overrides": {"model.width": 16, "data.n": 8, "train.steps": 5, "metrics.every": 5,
                                            "checkpoint.every": 0}})
     no_root = tmp_path / "no-such-root"

@@ -94,7 +94,8 @@ def _snapshot(run_dir: Path) -> dict:
 
 @pytest.mark.slow
 def test_killed_driver_then_resume_skips_finished_trials(ray_address, tmp_path):
-    spec = {"name": "drv", "overrides": {**TRIAL, "train.steps": 120}, "grid": {"seed": [0, 1, 2, 3]}}
+    spec = {"name": "drv", "overrides": {**TRIAL, "train.steps": 120}, "grid": {"seed": [0, 1, 2, 3]},
+            "batch_seeds": False}  # four trials, which end at different times
     proc, log = _start_sweep(tmp_path, spec, ray_address)
     sdir = tmp_path / "runs" / "drv"
     runs = [sdir / f"s{i}" for i in range(4)]

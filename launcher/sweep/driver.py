@@ -28,6 +28,7 @@ from .cluster import check_reachable, ray_connected, ray_session
 from .plans import make_plan
 from .preemption import preempt_requested, preemption_handler
 from .progress import Book, count_states, trial_table
+from .seed_groups import check_batchable
 from .spec import PREEMPT_FILE, Sweep, load_sweep
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again (with --resume)
@@ -63,6 +64,7 @@ def prepare(sweep: Sweep, resume: bool, address: str | None = None, extend: bool
                               "give this one another name (name=...)")
         identity.check(sdir, sweep.to_yaml_dict(), extend)
     check_unlocked(sdir, "sweep directory")  # a --resume while the first driver still runs
+    check_batchable(sweep)
     sweep.check_inputs(on_this_host=not (address or os.environ.get("RAY_ADDRESS") or ray_connected()))
     return {t.name: s for t in sweep.trials if (s := t.finished_summary()) is not None}
 
@@ -90,7 +92,8 @@ def _run_sweep(sweep: Sweep, done: dict[str, dict], address: str | None, resume:
     for name, summary in done.items():
         book.finished(name, summary, write=False)
     plan = make_plan(sweep, done)
-    book.scheduled = len(done) + plan.total if plan.sized else 0
+    # A group of seeds (seed_groups.py) is one Tune trial of several of the book's trials
+    book.scheduled = len(done) + sum(len(t.members) or 1 for t in plan.candidates()) if plan.sized else 0
 
     def start_outputs() -> None:
         sweep.dir.mkdir(parents=True, exist_ok=True)
@@ -137,6 +140,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         from .spec import trial_demand
 
+        check_batchable(sweep)
         print(dry_run_table(sweep, trial_demand))
         return 0
     try:

@@ -34,6 +34,7 @@ from overparam_dist.analysis.results import CRITICAL_WIDTH_FILE, CRITICAL_WIDTH_
 from overparam_dist.metrics import names
 from overparam_dist.rundir import atomic_write
 
+from .seed_groups import group_seeds
 from .spec import Sweep, Trial
 
 FINISHED = "FINISHED"  # next_trial(): the plan has nothing more to run (None: nothing right now, ask again)
@@ -59,7 +60,7 @@ class Plan(Protocol):
 
 
 class GridPlan:
-    """Run these trials, in order."""
+    """Run these trials, in order (a group of seeds, seed_groups.py, is one of them)."""
 
     sized = True
 
@@ -93,7 +94,7 @@ def make_plan(sweep: Sweep, done: dict[str, dict]) -> Plan:
     """The plan of a sweep, given the trials that already finished (`done`, not run again)."""
     if sweep.kind == "critical_width":
         return CriticalWidthPlan(sweep, done)
-    return GridPlan([t for t in sweep.trials if t.name not in done])
+    return GridPlan(group_seeds([t for t in sweep.trials if t.name not in done], sweep.batch_seeds))
 
 
 # Cell axes the power law regresses on, with the exponent's name.

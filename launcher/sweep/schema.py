@@ -13,7 +13,7 @@ DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
 @dataclass
 class ResourcesConfig:
     cpus: float = 1.0  # per process of a trial (a trial has parallel.dp x parallel.tp processes)
-    gpus: float = 0.0
+    gpus: float = 0.0  # per process of a trial (0: CPU only)
 
 
 @dataclass
@@ -36,6 +36,10 @@ class SweepConfig:
     # which saves their start (imports of Ray Tune and torch: 7 s per trial on 2 cores); None (`auto`, the
     # default): true on the private Ray a sweep starts, false on a cluster it connects to (tune.actors_reused)
     reuse_actors: Optional[bool] = None
+    # The seeds of one cell (trials that differ only in `seed`) as one batched model in one trial process
+    # (overparam_dist/seeds.py), each seed still with its own run directory: None (`auto`, the default) where that
+    # is exact (one process per trial, no torch.compile, no bf16); true also refuses a sweep where it is not
+    batch_seeds: Optional[bool] = None
     search: SearchConfig = field(default_factory=SearchConfig)
     reproduces: Optional[str] = None  # a claim of overparam_dist/analysis/claims.py: the report sets it beside ours
     quick: dict[str, Any] = field(default_factory=dict)  # sweep key -> value, applied by --quick

@@ -10,6 +10,7 @@ A sweep file (configs/sweep/*.yaml) has these keys, all optional but `grid` or `
     max_failures: 2                      # retries of a failed trial (each resumes from its checkpoint)
     max_trials: 10000                    # a larger grid is refused in one line; raise it to run one
     reuse_actors: auto                   # true: actors run trial after trial; false: one named actor per trial
+    batch_seeds: auto                    # the seeds of a cell as one batched model in one process (seeds.py)
     search: {kind: critical_width, widths: [4, 8, ..., 256], k: 0}    # absent = the grid itself
     reproduces: lee2019_linear           # a published claim (overparam_dist/analysis/claims.py) the report checks
     quick: {grid.model.width: [64, 256]} # the keys `--quick` changes (a small variant, run as <name>-quick)
@@ -69,6 +70,7 @@ class Trial:
     name: str
     point: dict[str, Any]  # the grid values of this trial (all grid axes, in grid order)
     cfg: Config
+    members: tuple[Trial, ...] = ()  # a group of seeds trained together (seed_groups.py); cfg is the first's
 
     @property
     def workers(self) -> int:
@@ -98,6 +100,7 @@ class Sweep:
     trials: list[Trial] = field(default_factory=list)  # grid: every trial; critical_width: every candidate
     reproduces: str | None = None
     max_trials: int = SweepConfig.max_trials
+    batch_seeds: bool | None = None  # None: auto (seed_groups.py)
 
     @property
     def dir(self) -> Path:
@@ -131,6 +134,7 @@ class Sweep:
             "name": self.name, "base": str(self.base) if self.base else None, "overrides": self.overrides,
             "grid": self.grid, "resources": self.resources, "max_failures": self.max_failures,
             "reuse_actors": "auto" if self.reuse_actors is None else self.reuse_actors, "search": self.search,
+            "batch_seeds": "auto" if self.batch_seeds is None else self.batch_seeds,
             "reproduces": self.reproduces,
         }
 
@@ -296,7 +300,8 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     typed = _typed(where, {"resources": raw.get("resources") or {}, "search": search,
                            "max_failures": raw.get("max_failures", SweepConfig.max_failures),
                            "max_trials": raw.get("max_trials", SweepConfig.max_trials),
-                           "reuse_actors": _reuse_actors(raw.get("reuse_actors", "auto"), where)})
+                           "reuse_actors": _auto_bool(raw, "reuse_actors", where),
+                           "batch_seeds": _auto_bool(raw, "batch_seeds", where)})
     res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
     for key, v in res.items():
         if not math.isfinite(v) or v < 0 or (key == "cpus" and v <= 0):
@@ -321,7 +326,8 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
                                     "search": search, "reproduces": reproduces})
     sweep = Sweep(name=name, file=Path(path) if path is not None else None, base=base, overrides=overrides,
                   grid=grid, resources=res, max_failures=max_failures, reuse_actors=typed.reuse_actors, search=search,
-                  runs_dir=Path(runs_dir).absolute(), reproduces=reproduces, max_trials=typed.max_trials)
+                  runs_dir=Path(runs_dir).absolute(), reproduces=reproduces, max_trials=typed.max_trials,
+                  batch_seeds=typed.batch_seeds)
     sweep.trials = _expand(sweep, where)
     if search["kind"] == "critical_width" and (t := next((t for t in sweep.trials if t.cfg.data.target != "labels"
                                                            and t.cfg.train.target_loss <= 0
@@ -332,11 +338,12 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     return sweep
 
 
-def _reuse_actors(value: Any, where: str) -> bool | None:
+def _auto_bool(raw: dict[str, Any], key: str, where: str) -> bool | None:
+    value = raw.get(key, "auto")
     if value == "auto" or value is None:
         return None
     if not isinstance(value, bool):
-        raise ConfigError(f"{where}: 'reuse_actors' = {value!r} must be true, false or auto")
+        raise ConfigError(f"{where}: '{key}' = {value!r} must be true, false or auto")
     return value
 
 

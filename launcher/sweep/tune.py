@@ -36,6 +36,7 @@ from .placement import (
 from .plans import FINISHED, Plan
 from .preemption import preempt_requested, reclaim_usr1
 from .progress import SUMMARY_KEY, Book
+from .seed_groups import MEMBER_KEY, member_configs, member_names, run_group
 from .spec import Sweep, Trial, trial_demand
 from .trial_log import progress_printer, quiet_requested_exits, stop_wandb_service, trial_label
 
@@ -88,7 +89,12 @@ def trainable(config: dict) -> None:
     quiet_requested_exits()
     try:
         if _preempted_already(config):
-            tune.report(final_result({"status": "preempted", "name": config["trial"], "steps": None}))
+            for name in member_names(config):
+                tune.report({**final_result({"status": "preempted", "name": name, "steps": None}), MEMBER_KEY: name})
+        elif config["members"]:  # the seeds of a cell as one batched model (seed_groups.py)
+            write_pid(config["pid_file"])
+            for m, summary in zip(config["members"], run_group(config, tune.report, progress_printer)):
+                tune.report({**final_result(summary), MEMBER_KEY: m["trial"]})
         elif config["workers"] == 1:
             from overparam_dist.train import run_trial
 
@@ -267,6 +273,7 @@ def trial_config(sweep: Sweep, t: Trial, reuse_actors: bool) -> dict:
         "resources": dict(sweep.resources),
         "reuse_actors": reuse_actors,
         "pid_file": str(sweep.dir / PIDS_DIR / f"{t.name}.pid"),
+        "members": member_configs(t),  # a group of seeds: each member's {"trial", "cfg"}
         "train_storage": str(sweep.dir / "_ray" / "train"),
     }
 
@@ -277,19 +284,24 @@ def _callback(book: Book, every_s: float):
     def name_of(trial) -> str:
         return trial.config["trial"]
 
+    def each(trial) -> list[str]:  # the book's trials a Tune trial runs: the seeds of a group, or itself
+        return member_names(trial.config)
+
     class Progress(tune.Callback):
         def setup(self, **info):
             reclaim_usr1()
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            book.started(name_of(trial))
+            for name in each(trial):
+                book.started(name)
             book.maybe_print(every_s)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            book.result(name_of(trial), result)
+            book.result(result.get(MEMBER_KEY) or name_of(trial), result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
-            book.ended(name_of(trial))
+            for name in each(trial):
+                book.ended(name)
             book.maybe_print(every_s)
 
         def on_trial_recover(self, iteration, trials, trial, **info):
@@ -298,7 +310,8 @@ def _callback(book: Book, every_s: float):
 
         def on_trial_error(self, iteration, trials, trial, **info):
             err = _trial_error(trial)
-            book.ended(name_of(trial), error=err)
+            for name in each(trial):
+                book.ended(name, error=err)
             book.say(f"[{book.sweep.name}] trial {name_of(trial)} failed: {err}")
 
         def on_step_end(self, iteration, trials, **info):

@@ -1,0 +1,112 @@
+"""The seeds of one cell trained in one process as one batched model: `run_seeds(cfgs) -> [summary, ...]`.
+
+A cell of k seeds as k trials costs k process starts, k model builds and k sets of small matrix products that
+leave the cores idle at small widths. Here each seed still has its own Trainer (train.py): its own run directory,
+metrics.jsonl, checkpoints, W&B run, theory metrics and summary, all computed on its own model. Only the training
+step is shared: every model's parameters are rows of one stacked tensor per parameter (SeedStack), the forward is
+one `torch.func.vmap` of the model over (parameters, inputs), and one backward of the summed losses gives every
+seed's gradient, which its own optimizer applies to its row. So a seed's update is the one it gets alone, up to the
+rounding of a batched matrix product (tests/test_seeds.py: 1e-6 in float32, 1e-12 in float64).
+
+seed_cells.batch_reason says which configs can be batched so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.func import functional_call, vmap
+
+from . import loop, precision, rundir
+from .config import Config
+from .data import build_dataset
+from .footprint import check_fits_memory
+from .parallel.distributed import setup
+from .rundir import run_dir
+from .seed_cells import batch_reason
+from .sinks import OnLog
+
+
+class SeedStack:
+    """The models of k trainers as one: each parameter and buffer is stacked into a (k, ...) tensor, and each
+    model's own tensor becomes an alias of its row (p.data = stacked[i]), so its optimizer updates the stack in
+    place and its metrics read the stack's row."""
+
+    def __init__(self, trainers):
+        self.template = trainers[0].model  # the architecture; functional_call swaps its tensors per call
+        self.row = {id(t): i for i, t in enumerate(trainers)}
+        self.stacked: dict[str, torch.Tensor] = {}
+        for name, _ in self.template.named_parameters():
+            tensors = [dict(t.model.named_parameters())[name] for t in trainers]
+            self.stacked[name] = torch.stack([p.detach() for p in tensors])
+            for i, p in enumerate(tensors):
+                p.data = self.stacked[name][i]
+        for name, _ in self.template.named_buffers():
+            tensors = [dict(t.model.named_buffers())[name] for t in trainers]
+            self.stacked[name] = torch.stack(tensors)
+            for i, b in enumerate(tensors):
+                b.data = self.stacked[name][i]
+        self.trained = {n for n, p in self.template.named_parameters() if p.requires_grad}
+        self.leaves: dict[str, torch.Tensor] = {}
+
+    def forward(self, group, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each trainer's training output on its inputs, from one vmapped forward with a graph to the stack (to
+        the rows of `group` only, when some seeds have stopped or lag behind)."""
+        rows = [self.row[id(t)] for t in group]
+        self.position = {row: j for j, row in enumerate(rows)}  # row of the stack -> row of this forward's leaves
+        whole = rows == list(range(len(self.row)))
+        index = torch.tensor(rows, device=inputs[0].device)
+        self.leaves = {}
+        for n, s in self.stacked.items():
+            leaf = (s if whole else s.index_select(0, index)).detach()
+            self.leaves[n] = leaf.requires_grad_(True) if n in self.trained else leaf
+
+        def one(tensors, x):
+            return functional_call(self.template, tensors, (x,))
+
+        with precision.training_step(group[0].cfg.train.precision, inputs[0].device):
+            out = vmap(one)(self.leaves, torch.stack(inputs))
+        return list(out.unbind(0))
+
+    def scatter_grads(self, going) -> None:
+        """Hand each trainer the gradient of its row (one backward of the summed losses gave them all)."""
+        for t in going:
+            j = self.position[self.row[id(t)]]
+            for n, p in t.model.named_parameters():
+                if n in self.trained:
+                    p.grad = self.leaves[n].grad[j]
+        self.leaves = {}
+
+
+def run_seeds(cfgs: list[Config], on_logs: list[OnLog | None] | None = None) -> list[dict]:
+    """Train the seeds `cfgs` of one cell together (batch_reason must be None) and return their summaries, in order.
+    A seed that already finished returns its summary without training, as run_trial does."""
+    from .train import Trainer  # train.py imports loop.py, which this module's types name
+
+    reason = batch_reason(cfgs)
+    if reason is not None:
+        raise ValueError(f"these seeds cannot be batched: {reason}")
+    on_logs = on_logs or [None] * len(cfgs)
+    for cfg in cfgs:
+        check_fits_memory(cfg, copies=len(cfgs))
+    world = setup(cfgs[0])
+    try:
+        datasets = [build_dataset(cfg) for cfg in cfgs]
+        for cfg in cfgs:
+            rundir.check_run_dir(cfg)
+        with contextlib.ExitStack() as held:
+            for cfg in cfgs:
+                held.enter_context(rundir.exclusive(run_dir(cfg)))
+            summaries: list[dict | None] = [rundir.finished_summary(run_dir(cfg), cfg) for cfg in cfgs]
+            todo = [i for i, s in enumerate(summaries) if s is None]
+            if todo:
+                # A full disk while any seed writes: one line naming the file (out_of_room_is_one_line)
+                with precision.exact(), rundir.out_of_room_is_one_line(run_dir(cfgs[todo[0]]).parent):
+                    trainers = [Trainer(cfgs[i], world, datasets[i], on_logs[i]) for i in todo]
+                    stack = SeedStack(trainers) if len(trainers) > 1 else None
+                    for i, summary in zip(todo, loop.train(trainers, stack)):
+                        summaries[i] = summary
+            return summaries
+    finally:
+        world.close()
