@@ -1,10 +1,11 @@
 # The two commands a researcher needs: `make demo` and `make test` (the tests CI runs); `make test-fast` is the
-# edit loop's tier: unit and exactness tests, no Ray, no Slurm, no multi-process run (tests/conftest.py).
+# edit loop's tier: unit and exactness tests, no Ray, no Slurm, no multi-process run (tests/conftest.py). `make docs`
+# builds the documentation site into site/ with warnings as errors.
 PY := .venv/bin/python
 # torch is pinned to the local CPU wheel first: a looser range would pull a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: demo test test-fast lint gallery clean-venv
+.PHONY: demo test test-fast docs lint gallery clean-venv
 
 .venv/.installed: pyproject.toml
 	@echo "setting up .venv (once, about 2 minutes): 1/3 pip"
@@ -12,8 +13,8 @@ TORCH := torch==2.13.0
 	$(PY) -m pip install -q --upgrade pip
 	@echo "setting up .venv: 2/3 $(TORCH) (the CPU wheel)"
 	$(PY) -m pip install -q $(TORCH)
-	@echo "setting up .venv: 3/3 overparam-dist and its dependencies (ray, wandb, matplotlib, ...)"
-	$(PY) -m pip install -q -e '.[dev]'
+	@echo "setting up .venv: 3/3 overparam-dist and its dependencies (ray, wandb, matplotlib, ..., mkdocs for the docs)"
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	@echo "setting up .venv: done"
 	touch $@
 
@@ -40,8 +41,18 @@ gallery: .venv/.installed
 	  times="$$times\n  $$n: $$(( $$(date +%s) - t0 )) s"; done; \
 	  printf "gallery wall times on $$(nproc) cores:$$times\n  total: $$(( $$(date +%s) - start )) s\n"
 
+# The site: the docs extra (mkdocs, mkdocs-material, mkdocstrings), the reference pages under docs/reference/
+# regenerated from the code (docs/gen_ref.py; the build generates them afresh anyway), then the build, strict.
+.venv/.docs: pyproject.toml .venv/.installed
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+docs: .venv/.docs
+	$(PY) docs/gen_ref.py
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 lint: .venv/.installed
-	.venv/bin/ruff check overparam_dist launcher tests bench
+	.venv/bin/ruff check overparam_dist launcher tests bench docs
 
 clean-venv:
 	rm -rf .venv

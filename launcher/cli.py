@@ -106,8 +106,9 @@ def _print_config(cfg, resolved: bool) -> int:
 
 
 EPILOG = """\
-Every config key, its default and what it allows: README.md, "Configuration reference" (the schema itself is
-overparam_dist/schema.py). Flags and key=value overrides mix in any order.
+Every config key, its default and what it allows: docs/reference/config.md, "Configuration reference" (generated
+from the schema, overparam_dist/schema.py; `make docs` builds the documentation site). Flags and key=value
+overrides mix in any order.
 
 examples:
   overparam train model.width=1024 model.depth=2 --quiet
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config as YAML; run nothing")
     t.add_argument("--resolved", action="store_true",
                    help="with --print-config: also compute what needs the model (train.lr=auto's step, ...)")
-    t.add_argument("overrides", nargs="*", metavar="key=value")
+    t.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. model.width=1024 (every key: docs/reference/config.md)")
     t.set_defaults(fn=cmd_train)
 
     from .sweep import driver as sweep_cmd
@@ -187,8 +189,9 @@ def cmd_jobs(args: argparse.Namespace) -> int:
 
 def _add_jobs(sub) -> None:
     j = sub.add_parser("jobs", help="follow a submitted job: status, logs, stop")
-    j.add_argument("action", choices=("status", "logs", "stop"))
-    j.add_argument("job_id", metavar="JOB_ID")
+    j.add_argument("action", choices=("status", "logs", "stop"),
+                   help="status: state, node, time, restarts, log; logs: the job's output; stop: cancel the job")
+    j.add_argument("job_id", metavar="JOB_ID", help="a Ray job id (raysubmit_...) or a Slurm job id (a number)")
     j.add_argument("--backend", choices=[name for name, _ in JOB_BACKENDS], default=None,
                    help="which scheduler owns JOB_ID (default: guessed from the id)")
     j.add_argument("--address", default=None,

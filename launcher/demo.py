@@ -60,8 +60,8 @@ def width_table(sweep_dir: Path, columns=COLUMNS) -> str:
     lines.append("slope: d log(metric) / d log(width), per seed, mean and 95% interval over seeds. Lazy-training "
                  "theory (theory.py) bounds both: ntk/rel_drift = O(m^-1/2); weights move O(1/sqrt(m)) against "
                  "||W_0||_F ~ sqrt(2m), so drift/weight_rel = O(m^-1). A verdict needs at least 3 seeds and an "
-                 "interval that excludes 0 and reaches the exponent + 0.2 or below (faster is within a bound; README: "
-                 "Verdicts).")
+                 "interval that excludes 0 and reaches the exponent + 0.2 or below (faster is within a bound; "
+                 "docs/concepts/verdicts.md).")
     if note := res.flag_note():
         lines.append(note)
     return "\n".join(lines)

@@ -160,7 +160,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     runtime_env = {"working_dir": str(REPO), "excludes": WORKING_DIR_EXCLUDES}
     # Never a secret: runtime_env is returned in plain text by the dashboard's job API and written to Ray's logs.
     # Cluster nodes get W&B credentials from ~/.netrc on the shared file system (`wandb login`) or their own
-    # environment (README, "Ray Jobs and the dashboard").
+    # environment (docs/guides/ray.md).
     env_vars = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
     if env_vars:
         runtime_env["env_vars"] = env_vars
@@ -243,5 +243,6 @@ def add_submit_parser(targets) -> None:
     r.add_argument("--python", default="python", help="the cluster's Python command (default: python)")
     r.add_argument("--job-id", default=None, help="submission id (default: Ray chooses raysubmit_...)")
     r.add_argument("--wait", action="store_true", help="stay and print the job's logs until it ends")
-    r.add_argument("overrides", nargs="*", metavar="key=value")
+    r.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="sweep keys or trial config keys, as for `overparam sweep`")
     r.set_defaults(fn=cmd_submit)

@@ -23,7 +23,7 @@ class ModelConfig:
     train_input_only: bool = False  # Du et al. 2018's net: only A trains, on the raw inputs; the read-out B is fixed
     # at random signs (their a_r = +-1, times B's scale) and any W_l at init. With depth 0: their two-layer net
     tau: float = 0.1  # resnet branch scale: h_l = relu(h_{l-1} + tau * W_l h_{l-1})
-    kernel_size: int = 3  # cnn
+    kernel_size: int = 3  # cnn: the convolution kernel size (odd)
 
 
 @dataclass
@@ -114,14 +114,14 @@ class RunConfig:
 @dataclass
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
-    project: str = "overparam-dist"
-    entity: str = ""
+    project: str = "overparam-dist"  # W&B project
+    entity: str = ""  # W&B entity (team or user); "" = your default
     group: str = ""  # sweep name; set by the sweep launcher
 
 
 @dataclass
 class Config:
-    seed: int = 0
+    seed: int = 0  # seeds the weights (tile by tile), the data and the mini-batch order
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

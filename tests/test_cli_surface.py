@@ -132,8 +132,8 @@ def test_multirun_without_a_file_runs_the_grid(tmp_path, ray_address):
     assert res.returncode == 0 and [ln.split()[0] for ln in res.stdout.splitlines()[2:4]] == ["w64", "w128"]
 
 
-def test_readme_quotes_the_quickstart_sweep_file_verbatim():
-    assert (ROOT / "configs/sweep/quickstart.yaml").read_text() in (ROOT / "README.md").read_text()
+def test_sweeps_guide_quotes_the_quickstart_sweep_file_verbatim():
+    assert (ROOT / "configs/sweep/quickstart.yaml").read_text() in (ROOT / "docs/guides/sweeps.md").read_text()
 
 
 def test_python_api_runs_a_trial(tmp_path):

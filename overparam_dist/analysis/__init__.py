@@ -8,7 +8,7 @@ Needs numpy and matplotlib (Agg backend); wandb and wandb-workspaces only for th
 
 
 def load_sweep(path):
-    """runs/<sweep>/ as pandas DataFrames: (trials, metrics); see frames.load_sweep."""
+    """`runs/<sweep>/` as pandas DataFrames: (trials, metrics); see `frames.load_sweep`."""
     from .frames import load_sweep as load
 
     return load(path)

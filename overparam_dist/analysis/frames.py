@@ -16,7 +16,7 @@ class SweepFrames(NamedTuple):
 
 
 def load_sweep(path: str | Path) -> SweepFrames:
-    """Read runs/<sweep>/: its trials (results.csv, or the trial directories) and the long table of every
+    """Read `runs/<sweep>/`: its trials (results.csv, or the trial directories) and the long table of every
     trial's logged rows (one row per trial and logged step, the metric keys as columns)."""
     import pandas as pd
 
