@@ -55,8 +55,8 @@ def write_sweep(d: Path, name: str, overrides: dict, grid: dict, cpus: float, re
     import yaml
 
     path = d / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "overrides": overrides, "grid": grid,
-                                    "resources": {"cpus": cpus}, "reuse_actors": reuse}))
+    path.write_text(yaml.safe_dump({"name": name, "overrides": overrides, "grid": grid,  # one trial per seed here
+                                    "resources": {"cpus": cpus}, "reuse_actors": reuse, "batch_seeds": False}))
     return path
 
 

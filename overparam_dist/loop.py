@@ -50,8 +50,9 @@ def train(trainers: list, stack=None) -> list[dict]:
                 t.loss = None  # the graph goes now, not at the next update
                 if t.log_or_stop():
                     active.remove(t)
+            stepped = stack is not None and bool(going) and stack.step(going)
             for t in going:
-                t.update()
+                t.update(stepped)
             if going and preemption.requested(first.world):
                 for t in active:
                     t.preempt()

@@ -76,7 +76,18 @@ class SeedStack:
             for n, p in t.model.named_parameters():
                 if n in self.trained:
                     p.grad = self.leaves[n].grad[j]
-        self.leaves = {}
+
+    def step(self, going) -> bool:
+        """The SGD update of every seed at once, when every seed is in this update with the same step sizes: the
+        elementwise p - lr g of each row, as each optimizer would compute it. False: each optimizer steps."""
+        lrs = going[0].effective_lr
+        if len(going) != len(self.row) or len(self.position) != len(self.row) \
+                or any(t.effective_lr != lrs for t in going):
+            return False
+        with torch.no_grad():
+            for n in self.trained:
+                self.stacked[n].add_(self.leaves[n].grad, alpha=-lrs[n])
+        return True
 
 
 def run_seeds(cfgs: list[Config], on_logs: list[OnLog | None] | None = None) -> list[dict]:

@@ -350,8 +350,11 @@ class Trainer:
             self.status = "diverged" if self.diverged else "completed"
         return self.stop
 
-    def update(self) -> None:
-        self.optimizer.step()
+    def update(self, stepped: bool = False) -> None:
+        """The optimizer's step (unless `stepped`: seeds.SeedStack.step did it for a batch of seeds), then a
+        checkpoint when due."""
+        if not stepped:
+            self.optimizer.step()
         self.step += 1
         self.steps_since += 1
         if self.bar is not None:

@@ -84,7 +84,12 @@ class GridPlan:
         return self.todo
 
     def describe(self) -> str:
-        return f"{self.total} trial(s)"
+        groups = [t for t in self.todo if t.members]
+        if not groups:
+            return f"{self.total} trial(s)"
+        seeds = sum(len(t.members) for t in groups)
+        return (f"{self.total - len(groups) + seeds} trial(s), {seeds} of them as {len(groups)} batch(es) of seeds "
+                "(batch_seeds)")
 
     def outputs(self, out) -> dict[str, Any]:
         return {}

@@ -83,8 +83,9 @@ class _Pass:
     """
 
     def __init__(self, view: ShardView, rule: Rule, seed: int, name: str, x: torch.Tensor | None, side: str,
-                 w0_local: torch.Tensor | None = None, norms: bool = True):
-        """`norms`: also the squared norms (the first pass of a row; later ones only iterate)."""
+                 w0_local: torch.Tensor | None = None, norms: bool = True, d: torch.Tensor | None = None):
+        """`norms`: also the squared norms (the first pass of a row; later ones only iterate). `d`: the whole local
+        D, when W_0 is cached (one subtraction per row, and one matrix product per pass instead of one per block)."""
         by_rows = side == "right"
         w = view.local
         self.fro_sq = 0.0
@@ -96,7 +97,9 @@ class _Pass:
                                     device=w.device)
             self.gram = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64, device=w.device)
         xw = x.to(w.dtype) if x is not None else None  # matmuls in the weights' dtype, sums in float64
-        for sl, d in _blocks(view, rule, seed, name, by_rows, w0_local):
+        blocks = [(slice(0, w.shape[0] if by_rows else w.shape[1]), d)] if d is not None else \
+            _blocks(view, rule, seed, name, by_rows, w0_local)
+        for sl, d in blocks:
             if norms:
                 sq = torch.linalg.vector_norm(d, dim=1, dtype=torch.float64).square()  # in float64, one kernel
                 if by_rows:
@@ -181,10 +184,11 @@ class WeightDrift:
             (cols, view.col0, view.local.shape[1])
         v = self._start_basis(name, length, view.local.device)
         k = v.shape[1]
+        d = view.local - self.w0[name] if name in self.w0 else None  # W_0 cached: D once for every pass of the row
         fro_sq, row_sq, sigmas, converged = None, None, [], False
         for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name),
-                       norms=fro_sq is None)
+                       norms=fro_sq is None, d=d)
             step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
             step[offset:offset + extent] = ps.step
             head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])

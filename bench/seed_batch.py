@@ -1,0 +1,91 @@
+"""A cell of 5 seeds trained as one batched model (sweep key batch_seeds, overparam_dist/seeds.py) against the same
+5 seeds as 5 separate trials, at widths 64, 256 and 1024 (issue 27's target: >= 3x at width 64 on 2 cores).
+
+The cell: the quickstart's trial (paper FC, depth 2, n = 32 synthetic samples, full-batch GD, every theory metric
+every 20 steps, a checkpoint every 50), 200 steps (50 at width 1024). Two comparisons, each measured in this run:
+
+1. As a sweep runs them, on one private Ray with all CPUs: `batch_seeds: false` (5 trials; each is a new actor,
+   i.e. a new process that imports torch and the library, as `reuse_actors: auto` gives on a cluster) and with
+   `reuse_actors: true` (one process runs trial after trial, as auto gives on a laptop), against `batch_seeds: true`
+   (1 trial). Wall time of each sweep (Tune's start included, the same in all three).
+2. In this process, no Ray: 5 calls of run_trial against one run_seeds of the 5 seeds: what the batched step itself
+   saves (the rest of each row - theory metrics, the W&B and JSONL rows, checkpoints - is per seed either way).
+
+Run: .venv/bin/python bench/seed_batch.py [--widths 64 256 1024] [--seeds 5]
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from launcher.sweep.cluster import ray_session  # noqa: E402
+from launcher.sweep.driver import run_sweep  # noqa: E402
+from launcher.sweep.spec import load_sweep  # noqa: E402
+from overparam_dist.config import load_config  # noqa: E402
+from overparam_dist.seeds import run_seeds  # noqa: E402
+from overparam_dist.train import run_trial  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+p.add_argument("--seeds", type=int, default=5)
+args = p.parse_args()
+SEEDS = list(range(args.seeds))
+
+
+def cell(width: int) -> dict:
+    return {"model.width": width, "model.depth": 2, "data.n": 32, "train.steps": 50 if width >= 1024 else 200,
+            "train.stop_at_fit": False, "metrics.every": 20, "checkpoint.every": 50, "wandb.mode": "disabled"}
+
+
+def sweep_time(d: Path, name: str, width: int, batch: bool, reuse: bool) -> float:
+    import yaml
+
+    path = d / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "base": "experiment/paper_fc.yaml", "overrides": cell(width),
+                                    "grid": {"seed": SEEDS}, "resources": {"cpus": 1}, "reuse_actors": reuse,
+                                    "batch_seeds": batch}))
+    sweep = load_sweep(path, [], runs_dir=d / "runs")
+    t = time.perf_counter()
+    out = run_sweep(sweep, progress_every=1e9, out=open(os.devnull, "w"))
+    wall = time.perf_counter() - t
+    assert not out.failed and out.counts["completed"] == len(SEEDS), out.states
+    return wall
+
+
+def in_process(d: Path, width: int) -> tuple[float, float]:
+    def cfgs(tag: str):
+        return [load_config(ROOT / "configs/experiment/paper_fc.yaml",
+                            [f"{k}={json.dumps(v)}" for k, v in cell(width).items()]
+                            + [f"seed={s}", f"run.dir={d / f'{tag}{width}-{s}'}", "run.quiet=true"]) for s in SEEDS]
+
+    t = time.perf_counter()
+    for cfg in cfgs("alone"):
+        run_trial(cfg)
+    alone = time.perf_counter() - t
+    t = time.perf_counter()
+    run_seeds(cfgs("batched"))
+    return alone, time.perf_counter() - t
+
+
+print(f"a cell of {len(SEEDS)} seeds: paper FC depth 2, n = 32, {os.cpu_count()} CPUs; times in seconds")
+print(f"{'width':>6} | {'sweep: 5 actors':>15} {'1 reused actor':>15} {'batched':>8} {'ratios':>13} | "
+      f"{'in-process: 5 alone':>19} {'batched':>8} {'ratio':>6}")
+with tempfile.TemporaryDirectory() as tmp, ray_session(None, num_cpus=os.cpu_count()):
+    d = Path(tmp)
+    in_process(d, 32)  # warm: the first run_trial and run_seeds of a process import and build more
+    for width in args.widths:
+        actors = sweep_time(d, f"actors{width}", width, batch=False, reuse=False)
+        reused = sweep_time(d, f"reused{width}", width, batch=False, reuse=True)
+        batched = sweep_time(d, f"batched{width}", width, batch=True, reuse=False)
+        alone, together = in_process(d, width)
+        print(f"{width:>6} | {actors:15.1f} {reused:15.1f} {batched:8.1f} {actors / batched:5.2f}x {reused / batched:5.2f}x"
+              f" | {alone:19.1f} {together:8.1f} {alone / together:5.2f}x", flush=True)
