@@ -104,6 +104,10 @@ class Trainer:
         self._build_metrics()
         self.start_step, self.resumed = self._resume()
         self._place_data()
+        # The training forward is the probe's capture forward (forward()): the full batch is the probe set, the
+        # forward is eager, one process, IEEE float32/64 (what the kernel's own forward computes)
+        self.watch_probe = self.full_batch and not cfg.train.compile and cfg.train.precision == "fp32" \
+            and world.size == 1 and self.theory.can_watch(self.x_local)
         # hessian/*: the whole training set on every rank, the unwrapped model; its warm start is not checkpointed
         self.sharpness = Sharpness(self.model, self.trained, self.x_all, self.t_all, self.loss_fn, cfg.train.loss,
                                    self.effective_lr, ds.num_outputs) if cfg.metrics.hessian else None
@@ -227,9 +231,16 @@ class Trainer:
         return self.x_all[idx], self.t_all[idx], (self.labels[idx] if self.labels is not None else None)
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
-        """The training forward of one update (seeds.py batches it over seeds instead)."""
-        with precision.training_step(self.cfg.train.precision, self.device):
-            return self.step_net(xb)
+        """The training forward of one update (seeds.py batches it over seeds instead). On a logged step whose batch
+        is the probe set, in exact arithmetic, it is also the probe NTK's capture forward (TheoryMetrics.watching):
+        the kernel then costs its backwards alone."""
+        watch = self.watch_probe and self.is_log_step(self.step)
+        with precision.training_step(self.cfg.train.precision, self.device), \
+                (self.theory.watching(xb.shape[0]) if watch else contextlib.nullcontext()):
+            out = self.step_net(xb)
+        if watch:
+            self.theory.take(out)
+        return out
 
     def measure(self, step: int, output: torch.Tensor, tb: torch.Tensor, lb: torch.Tensor | None) -> None:
         """From the forward on the batch of this update: the loss to backprop, the train loss and accuracy (with full

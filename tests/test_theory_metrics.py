@@ -260,3 +260,30 @@ def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
     assert len(keys) >= 10 and whole[names.DRIFT_ACT_FLIP] > 0
     for k in keys:
         assert chunked[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-15), k
+
+
+@pytest.mark.parametrize("dtype, extra", [("float32", []), ("float64", ["model.param=ntk", "model.bias=true"])])
+def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch, dtype, extra):
+    """On a logged full-batch step whose batch is the probe set, the NTK's capture (and the ReLU inputs of the flips
+    and feature metrics) come from the training step's own forward (TheoryMetrics.watching), so the kernel costs
+    its backwards alone. Every row equals, bit for bit, the rows of the kernel's own capture forward."""
+    args = ["model.width=128", "model.depth=2", "data.n=32", "data.target=regression", "train.steps=20",
+            "metrics.every=5", "wandb.mode=disabled", "run.quiet=true", f"train.dtype={dtype}", *extra]
+    taken = []
+    take = TheoryMetrics.take
+
+    def counted(self, f):
+        take(self, f)
+        taken.append(self.taken is not None)
+
+    monkeypatch.setattr(TheoryMetrics, "take", counted)
+    run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
+    assert taken == [True] * 5  # steps 0, 5, 10, 15, 20
+    monkeypatch.setattr(TheoryMetrics, "can_watch", lambda self, x: False)
+    run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))
+    assert len(taken) == 5
+    watched, own = read_rows(tmp_path / "watched"), read_rows(tmp_path / "own")
+    assert len(watched) == len(own) == 5 and "ntk/rel_drift" in watched[-1] and "feature/delta_rel" in watched[-1]
+    for w, o in zip(watched, own):
+        assert {k: v for k, v in w.items() if not k.startswith("time/")} == \
+            {k: v for k, v in o.items() if not k.startswith("time/")}

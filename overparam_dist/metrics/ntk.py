@@ -36,203 +36,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
 
+from .ntk_capture import _Capture, _capture, _fallback_grads
 from .ntk_gram import gram_route, pair_gram, psg_route
-from .ntk_plan import Layer, Reroute, RoutePlan, check_no_batch_coupling
+from .ntk_plan import Reroute, RoutePlan, check_no_batch_coupling
 
 DEFAULT_BLOCK = 512  # samples per block when block_size is None: captures then stay O(512 * width) per layer
-
-
-# --------------------------------------------------------------------------------------------------
-# Capture: one forward + C backwards on a block of samples gives every routed layer's A and Delta.
-
-def _tensors(obj):
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for o in obj:
-            yield from _tensors(o)
-    elif isinstance(obj, dict):
-        for o in obj.values():
-            yield from _tensors(o)
-
-
-class _ParamUseGuard(TorchFunctionMode):
-    """Flags routed parameters that feed a differentiable op outside their own module's forward.
-
-    Such a use adds gradient paths our hooks never see; a use without a gradient path (.shape, under no_grad,
-    .detach()) is harmless and not flagged.
-    """
-
-    def __init__(self, tracked: dict[int, int], active: set[int], misused: set[int]):
-        super().__init__()
-        self.tracked, self.active, self.misused = tracked, active, misused
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        hits = [self.tracked[id(t)] for t in _tensors((args, kwargs)) if id(t) in self.tracked]
-        hits = [li for li in hits if li not in self.active]
-        if hits and any(t.requires_grad for t in _tensors(out)):
-            self.misused.update(hits)
-        return out
-
-
-@dataclass
-class _Capture:
-    n: int
-    C: int
-    a: list  # per layer: (n, g, P, din) inputs / unfolded patches, or None (weight frozen or never called)
-    d: list  # per layer: (n, g, P, C, dout) backprop signals, or None (never called)
-    fb: torch.Tensor | None  # (n, C, F) per-sample gradients of the fallback parameters
-
-
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    # Per-layer products in the model's dtype when it is float32/64 (float64 would halve CPU matmul speed);
-    # a bf16/fp16 model would lose the kernel in rounding, so those go to float32. Every per-layer, per-chunk
-    # result is cast to float64 before it is summed (_pair_gram, _gram_route).
-    return dtype if dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def _work(t: torch.Tensor) -> torch.Tensor:
-    return t.to(_work_dtype(t.dtype))
-
-
-def _patches(layer: Layer, a: torch.Tensor) -> torch.Tensor:
-    """(n, g, P, din): what the weight multiplies at each position, in the weight's (group, in) layout."""
-    if layer.kind == "linear":
-        return a.reshape(a.shape[0], 1, -1, a.shape[-1])
-    kernel, stride, dilation, groups, pad4, mode = layer.conv
-    a = F.pad(a, pad4, mode="constant" if mode == "zeros" else mode) if any(pad4) else a
-    u = F.unfold(a, kernel, dilation=dilation, padding=0, stride=stride)  # (n, Cin*kh*kw, P), channel-major
-    return u.view(u.shape[0], groups, -1, u.shape[-1]).transpose(2, 3)
-
-
-def _signal_view(layer: Layer, g: torch.Tensor) -> torch.Tensor:
-    """(n, groups, P, dout) view of the gradient w.r.t. one call's module output."""
-    if layer.kind == "linear":  # (n, ..., out)
-        return g.reshape(g.shape[0], 1, -1, g.shape[-1])
-    groups = layer.conv[3]  # (n, Cout, Ho, Wo), output channels group-major
-    return g.reshape(g.shape[0], groups, g.shape[1] // groups, -1).transpose(2, 3)
-
-
-def _capture(model: nn.Module, plan: RoutePlan, x: torch.Tensor, check_independence: bool) -> _Capture:
-    n, layers = x.shape[0], plan.layers
-    index = {id(layer.module): li for li, layer in enumerate(layers)}
-    tracked = {id(p): li for li, layer in enumerate(layers) for p in layer.params()}
-    active: set[int] = set()
-    misused: set[int] = set()
-    failed: set[int] = set()
-    inputs: list[list] = [[] for _ in layers]  # (detached input, its version) per call
-    zs: list[list] = [[] for _ in layers]  # one zero leaf per call, added to the output: grad(z) = delta
-
-    def pre_hook(mod, args):
-        active.add(index[id(mod)])
-
-    def post_hook(mod, args, kwargs, out):
-        li = index[id(mod)]
-        active.discard(li)
-        layer = layers[li]
-        a = args[0] if args else kwargs.get("input")
-        ok = (isinstance(a, torch.Tensor) and isinstance(out, torch.Tensor)
-              and a.dim() >= 2 and a.shape[0] == n)
-        if ok and layer.kind == "linear":
-            ok = a.shape[:-1] == out.shape[:-1]
-        elif ok:  # conv: batched 4-D input whose unfolded positions match the output pixels
-            ok = a.dim() == 4 and out.dim() == 4
-        if not ok:
-            failed.add(li)
-            return None
-        if layer.weight is not None:
-            a = a.detach()
-            inputs[li].append((a.clone() if plan.clone_inputs else a, a._version))
-        # y + z with z = 0 a leaf: d f / d z is exactly d f / d y, and stays so even if y is later
-        # modified in place (which would re-point a tensor hook on y to another value).
-        z = torch.zeros_like(out, requires_grad=True)
-        zs[li].append(z)
-        return out + z
-
-    handles = []
-    try:
-        for layer in layers:
-            # Input captured after any user pre-hooks (what forward sees); z added before user forward
-            # hooks (the raw output); user hooks run outside "active", so parameter uses there are caught.
-            handles.append(layer.module.register_forward_pre_hook(pre_hook))
-            handles.append(layer.module.register_forward_hook(post_hook, with_kwargs=True, prepend=True))
-        with _ParamUseGuard(tracked, active, misused):
-            f = model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    f = f.reshape(n, -1)
-    C = f.shape[1]
-    if misused or failed:
-        raise Reroute(misused | failed)
-    if not plan.clone_inputs and any(a._version != v for calls in inputs for a, v in calls):
-        plan.clone_inputs = True  # an input was modified in place after the layer read it: keep copies
-        raise Reroute(set())
-
-    if check_independence and n > 1:
-        with torch.no_grad():
-            f0 = model(x[:1]).reshape(1, -1)
-        tol = torch.finfo(f.dtype).eps ** 0.5 * (1.0 + f.detach().abs().max().item())
-        if not torch.allclose(f0, f[:1].detach(), rtol=0.0, atol=tol):
-            raise ValueError("empirical_ntk: a sample's output depends on the other samples in its batch "
-                             "(batch statistics or randomness in forward); the layer-wise NTK assumes "
-                             "independent samples - put the model in eval mode")
-
-    # C backwards of sum_i f_c(x_i): samples are independent, so row i of grad(z) is d f_c(x_i) / d y_i.
-    # Written straight into the (n, g, P, C, dout) layout the Grams read, so the common trace case is a view.
-    owner = [li for li, calls in enumerate(zs) for _ in calls]
-    flat = [z for calls in zs for z in calls]
-    grads = []
-    for li, z in zip(owner, flat):
-        n_, g_, P_, dout_ = _signal_view(layers[li], z).shape
-        grads.append(torch.zeros(n_, g_, P_, C, dout_, dtype=_work_dtype(z.dtype), device=z.device))
-    if flat and f.requires_grad:
-        for c in range(C):
-            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=c < C - 1, allow_unused=True)
-            for li, buf, g in zip(owner, grads, gs):
-                if g is not None:
-                    buf[:, :, :, c] = _signal_view(layers[li], g)
-            del gs
-    del f, flat
-
-    a_out, d_out = [], []
-    for li, layer in enumerate(layers):
-        ds = [grads.pop(0) for _ in zs[li]]
-        us = [_patches(layer, _work(t)) for t, _ in inputs[li]]
-        if any(u.shape[2] != s.shape[2] for u, s in zip(us, ds)):  # conv geometry not reproduced: don't guess
-            raise Reroute({li})
-        # Several calls of one module (weight sharing) are just more positions: concatenate along P.
-        a_out.append(None if not us else us[0] if len(us) == 1 else torch.cat(us, dim=2))
-        d_out.append(None if not ds else ds[0] if len(ds) == 1 else torch.cat(ds, dim=2))
-        del ds, us
-    fb = _fallback_grads(model, plan.fallback, x, C) if plan.fallback else None
-    return _Capture(n, C, a_out, d_out, fb)
-
-
-def _fallback_grads(model: nn.Module, params: list[nn.Parameter], x: torch.Tensor, C: int) -> torch.Tensor:
-    """(n, C, F) exact per-sample gradients of `params`, one forward per sample and C backwards."""
-    numel = sum(p.numel() for p in params)
-    out = torch.zeros(x.shape[0], C, numel, dtype=_work_dtype(params[0].dtype), device=x.device)
-    for i in range(x.shape[0]):
-        f = model(x[i:i + 1]).reshape(-1)
-        if not f.requires_grad:
-            continue
-        for c in range(C):
-            gs = torch.autograd.grad(f[c], params, retain_graph=c < C - 1, allow_unused=True)
-            flat = [g.reshape(-1) if g is not None else torch.zeros(p.numel(), dtype=p.dtype, device=p.device)
-                    for g, p in zip(gs, params)]
-            out[i, c] = torch.cat(flat)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,7 +85,8 @@ def _block_gram(plan: RoutePlan, capI: _Capture, capJ: _Capture, full: bool, sam
 
 def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", block_size: int | None = None,
                   reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None, memory_cap: int | None = None,
-                  share: tuple[int, int, Callable[[torch.Tensor], torch.Tensor]] | None = None) -> torch.Tensor:
+                  share: tuple[int, int, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                  captured: tuple[RoutePlan, _Capture] | None = None, check_independence: bool = True) -> torch.Tensor:
     """Exact empirical NTK of `model` at inputs `x` over its trainable parameters, float64.
 
     outputs: "trace" -> (n, n), summed over the C outputs; "full" -> (nC, nC), index i*C + c.
@@ -287,6 +101,10 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     share: (rank, ranks, sum over ranks): the tiles are dealt out round-robin and each rank computes its own
         share; the sums assemble the whole kernel on every rank (data-parallel replicas: the time falls with dp,
         the result is the one rank's to the last bit, as x + 0 = x).
+    captured: (plan, capture) of all of `x` from a forward the caller ran (capturing / finish_capture: a training
+        step's own), which then is not run again.
+    check_independence: check that a sample's output does not depend on the others (one extra forward of one
+        sample; a caller that checked it once for this model may skip it).
     The model must treat samples independently (eval-mode BatchNorm, no active dropout); see module doc.
     """
     if outputs not in ("trace", "full"):
@@ -295,11 +113,18 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     check_no_batch_coupling(model)
     x = x.detach()
     n = x.shape[0]
+    if captured is not None:
+        plan, cap = captured
+        if plan.fallback and cap.fb is None:
+            cap.fb = _fallback_grads(model, plan.fallback, x, cap.C)
+        with torch.enable_grad():
+            return _assemble(model, plan, x, [(0, n)], full, reduce_fn, share, cap)
     plan = RoutePlan(model)
 
     def kernel() -> torch.Tensor:
         b = block_size or (tile_samples(model, plan, x, memory_cap, full) if memory_cap else min(n, DEFAULT_BLOCK))
-        return _assemble(model, plan, x, [(s, min(s + b, n)) for s in range(0, n, b)], full, reduce_fn, share)
+        return _assemble(model, plan, x, [(s, min(s + b, n)) for s in range(0, n, b)], full, reduce_fn, share,
+                         check=check_independence)
 
     return _rerouted(plan, kernel)
 
@@ -340,13 +165,15 @@ def block_size_for(model: nn.Module, x: torch.Tensor, memory_cap: int, outputs: 
     return _rerouted(plan, lambda: tile_samples(model, plan, x.detach(), memory_cap, outputs == "full"))
 
 
-def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share) -> torch.Tensor:
+def _assemble(model, plan: RoutePlan, x, blocks, full: bool, reduce_fn, share, cap0: _Capture | None = None,
+              check: bool = True) -> torch.Tensor:
+    """The kernel from the Grams of the block pairs (bi <= bj); `cap0`: the first block's capture, when taken."""
     n = x.shape[0]
     rank, ranks, share_sum = share if share is not None else (0, 1, None)
     pairs = [(bi, bj) for bi in range(len(blocks)) for bj in range(bi, len(blocks))]
     mine = {pair for i, pair in enumerate(pairs) if i % ranks == rank}
     # Every rank captures the first block first: routes are chosen from it, the same on every rank.
-    cap0 = _capture(model, plan, x[blocks[0][0]:blocks[0][1]], check_independence=True)
+    cap0 = cap0 or _capture(model, plan, x[blocks[0][0]:blocks[0][1]], check_independence=check)
     k = cap0.C if full else 1
     K = torch.zeros(n * k, n * k, dtype=torch.float64, device=x.device)
     Kfb = torch.zeros_like(K) if plan.fallback else None

@@ -31,6 +31,8 @@ from .drift import WeightDrift, layer_name
 from .features import activation_metrics, layer_sums
 from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import block_size_for, empirical_ntk
+from .ntk_capture import capturing, finish_capture
+from .ntk_plan import Reroute, RoutePlan
 
 PROBE_CHUNK = 1024  # probe samples per forward of the activation metrics
 
@@ -81,7 +83,8 @@ class ActivationPattern:
 
 
 def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | None = None,
-              outputs: str = "trace", memory_cap: int | None = None, block_size: int | None = None) -> torch.Tensor:
+              outputs: str = "trace", memory_cap: int | None = None, block_size: int | None = None,
+              check: bool = True) -> torch.Tensor:
     """The exact NTK at `x` over `params` (default: every trainable parameter), float64, also when layers are
     tensor-parallel shards (`parallel`: the trial's Parallelism); `outputs` as for empirical_ntk. `memory_cap`:
     bytes for the captures of two tiles of samples (metrics.ntk_memory_mb), or `block_size` samples per block as
@@ -106,7 +109,7 @@ def trial_ntk(model: nn.Module, x: torch.Tensor, parallel=None, params: list | N
             for p in trainable:
                 p.requires_grad_(id(p) in ids)
             part = empirical_ntk(model, x, outputs=outputs, reduce_fn=parallel.reduce_tp if tp and i == 0 else None,
-                                 memory_cap=memory_cap, block_size=block_size, share=share)
+                                 memory_cap=memory_cap, block_size=block_size, share=share, check_independence=check)
             k = part if k is None else k + part
     finally:
         for p in trainable:
@@ -143,6 +146,8 @@ class TheoryMetrics:
         self.track_ntk = track_ntk
         # The probe kernel's block size under metrics.ntk_memory_mb, measured once: every row takes the same samples
         self.block = block_size_for(model, probe_x, memory_cap) if track_ntk and memory_cap else None
+        self.checked = False  # whether the probe kernel checked once that samples do not interact (ntk.py)
+        self.taken: tuple | None = None  # this row's probe captures, from the training step's forward (watching)
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
         # Once per trial, at step 0 and in the summary: label complexity from K_0 and K_inf (label_complexity.py),
@@ -167,16 +172,52 @@ class TheoryMetrics:
                     self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
     def _ntk(self, model: nn.Module) -> torch.Tensor:
-        return trial_ntk(model, self.probe_x, self.parallel, block_size=self.block) * self.scale
+        if self.taken is not None:
+            plan, cap, _ = self.taken
+            return empirical_ntk(model, self.probe_x, captured=(plan, cap)) * self.scale
+        k = trial_ntk(model, self.probe_x, self.parallel, block_size=self.block, check=not self.checked)
+        self.checked = True
+        return k * self.scale
+
+    def can_watch(self, x: torch.Tensor) -> bool:
+        """Whether a forward over `x` (a training step's) can give a row's probe captures: `x` is the probe set, in
+        one process, and the kernel takes it in one block."""
+        return self.track_ntk and (self.parallel is None or self.parallel.world.size == 1) \
+            and (self.block is None or self.block >= x.shape[0]) and x.shape == self.probe_x.shape \
+            and bool(torch.equal(x, self.probe_x))
+
+    @contextmanager
+    def watching(self, n: int):
+        """Around a forward over the probe set (can_watch): what the NTK's own capture forward would record (each
+        layer's inputs, a zero added to each output, the ReLUs' inputs); `take` then reads it from the output."""
+        plan = RoutePlan(self.model)
+        with capturing(self.model, plan, n) as rec, self.acts.recording(n) as pre:
+            yield
+        self.watched = (plan, rec, pre)
+
+    def take(self, f: torch.Tensor) -> None:
+        """The probe captures from the watched forward's output `f`, keeping its graph for the training backward.
+        A layer the capture cannot follow leaves the row to the NTK's own forward (which reroutes it)."""
+        plan, rec, pre = self.watched
+        self.watched = None
+        try:
+            self.taken = (plan, finish_capture(self.model, rec, f, retain_graph=True), pre)
+        except Reroute:
+            self.taken = None
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
         pre: dict[str, torch.Tensor] = {}
         if self.track_ntk:
-            # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
-            # layer outputs carry an added exact zero, so they are the plain forward's values)
-            with self.acts.recording(self.probe_x.shape[0]) as pre:
+            if self.taken is not None:  # the training step's forward was the capture forward (watching)
                 out.update(self._ntk_metrics())
+                pre = self.taken[2]
+                self.taken = None
+            else:
+                # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
+                # layer outputs carry an added exact zero, so they are the plain forward's values)
+                with self.acts.recording(self.probe_x.shape[0]) as pre:
+                    out.update(self._ntk_metrics())
             if first and self.init_gap is not None:
                 out[names.NTK_INIT_GAP] = self.init_gap
             if first:
