@@ -18,6 +18,7 @@ from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "docs"))
 import gen_ref  # noqa: E402  (docs/ is not a package)
+import ref_text  # noqa: E402
 
 README = ROOT / "README.md"
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
@@ -59,8 +60,9 @@ def test_the_references_list_every_key_flag_and_metric():
 
 
 def test_a_field_without_a_comment_is_found(tmp_path):
-    """The comment rules of gen_ref.field_comments, on a schema written here: one on the field's line, continued
-    below it; a block above a field without one of its own; and a field with none, which problems() reports."""
+    """The comment rules of ref_text.field_comments (gen_ref's), on a schema written here: one on the field's line,
+    continued below it; a block above a field without one of its own; and a field with none, which problems()
+    reports."""
     src = tmp_path / "schema.py"
     src.write_text(
         "from dataclasses import dataclass\n\n\n@dataclass\nclass S:\n"
@@ -68,7 +70,7 @@ def test_a_field_without_a_comment_is_found(tmp_path):
         "    b: str = 'x'  # the b\n"
         "    # the c, from above\n    c: float = 0.5\n"
         "    d: bool = False\n")
-    assert gen_ref.field_comments(src, "S") == {"a": "the a continued", "b": "the b", "c": "the c, from above",
+    assert ref_text.field_comments(src, "S") == {"a": "the a continued", "b": "the b", "c": "the c, from above",
                                                "d": ""}
 
 

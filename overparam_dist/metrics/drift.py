@@ -158,6 +158,9 @@ class WeightDrift:
         self.w0: dict[str, torch.Tensor] = {}  # exact local copies of W_0, only for small models
         if local_bytes <= (W0_CACHE_BYTES if cache_bytes is None else cache_bytes):
             self.w0 = {n: view_of(p).local.clone() for n, p in named_params.items()}
+        # D = W_t - W_0 is written into one buffer per weight, reused row after row: a fresh allocation of a wide
+        # layer's size costs its page faults again on every row
+        self.d_buf: dict[str, torch.Tensor] = {}
 
     def _sum(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return self.reduce(t, p)  # sums parts held by the ranks that shard p (identity when unsharded)
@@ -184,7 +187,9 @@ class WeightDrift:
             (cols, view.col0, view.local.shape[1])
         v = self._start_basis(name, length, view.local.device)
         k = v.shape[1]
-        d = view.local - self.w0[name] if name in self.w0 else None  # W_0 cached: D once for every pass of the row
+        d = None
+        if name in self.w0:  # W_0 cached: D once for every pass of the row
+            d = torch.sub(view.local, self.w0[name], out=self.d_buf.setdefault(name, torch.empty_like(view.local)))
         fro_sq, row_sq, sigmas, converged = None, None, [], False
         for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name),
