@@ -12,6 +12,8 @@
    tiles under a 2 GB cap (metrics.ntk_memory_mb): seconds and peak memory, against the untiled kernel on n = 512.
 6. metrics_overhead: bench/train_overhead.py's ratio on the device: run_trial with all theory metrics every 10
    steps, and every step, against metrics off (width 1024, depth 3, n = 64, 200 steps).
+7. seed_batch: a cell of 5 seeds as one batched model against 5 run_trial calls, in-process, at widths 64, 256
+   and 1024 (bench/seed_batch.py's second comparison).
 
 `--smoke` runs every part at CPU sizes in seconds (tests/test_gpu_check.py): the same code, tiny numbers.
 Run: .venv/bin/python bench/gpu_check.py [--smoke] [--out gpu_check.json]
@@ -140,6 +142,33 @@ def metrics_overhead(width: int, steps: int, device: torch.device) -> dict:
     return out
 
 
+def seed_batch(widths: list[int], steps: int, seeds: int, device: torch.device) -> dict:
+    """A cell of `seeds` seeds trained as one batched model (overparam_dist/seeds.py) against the same seeds by
+    run_trial one after the other, in this process: bench/seed_batch.py's in-process comparison, on the device."""
+    import tempfile
+
+    from overparam_dist.seeds import run_seeds
+    from overparam_dist.train import run_trial
+
+    out = {}
+    for width in widths:
+        with tempfile.TemporaryDirectory() as d:
+            def cfgs(tag: str):
+                return [load_config(None, [f"model.width={width}", "model.depth=2", "data.n=32",
+                                           f"train.steps={steps}", "train.stop_at_fit=false", "metrics.every=20",
+                                           "wandb.mode=disabled", "run.quiet=true", f"train.device={device.type}",
+                                           f"seed={s}", f"run.dir={d}/{tag}{s}"]) for s in range(seeds)]
+            t0 = time.perf_counter()
+            for cfg in cfgs("alone"):
+                run_trial(cfg)
+            alone = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run_seeds(cfgs("batched"))
+            batched = time.perf_counter() - t0
+        out[str(width)] = {"alone_s": alone, "batched_s": batched, "ratio": alone / batched}
+    return {"seeds": seeds, "steps": steps, "by_width": out}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--smoke", action="store_true", help="CPU sizes: every part in seconds")
@@ -178,6 +207,7 @@ def main() -> None:
 
     out["whole_set_ntk"] = whole_set_ntk(16384 if big else 64, 1024 if big else 64, device)
     out["metrics_overhead"] = metrics_overhead(1024 if big else 64, 200 if big else 20, device)
+    out["seed_batch"] = seed_batch([64, 256, 1024] if big else [16], 200 if big else 5, 5 if big else 3, device)
     out["widest"] = widest(4096 if big else 64, args.max_width or (2 ** 20 if big else 512), device)
     text = json.dumps(out, indent=1)
     with open(args.out, "w") as f:

@@ -87,5 +87,5 @@ with tempfile.TemporaryDirectory() as tmp, ray_session(None, num_cpus=os.cpu_cou
         reused = sweep_time(d, f"reused{width}", width, batch=False, reuse=True)
         batched = sweep_time(d, f"batched{width}", width, batch=True, reuse=False)
         alone, together = in_process(d, width)
-        print(f"{width:>6} | {actors:15.1f} {reused:15.1f} {batched:8.1f} {actors / batched:5.2f}x {reused / batched:5.2f}x"
-              f" | {alone:19.1f} {together:8.1f} {alone / together:5.2f}x", flush=True)
+        print(f"{width:>6} | {actors:15.1f} {reused:15.1f} {batched:8.1f} {actors / batched:5.2f}x "
+              f"{reused / batched:5.2f}x | {alone:19.1f} {together:8.1f} {alone / together:5.2f}x", flush=True)
