@@ -262,7 +262,8 @@ def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
         assert chunked[k] == pytest.approx(whole[k], rel=1e-12, abs=1e-15), k
 
 
-@pytest.mark.parametrize("dtype, extra", [("float32", []), ("float64", ["model.param=ntk", "model.bias=true"])])
+@pytest.mark.parametrize("dtype, extra", [("float32", []), ("float64", ["model.param=ntk", "model.bias=true"]),
+                                          ("float32", ["metrics.ntk=false"])])  # the ReLU inputs alone
 def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch, dtype, extra):
     """On a logged full-batch step whose batch is the probe set, the NTK's capture (and the ReLU inputs of the flips
     and feature metrics) come from the training step's own forward (TheoryMetrics.watching), so the kernel costs
@@ -274,7 +275,7 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
 
     def counted(self, f):
         take(self, f)
-        taken.append(self.taken is not None)
+        taken.append(self.taken is not None and (self.taken[0] is not None) == self.track_ntk and bool(self.taken[1]))
 
     monkeypatch.setattr(TheoryMetrics, "take", counted)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
@@ -283,7 +284,8 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))
     assert len(taken) == 5
     watched, own = read_rows(tmp_path / "watched"), read_rows(tmp_path / "own")
-    assert len(watched) == len(own) == 5 and "ntk/rel_drift" in watched[-1] and "feature/delta_rel" in watched[-1]
+    assert len(watched) == len(own) == 5 and "feature/delta_rel" in watched[-1]
+    assert ("ntk/rel_drift" in watched[-1]) == ("metrics.ntk=false" not in extra)
     for w, o in zip(watched, own):
         assert {k: v for k, v in w.items() if not k.startswith("time/")} == \
             {k: v for k, v in o.items() if not k.startswith("time/")}

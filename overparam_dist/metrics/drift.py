@@ -175,6 +175,13 @@ class WeightDrift:
             v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
         return torch.linalg.qr(v.to(device))[0]
 
+    def _d(self, name: str, view: ShardView) -> torch.Tensor | None:
+        """The local D = W_t - W_0 when W_0 is cached (in a buffer reused row after row), else None (regenerated
+        block by block in each pass)."""
+        if name not in self.w0:
+            return None
+        return torch.sub(view.local, self.w0[name], out=self.d_buf.setdefault(name, torch.empty_like(view.local)))
+
     def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float, bool, torch.Tensor]:
         """(||D||_F^2, ||D||_2, converged, local |row of D|^2) for one weight, by warm-started subspace iteration
         until the estimated error is below `tol` (SPECTRAL_TOL_FINAL when `precise`), or `max_iters` (not converged)."""
@@ -187,9 +194,7 @@ class WeightDrift:
             (cols, view.col0, view.local.shape[1])
         v = self._start_basis(name, length, view.local.device)
         k = v.shape[1]
-        d = None
-        if name in self.w0:  # W_0 cached: D once for every pass of the row
-            d = torch.sub(view.local, self.w0[name], out=self.d_buf.setdefault(name, torch.empty_like(view.local)))
+        d = self._d(name, view)
         fro_sq, row_sq, sigmas, converged = None, None, [], False
         for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name),
@@ -244,7 +249,8 @@ class WeightDrift:
                 out[names.drift_weight_spec(layer_name(n))] = sigma
                 unconverged += not converged
             else:
-                ps = _Pass(self.view_of(p), self.rules[n], self.seed, n, None, "right", self.w0.get(n))
+                view = self.view_of(p)
+                ps = _Pass(view, self.rules[n], self.seed, n, None, "right", self.w0.get(n), d=self._d(n, view))
                 diff[n] = float(self._sum(torch.tensor([ps.fro_sq], dtype=torch.float64), p)[0])
                 row_sq = ps.row_sq
             if n.endswith("weight") and p.dim() >= 2:

@@ -18,7 +18,7 @@ step lr/m sees and what converges to the infinite-width kernel. Other parameteri
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -147,7 +147,8 @@ class TheoryMetrics:
         # The probe kernel's block size under metrics.ntk_memory_mb, measured once: every row takes the same samples
         self.block = block_size_for(model, probe_x, memory_cap) if track_ntk and memory_cap else None
         self.checked = False  # whether the probe kernel checked once that samples do not interact (ntk.py)
-        self.taken: tuple | None = None  # this row's probe captures, from the training step's forward (watching)
+        # this row's (NTK capture or None, ReLU inputs) of the probe set, from the training step's forward (watching)
+        self.taken: tuple | None = None
         self.scale = empirical_scale(param, width) if param in ANALYTIC_PARAMS else 1.0
         self.init_gap = None
         # Once per trial, at step 0 and in the summary: label complexity from K_0 and K_inf (label_complexity.py),
@@ -171,10 +172,9 @@ class TheoryMetrics:
                 if probe_targets is not None:
                     self.once[names.NTK_LABEL_COMPLEXITY_INF] = from_trace_kernel(k_inf, probe_targets)
 
-    def _ntk(self, model: nn.Module) -> torch.Tensor:
-        if self.taken is not None:
-            plan, cap, _ = self.taken
-            return empirical_ntk(model, self.probe_x, captured=(plan, cap)) * self.scale
+    def _ntk(self, model: nn.Module, captured: tuple | None = None) -> torch.Tensor:
+        if captured is not None:  # (plan, capture) of the probe set from a training step's forward (watching)
+            return empirical_ntk(model, self.probe_x, captured=captured) * self.scale
         k = trial_ntk(model, self.probe_x, self.parallel, block_size=self.block, check=not self.checked)
         self.checked = True
         return k * self.scale
@@ -182,37 +182,40 @@ class TheoryMetrics:
     def can_watch(self, x: torch.Tensor) -> bool:
         """Whether a forward over `x` (a training step's) can give a row's probe captures: `x` is the probe set, in
         one process, and the kernel takes it in one block."""
-        return self.track_ntk and (self.parallel is None or self.parallel.world.size == 1) \
-            and (self.block is None or self.block >= x.shape[0]) and x.shape == self.probe_x.shape \
-            and bool(torch.equal(x, self.probe_x))
+        return (self.parallel is None or self.parallel.world.size == 1) \
+            and (not self.track_ntk or self.block is None or self.block >= x.shape[0]) \
+            and x.shape == self.probe_x.shape and bool(torch.equal(x, self.probe_x))
 
     @contextmanager
     def watching(self, n: int):
-        """Around a forward over the probe set (can_watch): what the NTK's own capture forward would record (each
-        layer's inputs, a zero added to each output, the ReLUs' inputs); `take` then reads it from the output."""
-        plan = RoutePlan(self.model)
-        with capturing(self.model, plan, n) as rec, self.acts.recording(n) as pre:
+        """Around a forward over the probe set (can_watch): what the probe's own forwards would record (the ReLUs'
+        inputs; with the NTK, each layer's inputs and a zero added to each output); `take` then reads it."""
+        plan = RoutePlan(self.model) if self.track_ntk else None
+        with (capturing(self.model, plan, n) if plan is not None else nullcontext()) as rec, \
+                self.acts.recording(n) as pre:
             yield
         self.watched = (plan, rec, pre)
 
     def take(self, f: torch.Tensor) -> None:
         """The probe captures from the watched forward's output `f`, keeping its graph for the training backward.
-        A layer the capture cannot follow leaves the row to the NTK's own forward (which reroutes it)."""
+        A layer the NTK's capture cannot follow leaves the kernel to its own forward (which reroutes it)."""
         plan, rec, pre = self.watched
         self.watched = None
-        try:
-            self.taken = (plan, finish_capture(self.model, rec, f, retain_graph=True), pre)
-        except Reroute:
-            self.taken = None
+        captured = None
+        if plan is not None:
+            try:
+                captured = (plan, finish_capture(self.model, rec, f, retain_graph=True))
+            except Reroute:
+                pass
+        self.taken = (captured, pre)
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
-        pre: dict[str, torch.Tensor] = {}
+        captured, pre = self.taken if self.taken is not None else (None, {})
+        self.taken = None
         if self.track_ntk:
-            if self.taken is not None:  # the training step's forward was the capture forward (watching)
-                out.update(self._ntk_metrics())
-                pre = self.taken[2]
-                self.taken = None
+            if captured is not None:  # the training step's forward was the capture forward (watching)
+                out.update(self._ntk_metrics(captured))
             else:
                 # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
                 # layer outputs carry an added exact zero, so they are the plain forward's values)
@@ -245,8 +248,8 @@ class TheoryMetrics:
         return activation_metrics(sums, self.trained_layers, self.sharded_acts,
                                   self.parallel.reduce_tp if self.sharded_acts else None)
 
-    def _ntk_metrics(self) -> dict[str, float]:
-        k = self._ntk(self.model)
+    def _ntk_metrics(self, captured: tuple | None = None) -> dict[str, float]:
+        k = self._ntk(self.model, captured)
         evals = torch.linalg.eigvalsh(k)  # the eigenvectors went with the per-row label complexity
         self.spectrum["end"] = evals.tolist()
         out = {
