@@ -18,14 +18,20 @@ import torch
 from . import names
 
 
-def layer_sums(init: torch.Tensor, now: torch.Tensor) -> torch.Tensor:
+def init_terms(init: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """What layer_sums needs of h(0), the same on every row: (||h(0)||^2 in float64, the signs h(0) > 0)."""
+    return torch.linalg.vector_norm(init, dtype=torch.float64).square(), init > 0
+
+
+def layer_sums(init: torch.Tensor, now: torch.Tensor,
+               terms: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """[||dh||^2, ||h(0)||^2, coordinates, sign flips] of one layer on some probe samples, float64: additive over
-    chunks of samples and over tp shards."""
-    h0 = init.double()
-    delta = now.double() - h0
-    return torch.stack([delta.pow(2).sum(), h0.pow(2).sum(),
-                        torch.tensor(float(h0.numel()), dtype=torch.float64, device=h0.device),
-                        ((init > 0) != (now > 0)).sum().double()])
+    chunks of samples and over tp shards. `terms`: init_terms(init), when kept. dh is taken in the model's dtype
+    (one rounding of a difference) and its square summed in float64."""
+    sq0, pos0 = terms if terms is not None else init_terms(init)
+    moved = torch.linalg.vector_norm(now - init, dtype=torch.float64).square()
+    return torch.stack([moved, sq0, torch.tensor(float(init.numel()), dtype=torch.float64, device=init.device),
+                        (pos0 != (now > 0)).sum().double()])
 
 
 def activation_metrics(sums: dict[str, torch.Tensor], trained: Iterable[str], sharded: Iterable[str] = (),

@@ -28,7 +28,7 @@ from . import names
 from .analytic import PARAMS as ANALYTIC_PARAMS
 from .analytic import empirical_scale, infinite_width_ntk
 from .drift import WeightDrift, layer_name
-from .features import activation_metrics, layer_sums
+from .features import activation_metrics, init_terms, layer_sums
 from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import block_size_for, empirical_ntk
 from .ntk_capture import capturing, finish_capture
@@ -142,6 +142,7 @@ class TheoryMetrics:
         # h_l(0) on the probe set (probe x width[x positions] per layer, footprint.py counts it): feature/* and the
         # ReLU flips (its signs) are measured against it
         self.init_pre = self._preactivations()
+        self.init_terms: dict[tuple, tuple] = {}  # (layer, chunk start, samples) -> features.init_terms
 
         self.track_ntk = track_ntk
         # The probe kernel's block size under metrics.ntk_memory_mb, measured once: every row takes the same samples
@@ -243,7 +244,11 @@ class TheoryMetrics:
         sums: dict[str, torch.Tensor] = {}
         for start, part in chunks:
             for layer, h in part.items():
-                add = layer_sums(self.init_pre[layer][start:start + h.shape[0]], h)
+                init = self.init_pre[layer][start:start + h.shape[0]]
+                key = (layer, start, h.shape[0])
+                if key not in self.init_terms:  # h(0)'s terms, once per trial
+                    self.init_terms[key] = init_terms(init)
+                add = layer_sums(init, h, self.init_terms[key])
                 sums[layer] = add if layer not in sums else sums[layer] + add
         return activation_metrics(sums, self.trained_layers, self.sharded_acts,
                                   self.parallel.reduce_tp if self.sharded_acts else None)
