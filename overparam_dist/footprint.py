@@ -80,6 +80,16 @@ def available_bytes(cfg: Config) -> tuple[int, str]:
     return kib * 1024 // ranks, f"MemAvailable / {ranks} process(es) on this host"
 
 
+def w0_cache_budget(cfg: Config) -> int | None:
+    """Bytes the weight-drift metric may keep for an exact copy of W_0 and a buffer of D = W_t - W_0
+    (metrics/drift.py): a quarter of what one rank has left after this trial's footprint floor. None where the
+    free memory cannot be read (the drift metric's default then)."""
+    if not os.path.isfile("/proc/meminfo") and not torch.cuda.is_available():
+        return None
+    have, _ = available_bytes(cfg)
+    return max(0, have - bytes_per_rank(cfg)) // 4
+
+
 def check_fits_memory(cfg: Config, copies: int = 1) -> None:
     """ConfigError (one line) when the floor estimate already exceeds the memory available to one rank, or when the
     device it would be on is not there. `copies`: trials held by one process at once (seeds.py)."""

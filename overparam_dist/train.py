@@ -16,12 +16,11 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
 from . import checkpoint, loop, precision, rundir
 from .config import Config, ConfigError, effective_train_outer, probe_samples
 from .data import Dataset, build_dataset
-from .footprint import check_fits_memory
+from .footprint import check_fits_memory, w0_cache_budget
 from .metrics import names
 from .metrics.convergence import ConvergenceTracker
 from .metrics.hessian import Sharpness
@@ -31,6 +30,7 @@ from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstabl
 from .metrics.regime import Regime, output_is_constant
 from .metrics.tracker import TheoryMetrics
 from .models import build_model
+from .objective import batch_indices, loss_fn, targets
 from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
 from .rundir import default_run_name, run_dir
@@ -65,30 +65,6 @@ def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
                 return loop.train([Trainer(cfg, world, ds, on_log)])[0]
     finally:
         world.close()
-
-
-def _targets(ds: Dataset, cfg: Config, y: torch.Tensor | None = None) -> torch.Tensor:
-    """What the loss compares the outputs with: one-hot labels under mse, else the labels or targets (of the
-    training set, or of `y`, the held-out set's)."""
-    y = ds.y if y is None else y
-    if ds.is_classification and cfg.train.loss == "mse":
-        return F.one_hot(y, ds.num_outputs).float()
-    return y
-
-
-def _loss_fn(cfg: Config):
-    if cfg.train.loss == "ce":
-        return lambda out, t: F.cross_entropy(out, t)
-    return lambda out, t: 0.5 * (out - t).pow(2).sum(dim=1).mean()
-
-
-def _batch_indices(cfg: Config, n: int, step: int) -> torch.Tensor:
-    """Global indices of the mini-batch of `step`: a function of (seed, step) only, so resume is exact."""
-    b = cfg.train.batch_size
-    per_epoch = n // b
-    epoch, k = divmod(step, per_epoch)
-    g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
-    return torch.randperm(n, generator=g)[k * b:(k + 1) * b]
 
 
 class Trainer:
@@ -144,20 +120,21 @@ class Trainer:
             param=cfg.model.param, width=cfg.model.width, depth=cfg.model.depth, arch=cfg.model.arch,
             bias=cfg.model.bias, train_outer=effective_train_outer(cfg), classes=ds.num_outputs,
             track_ntk=cfg.metrics.ntk, spectral=cfg.metrics.spectral, parallel=self.par,
-            input_only=cfg.model.train_input_only, memory_cap=cfg.metrics.ntk_memory_mb * 2**20)
+            input_only=cfg.model.train_input_only, memory_cap=cfg.metrics.ntk_memory_mb * 2**20,
+            w0_cache_bytes=w0_cache_budget(cfg))  # read now: seeds built before this one have taken theirs
         # Its init row too is taken here, from the seed's init: a resumed trial recomputes it, nothing checkpointed.
         self.circle = KernelCircle(self.model, self.x_all, cfg, ds.num_outputs, self.par) \
             if cfg.metrics.kernel_circle > 0 else None
         self.lin_off = lin_gap_off_reason(cfg, len(ds), ds.num_outputs)
         self.x_test = None if ds.x_test is None else ds.x_test.to(self.device, self.dtype)
-        self.t_test = None if ds.y_test is None else _targets(ds, cfg, ds.y_test).to(self.device)
+        self.t_test = None if ds.y_test is None else targets(ds, cfg, ds.y_test).to(self.device)
         if self.t_test is not None and self.t_test.is_floating_point():
             self.t_test = self.t_test.to(self.dtype)
         # ntk/test_lin_gap takes one kernel over train and held-out samples: under the same metrics.lin_max.
         with_test = self.x_test is not None and (len(ds) + len(self.x_test)) * ds.num_outputs <= cfg.metrics.lin_max
         whole = self.theta0.shape[0] == len(ds) * ds.num_outputs  # auto's Theta_0 covers every sample: not again
         self.lin = None if self.lin_off else LinearizationGap(
-            self.model, self.x_all, _targets(ds, cfg), self.effective_lr, self.par,
+            self.model, self.x_all, targets(ds, cfg), self.effective_lr, self.par,
             self.x_test if with_test else None, self.t_test if with_test else None, self.theta0 if whole else None)
         if self.lin is not None and (unstable := unstable_reason(self.lin.edge_ratio)):
             self.lin, self.lin_off = None, unstable  # never logged: the reason is in config.yaml and summary.json
@@ -183,13 +160,13 @@ class Trainer:
         """The training loss of the model as built (its init), on every rank alike (train.target_ratio's base)."""
         with precision.exact():
             out = self.model(self.x_all).to(self.dtype)
-            target = _targets(self.ds, self.cfg).to(self.device)
-            return float(_loss_fn(self.cfg)(out, target.to(self.dtype) if target.is_floating_point() else target))
+            target = targets(self.ds, self.cfg).to(self.device)
+            return float(loss_fn(self.cfg)(out, target.to(self.dtype) if target.is_floating_point() else target))
 
     def _place_data(self) -> None:
         """Every rank holds the whole (small) training set; each dp rank computes on its share."""
         ds, world = self.ds, self.world
-        self.t_all = _targets(ds, self.cfg).to(self.device)
+        self.t_all = targets(ds, self.cfg).to(self.device)
         if self.t_all.is_floating_point():
             self.t_all = self.t_all.to(self.dtype)
         self.labels = ds.y.to(self.device) if ds.is_classification else None
@@ -201,7 +178,7 @@ class Trainer:
         self.full_batch = self.cfg.train.batch_size == 0
         self.x_local, self.t_local = self.x_all[lo:hi], self.t_all[lo:hi]
         self.labels_local = self.labels[lo:hi] if self.labels is not None else None
-        self.loss_fn = _loss_fn(self.cfg)
+        self.loss_fn = loss_fn(self.cfg)
         self.stats = torch.zeros(2, dtype=torch.float64, device=self.device)
 
     def _open_outputs(self, on_log: OnLog | None) -> Sinks:
@@ -225,7 +202,7 @@ class Trainer:
         if self.full_batch:
             return self.x_local, self.t_local, self.labels_local
         world = self.world
-        idx = _batch_indices(self.cfg, self.n, step)
+        idx = batch_indices(self.cfg, self.n, step)
         b = idx.numel() // world.dp
         idx = idx[world.dp_rank * b:(world.dp_rank + 1) * b].to(self.device)
         return self.x_all[idx], self.t_all[idx], (self.labels[idx] if self.labels is not None else None)

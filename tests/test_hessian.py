@@ -15,8 +15,10 @@ from overparam_dist.data import build_dataset
 from overparam_dist.metrics import names
 from overparam_dist.metrics.hessian import Sharpness, lanczos_top
 from overparam_dist.models import build_model
+from overparam_dist.objective import loss_fn as _loss_fn
+from overparam_dist.objective import targets as _targets
 from overparam_dist.step_size import effective_lrs
-from overparam_dist.train import _loss_fn, _targets, run_trial
+from overparam_dist.train import run_trial
 
 QUIET = ["wandb.mode=disabled", "run.quiet=true", "checkpoint.every=0"]
 SMALL = ["data.n=8", "data.dim=4", "train.dtype=float64", "train.lr=0.3", "metrics.ntk=false",

@@ -289,3 +289,24 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
     for w, o in zip(watched, own):
         assert {k: v for k, v in w.items() if not k.startswith("time/")} == \
             {k: v for k, v in o.items() if not k.startswith("time/")}
+
+
+def test_w0_is_kept_exactly_when_its_copy_and_d_fit_the_budget(monkeypatch):
+    """The exact copy of W_0 and the buffer of D are kept when both fit in the budget (a quarter of the memory the
+    trial leaves free, footprint.w0_cache_budget), else W_0 is regenerated; the drift is the same either way."""
+    from overparam_dist import footprint
+
+    monkeypatch.delenv("OVERPARAM_W0_CACHE_BYTES", raising=False)
+    cfg, model, rules = _model("model.width=48", "model.depth=2")
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    size = sum(p.numel() * p.element_size() for p in trained.values())
+    kept = WeightDrift(trained, rules, cfg.seed, cache_bytes=2 * size)
+    regenerated = WeightDrift(trained, rules, cfg.seed, cache_bytes=2 * size - 1)
+    assert set(kept.w0) == set(trained) and regenerated.w0 == {}
+    with torch.no_grad():
+        for p in trained.values():
+            p.add_(0.01 * torch.randn_like(p))
+    a, b = kept.compute(precise=True), regenerated.compute(precise=True)
+    assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-15) for k in a)
+    have, _ = footprint.available_bytes(cfg)
+    assert abs(footprint.w0_cache_budget(cfg) - (have - footprint.bytes_per_rank(cfg)) // 4) < 2**22  # meminfo moves

@@ -5,9 +5,11 @@ so W_0 is regenerated one row block at a time and compared with W_t. We chose th
 copy: the drift being measured is small (O(1/sqrt(m)) relative), while a bf16 copy of W_0 carries a
 relative error up to 2^-9 per entry - about the size of the drift itself at m = 2^14. Regeneration is
 exact (bit-identical W_0), needs one block of extra memory instead of a second model, and works
-unchanged on tensor-parallel shards (each rank regenerates only its own block). Only when a rank's
-trained parameters fit in W0_CACHE_BYTES is an exact float copy kept instead: there the copy costs
-little memory and saves the regeneration time, which dominates the metric cost of small models.
+unchanged on tensor-parallel shards (each rank regenerates only its own block). When a rank's trained
+parameters fit twice in the cache budget (`cache_bytes`: a quarter of the memory the trial leaves free,
+footprint.w0_cache_budget; W0_CACHE_BYTES where none is given) an exact copy of W_0 is kept instead, and D is
+formed once per row in a buffer of the same size: the regeneration, which dominates the metric cost of models
+that fit, is then paid once per trial.
 
 Spectral norm: subspace (block power) iteration with Rayleigh-Ritz on D^T D (D = W_t - W_0), with
 K_SUBSPACE vectors. One pass over row blocks computes D^T (D V) = sum_blocks D_b^T (D_b V) and the Gram
@@ -44,8 +46,9 @@ K_SUBSPACE = 16  # vectors in the subspace iteration: a wider block converges fa
 # pass costs one regeneration of W_0 whatever the block width
 SPECTRAL_TOL, SPECTRAL_TOL_FINAL = 1e-3, 1e-5  # relative error left in sigma_1, estimated (see above)
 SPECTRAL_MAX_ITERS = 100
-# Keep an exact copy of W_0 when a rank's trained parameters fit in this many bytes (env override for tests).
-W0_CACHE_BYTES = int(os.environ.get("OVERPARAM_W0_CACHE_BYTES", 64 * 2**20))
+# The cache budget when the caller gives none; the environment variable overrides every budget (tests).
+W0_CACHE_BYTES = 128 * 2**20
+W0_CACHE_ENV = "OVERPARAM_W0_CACHE_BYTES"
 
 
 def layer_name(param_name: str) -> str:
@@ -157,7 +160,8 @@ class WeightDrift:
         self.vectors: dict[str, torch.Tensor] = {}  # warm-started subspace bases, per weight
         local_bytes = sum(p.numel() * p.element_size() for p in named_params.values())
         self.w0: dict[str, torch.Tensor] = {}  # exact local copies of W_0, only for small models
-        if local_bytes <= (W0_CACHE_BYTES if cache_bytes is None else cache_bytes):
+        budget = int(os.environ.get(W0_CACHE_ENV, W0_CACHE_BYTES if cache_bytes is None else cache_bytes))
+        if 2 * local_bytes <= budget:  # the copy of W_0 and the buffer of D
             self.w0 = {n: view_of(p).local.clone() for n, p in named_params.items()}
         # D = W_t - W_0 is written into one buffer per weight, reused row after row: a fresh allocation of a wide
         # layer's size costs its page faults again on every row

@@ -1,6 +1,6 @@
 r"""`metrics.hessian`: the sharpness of the training loss, the top eigenvalue of its Hessian, on every logged row.
 
-L(theta) is the trial's own training loss (train.py's `_loss_fn`: 1/(2n) sum_i |f(x_i) - y_i|^2, or the mean
+L(theta) is the trial's own training loss (objective.py's `loss_fn`: 1/(2n) sum_i |f(x_i) - y_i|^2, or the mean
 cross-entropy) over the whole training set, under mini-batch SGD too, as a function of the trained parameters theta
 in the coordinates the optimizer updates (the raw tensors: no per-layer step folded in). Logged:
 

@@ -125,7 +125,8 @@ class TheoryMetrics:
     def __init__(self, model: nn.Module, rules: dict, seed: int, probe_x: torch.Tensor,
                  probe_targets: torch.Tensor | None, *, param: str, width: int, depth: int, arch: str,
                  bias: bool, train_outer: bool, classes: int, track_ntk: bool, spectral: bool = True,
-                 parallel=None, input_only: bool = False, memory_cap: int | None = None):
+                 parallel=None, input_only: bool = False, memory_cap: int | None = None,
+                 w0_cache_bytes: int | None = None):
         """Must be built before any update (and before a checkpoint is loaded): it records the init state.
 
         `parallel`: the trial's Parallelism (parallel/parallelize.py) when layers are tensor-parallel shards;
@@ -135,7 +136,8 @@ class TheoryMetrics:
         sharded = parallel is not None and parallel.world.tp > 1
         trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
         self.drift = WeightDrift(trained, rules, seed, view_of=parallel.view_of if sharded else plain_view,
-                                 reduce=parallel.reduce if sharded else None, spectral=spectral)
+                                 reduce=parallel.reduce if sharded else None, spectral=spectral,
+                                 cache_bytes=w0_cache_bytes)
         self.sharded_acts = parallel.sharded_activations() if sharded else set()
         self.trained_layers = {layer_name(n) for n in trained}  # the aggregate flip counts only these
         self.acts = ActivationPattern(model)
