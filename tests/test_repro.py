@@ -19,22 +19,27 @@ REPRO = ROOT / "configs" / "repro"
 
 
 def _quick(name: str, tmp_path, in_process: bool = False) -> dict[str, dict]:
-    """Run <name>.yaml --quick, build its report; {quantity: finding} from claim.json. `in_process`: the trials one
-    after another in this process, without Ray (the sweep driver's own path is what the other reproductions test;
-    this keeps the Ray-serialised tests of `make test` short)."""
+    """Run <name>.yaml --quick, build its report; {quantity: finding} from claim.json. `in_process`: the trials in
+    this process, without Ray (the sweep driver's own path is what du2018 and allenzhu2018 test; this keeps the
+    Ray-serialised tests of `make test` short)."""
     # Actors reused trial after trial (as on a private Ray): on the session's Ray each trial would otherwise import
     # Ray Tune, torch and the library in a new process, about 30 times over the six reproductions.
     sweep = load_sweep(REPRO / f"{name}.yaml", ["reuse_actors=true"], runs_dir=tmp_path / "runs", quick=True)
     assert sweep.name == f"{name}-quick" and sweep.reproduces == name
-    if in_process:
+    if in_process:  # the trials one after another, the seeds of a cell together as a sweep would (batch_seeds)
         from launcher.sweep.progress import Book
+        from launcher.sweep.seed_groups import group_seeds
+        from overparam_dist.seeds import run_seeds
         from overparam_dist.train import run_trial
 
         sweep.dir.mkdir(parents=True)
         (sweep.dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.to_yaml_dict(), sort_keys=False))
         book = Book(sweep)
-        for t in sweep.trials:
-            book.finished(t.name, run_trial(t.cfg), write=False)
+        for t in group_seeds(sweep.trials, sweep.batch_seeds):
+            members = t.members or (t,)
+            summaries = run_seeds([m.cfg for m in members]) if t.members else [run_trial(t.cfg)]
+            for m, summary in zip(members, summaries):
+                book.finished(m.name, summary, write=False)
         book.write()
     else:
         assert not run_sweep(sweep, progress_every=60).failed
@@ -73,10 +78,10 @@ def test_quick_and_reproduces_are_checked(tmp_path):
 
 
 @pytest.mark.slow
-def test_jacot2018_kernel_quick(ray_address, tmp_path):
+def test_jacot2018_kernel_quick(tmp_path):
     """3 seeds at widths 128 and 2048: K_0 -> K_inf like m^-1/2 and the kernel moves less at the wider width, each
     supported; Figure 1's circle is drawn from every trial's kernel_circle.json."""
-    f = _quick("jacot2018_kernel", tmp_path)
+    f = _quick("jacot2018_kernel", tmp_path, in_process=True)
     gap = f["distance of K_0 from K∞"]
     assert all(abs(s + 0.5) <= 0.2 for s in gap["values"]["slopes"].values()), gap
     moved = f["|K_T − K_0| / |K_0| by width"]
@@ -91,8 +96,8 @@ def test_jacot2018_kernel_quick(ray_address, tmp_path):
 
 
 @pytest.mark.slow
-def test_lee2019_linear_quick(ray_address, tmp_path):
-    f = _quick("lee2019_linear", tmp_path)
+def test_lee2019_linear_quick(tmp_path):
+    f = _quick("lee2019_linear", tmp_path, in_process=True)
     for quantity in ("relative change of the input-layer weights", "relative change of the NTK",
                      "distance to the linearised model (ntk/lin_gap)"):
         slopes = f[quantity]["values"]["slopes"]
@@ -116,8 +121,8 @@ def test_du2018_two_layer_quick(ray_address, tmp_path):
 
 
 @pytest.mark.slow
-def test_zhang2017_random_labels_quick(ray_address, tmp_path):
-    f = _quick("zhang2017_random_labels", tmp_path)
+def test_zhang2017_random_labels_quick(tmp_path):
+    f = _quick("zhang2017_random_labels", tmp_path, in_process=True)
     fit = "loss ≤ 0.05 × its value at init"
     fitted = f[f"trials that fit ({fit}), by label noise"]
     assert fitted["verdict"]["estimate"] == 1.0, fitted  # all fit
@@ -128,8 +133,8 @@ def test_zhang2017_random_labels_quick(ray_address, tmp_path):
 
 
 @pytest.mark.slow
-def test_arora2019_fine_grained_quick(ray_address, tmp_path):
-    f = _quick("arora2019_fine_grained", tmp_path)
+def test_arora2019_fine_grained_quick(tmp_path):
+    f = _quick("arora2019_fine_grained", tmp_path, in_process=True)
     for which in ("K_0", "K∞"):
         grows = f[f"label complexity from {which}, by label noise"]
         by_width: dict[str, list[float]] = {}  # keys "m=128, L=1, <noise>": grows along the noise at every width
@@ -158,10 +163,10 @@ def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
 
 
 @pytest.mark.slow
-def test_lewkowycz2020_catapult_quick(ray_address, tmp_path):
+def test_lewkowycz2020_catapult_quick(tmp_path):
     """Steps 1, 1.8, 2.4, 3.5 and 16 x lr·λ_0/n at m = 1024, 3 seeds: lazy below 2, the catapult above it (a spike,
     then the kernel below the edge), dead at 16; the boundary read from behaviour lies within the band around 2."""
-    f = _quick("lewkowycz2020_catapult", tmp_path)
+    f = _quick("lewkowycz2020_catapult", tmp_path, in_process=True)
     boundary = f["lazy-catapult boundary in lr·λ_0/n (widest width, from each trial's behaviour)"]
     assert boundary["verdict"]["word"] == "supported" and 1.8 <= boundary["verdict"]["estimate"] <= 2.4, boundary
     assert f["in the catapult, λ_max(K) ends below 2n/η"]["verdict"]["word"] == "supported"
