@@ -147,8 +147,7 @@ def seed_batch(widths: list[int], steps: int, seeds: int, device: torch.device) 
     run_trial one after the other, in this process: bench/seed_batch.py's in-process comparison, on the device."""
     import tempfile
 
-    from overparam_dist.seeds import run_seeds
-    from overparam_dist.train import run_trial
+    from overparam_dist.train import run_seeds, run_trial
 
     out = {}
     for width in widths:

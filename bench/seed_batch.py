@@ -31,8 +31,7 @@ from launcher.sweep.cluster import ray_session  # noqa: E402
 from launcher.sweep.driver import run_sweep  # noqa: E402
 from launcher.sweep.spec import load_sweep  # noqa: E402
 from overparam_dist.config import load_config  # noqa: E402
-from overparam_dist.seeds import run_seeds  # noqa: E402
-from overparam_dist.train import run_trial  # noqa: E402
+from overparam_dist.train import run_seeds, run_trial  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])

@@ -13,12 +13,14 @@ import torch
 
 from . import precision
 from .preemption import Preemption
+from .seeds import SeedStack
 
 
-def train(trainers: list, stack=None) -> list[dict]:
-    """Train every train.Trainer in `trainers` to its end and return their summaries, in order. With one trainer and
-    no `stack`, its own forward (data parallel, tensor parallel, compiled) is the step; a seeds.SeedStack batches
-    several over their seeds. (Untyped: train.py and seeds.py import this module.)"""
+def train(trainers: list) -> list[dict]:
+    """Train every train.Trainer in `trainers` to its end and return their summaries, in order. One trainer's own
+    forward (data parallel, tensor parallel, compiled) is its step; several, the seeds of one cell, are batched by a
+    seeds.SeedStack. (Untyped: train.py imports this module.)"""
+    stack = SeedStack(trainers) if len(trainers) > 1 else None
     for t in trainers:
         t.begin()
     first = trainers[0]

@@ -1,4 +1,4 @@
-"""The seeds of one cell trained in one process as one batched model: `run_seeds(cfgs) -> [summary, ...]`.
+"""The seeds of one cell trained in one process as one batched model (train.run_seeds, loop.py): SeedStack.
 
 A cell of k seeds as k trials costs k process starts, k model builds and k sets of small matrix products that
 leave the cores idle at small widths. Here each seed still has its own Trainer (train.py): its own run directory,
@@ -13,19 +13,10 @@ seed_cells.batch_reason says which configs can be batched so.
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from torch.func import functional_call, vmap
 
-from . import loop, precision, rundir
-from .config import Config
-from .data import build_dataset
-from .footprint import check_fits_memory
-from .parallel.distributed import setup
-from .rundir import run_dir
-from .seed_cells import batch_reason
-from .sinks import OnLog
+from . import precision
 
 
 class SeedStack:
@@ -88,36 +79,3 @@ class SeedStack:
             for n in self.trained:
                 self.stacked[n].add_(self.leaves[n].grad, alpha=-lrs[n])
         return True
-
-
-def run_seeds(cfgs: list[Config], on_logs: list[OnLog | None] | None = None) -> list[dict]:
-    """Train the seeds `cfgs` of one cell together (batch_reason must be None) and return their summaries, in order.
-    A seed that already finished returns its summary without training, as run_trial does."""
-    from .train import Trainer  # train.py imports loop.py, which this module's types name
-
-    reason = batch_reason(cfgs)
-    if reason is not None:
-        raise ValueError(f"these seeds cannot be batched: {reason}")
-    on_logs = on_logs or [None] * len(cfgs)
-    for cfg in cfgs:
-        check_fits_memory(cfg, copies=len(cfgs))
-    world = setup(cfgs[0])
-    try:
-        datasets = [build_dataset(cfg) for cfg in cfgs]
-        for cfg in cfgs:
-            rundir.check_run_dir(cfg)
-        with contextlib.ExitStack() as held:
-            for cfg in cfgs:
-                held.enter_context(rundir.exclusive(run_dir(cfg)))
-            summaries: list[dict | None] = [rundir.finished_summary(run_dir(cfg), cfg) for cfg in cfgs]
-            todo = [i for i, s in enumerate(summaries) if s is None]
-            if todo:
-                # A full disk while any seed writes: one line naming the file (out_of_room_is_one_line)
-                with precision.exact(), rundir.out_of_room_is_one_line(run_dir(cfgs[todo[0]]).parent):
-                    trainers = [Trainer(cfgs[i], world, datasets[i], on_logs[i]) for i in todo]
-                    stack = SeedStack(trainers) if len(trainers) > 1 else None
-                    for i, summary in zip(todo, loop.train(trainers, stack)):
-                        summaries[i] = summary
-            return summaries
-    finally:
-        world.close()

@@ -1,8 +1,10 @@
 """One trial: `run_trial(cfg, on_log=None) -> summary`. The same function runs in one process, under torch's
-local launcher, torchrun, srun or a Ray Train worker; launchers only set up processes and call it.
+local launcher, torchrun, srun or a Ray Train worker; launchers only set up processes and call it. `run_seeds`
+trains the seeds of one cell in one process as one batched model (seeds.py), each still a trial of its own.
 
-`Trainer.train` is the loop, made of named steps (torchtitan's Trainer.train is the model): forward and
-measure, check the stopping rules, backward, log, update, checkpoint, preemption.
+The Trainer's methods are the named steps of one update (torchtitan's Trainer.train is the model): batch, forward,
+measure (losses, the stopping rules), log, update (optimizer, checkpoint); loop.py runs them, with a preemption
+check after each update.
 
 Step semantics: row `step = s` of metrics.jsonl describes the parameters after s updates (s = 0 is
 the initialisation). The loss of theta_s comes from the forward pass of update s+1, so full-batch
@@ -27,42 +29,65 @@ from .metrics.hessian import Sharpness
 from .metrics.kernel_circle import KernelCircle
 from .metrics.label_complexity import targets as label_targets
 from .metrics.linearization import LinearizationGap, lin_gap_off_reason, unstable_reason
-from .metrics.regime import Regime, output_is_constant
+from .metrics.regime import Regime
 from .metrics.tracker import TheoryMetrics
 from .models import build_model
 from .objective import batch_indices, loss_fn, targets
 from .parallel.distributed import World, setup
 from .parallel.parallelize import Parallelism
 from .rundir import default_run_name, run_dir
+from .seed_cells import batch_reason
 from .sinks import OnLog, Sinks
 from .step_size import effective_lrs, init_facts, resolve_lr
+from .trial_end import finish
 
 
 def run_trial(cfg: Config, on_log: OnLog | None = None) -> dict:
     """Train one trial and return its summary. Rank 0 hands every logged row to `on_log` (a launcher's hook,
     e.g. a Ray sweep reporting to Tune); the rows always go to metrics.jsonl and W&B."""
-    check_fits_memory(cfg)  # before the process group and any allocation: one line, not an allocator's traceback
-    world = setup(cfg)
+    return _run([cfg], [on_log])[0]
+
+
+def run_seeds(cfgs: list[Config], on_logs: list[OnLog | None] | None = None) -> list[dict]:
+    """Train the seeds `cfgs` of one cell together, as one batched model (seeds.py; seed_cells.batch_reason must
+    allow it), and return their summaries in order: each as run_trial would return it alone."""
+    if (reason := batch_reason(cfgs)) is not None:
+        raise ValueError(f"these seeds cannot be batched: {reason}")
+    return _run(cfgs, on_logs or [None] * len(cfgs))
+
+
+def _run(cfgs: list[Config], on_logs: list[OnLog | None]) -> list[dict]:
+    for cfg in cfgs:  # before the process group and any allocation: one line, not an allocator's traceback
+        check_fits_memory(cfg, copies=len(cfgs))
+    world = setup(cfgs[0])
     try:
         # Inputs first: a bad data set or a foreign run directory fails before anything is written.
-        ds = build_dataset(cfg)
-        rundir.check_run_dir(cfg)
+        datasets = [build_dataset(cfg) for cfg in cfgs]
+        for cfg in cfgs:
+            rundir.check_run_dir(cfg)
         with contextlib.ExitStack() as held:
             refused = None
             if world.is_main:  # one trainer per directory: a second process gets one line, on every rank
                 try:
-                    held.enter_context(rundir.exclusive(run_dir(cfg)))
+                    for cfg in cfgs:
+                        held.enter_context(rundir.exclusive(run_dir(cfg)))
                 except rundir.RunDirLocked as exc:
                     refused = exc
             if world.any_rank(refused is not None):
-                raise refused or rundir.RunDirLocked(f"run directory '{run_dir(cfg)}' is in use by another process")
-            done = rundir.finished_summary(run_dir(cfg), cfg)
-            if done is not None:
-                return done  # this exact trial already finished: a rerun is a no-op
-            world.barrier()
-            # Everything but the training step itself (precision.training_step) is computed exactly.
-            with rundir.out_of_room_is_one_line(run_dir(cfg)), precision.exact():
-                return loop.train([Trainer(cfg, world, ds, on_log)])[0]
+                raise refused or rundir.RunDirLocked(f"run directory '{run_dir(cfgs[0])}' is in use by another "
+                                                     "process")
+            # An exact trial that already finished is not trained again: its summary is the answer.
+            summaries = [rundir.finished_summary(run_dir(cfg), cfg) for cfg in cfgs]
+            todo = [i for i, s in enumerate(summaries) if s is None]
+            if todo:
+                world.barrier()
+                # Everything but the training step itself (precision.training_step) is computed exactly.
+                out = run_dir(cfgs[todo[0]]) if len(cfgs) == 1 else run_dir(cfgs[todo[0]]).parent
+                with rundir.out_of_room_is_one_line(out), precision.exact():
+                    trainers = [Trainer(cfgs[i], world, datasets[i], on_logs[i]) for i in todo]
+                    for i, summary in zip(todo, loop.train(trainers)):
+                        summaries[i] = summary
+            return summaries
     finally:
         world.close()
 
@@ -361,46 +386,4 @@ class Trainer:
             self.bar.close()
         if self.status == "completed" and self.saved_at != self.step:
             self.save_checkpoint(self.step)
-        return self.finish(self.status, self.step, self.final_metrics)
-
-    def finish(self, status: str, step: int, final_metrics: dict[str, float]) -> dict:
-        """Write summary.json (rank 0), close the sinks, and return the summary on every rank."""
-        world = self.world
-        summary = {
-            "status": status,
-            "name": self.name,
-            "seed": self.cfg.seed,
-            "steps": step,
-            "requested_steps": self.cfg.train.steps,
-            "stop_rules": rundir.stop_rules(self.cfg),
-            **{k: v for k, v in final_metrics.items() if not k.startswith(names.TIME_PREFIX)},
-            names.NTK_INIT_GAP: self.theory.init_gap,
-            **self.theory.once,
-            names.CONV_RATE: self.conv.rate(),
-            names.CONV_STEPS_TO_FIT: self.conv.steps_to_fit,
-            names.CONV_STEPS_TO_FIT_RESOLUTION: 1 if self.full_batch else (self.cfg.metrics.every or step),
-            "wall_s": time.perf_counter() - self.t_start,
-            "delta": self.ds.info["delta"],
-            "trained_params": sum(math.prod(self.par.shards[n].global_shape) if n in self.par.shards else p.numel()
-                                  for n, p in self.trained.items()),
-            "dp": world.dp,
-            "tp": world.tp,
-            "lin_gap_off": self.lin_off,
-        }
-        if status != "preempted":  # the regime of a finished run (a preempted one resumes)
-            with torch.no_grad():  # in chunks of samples, as dead_layers
-                constant = self.n > 1 and output_is_constant(torch.cat([self.model(p) for p in self.x_all.split(1024)]))
-            summary.update(self.regime.summary(status, step, final_metrics.get(names.TRAIN_LOSS),
-                                               self.theory.dead_layers(self.x_all), constant))
-        summary = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in summary.items()}
-        # Every rank computes the end row (a collective under tensor parallelism); rank 0 writes it.
-        circle = self.circle.record(step, diverged=status == "diverged") if self.circle is not None else None
-        if self.sinks is not None:
-            if self.theory.track_ntk:
-                rundir.write_spectrum(self.out, step, self.theory.spectrum)
-            if circle is not None:
-                rundir.write_kernel_circle(self.out, circle)
-            rundir.write_summary(self.out, summary)
-            self.sinks.finish(summary)
-        world.barrier()
-        return summary
+        return finish(self, self.status, self.step, self.final_metrics)

@@ -29,8 +29,7 @@ def _quick(name: str, tmp_path, in_process: bool = False) -> dict[str, dict]:
     if in_process:  # the trials one after another, the seeds of a cell together as a sweep would (batch_seeds)
         from launcher.sweep.progress import Book
         from launcher.sweep.seed_groups import group_seeds
-        from overparam_dist.seeds import run_seeds
-        from overparam_dist.train import run_trial
+        from overparam_dist.train import run_seeds, run_trial
 
         sweep.dir.mkdir(parents=True)
         (sweep.dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.to_yaml_dict(), sort_keys=False))

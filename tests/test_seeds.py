@@ -13,8 +13,7 @@ from conftest import read_rows, read_summary, run_cli
 
 from overparam_dist.config import load_config
 from overparam_dist.seed_cells import batch_reason
-from overparam_dist.seeds import run_seeds
-from overparam_dist.train import run_trial
+from overparam_dist.train import run_seeds, run_trial
 
 SMALL = ["model.width=64", "model.depth=2", "data.n=32", "data.target=regression", "train.steps=24",
          "train.stop_at_fit=false", "metrics.every=4", "checkpoint.every=8", "wandb.mode=disabled", "run.quiet=true"]

@@ -68,6 +68,6 @@ def run_group(config: dict, report, printer) -> list[dict]:
         return lambda row: report({**row, MEMBER_KEY: name})
 
     on_logs = [printer({**config, **m}, marked(m["trial"])) for m in members]
-    from overparam_dist.seeds import run_seeds  # torch: only in the trial's process
+    from overparam_dist.train import run_seeds  # torch: only in the trial's process
 
     return run_seeds([from_dict(m["cfg"]) for m in members], on_logs)
