@@ -143,27 +143,17 @@ def metrics_overhead(width: int, steps: int, device: torch.device) -> dict:
 
 
 def seed_batch(widths: list[int], steps: int, seeds: int, device: torch.device) -> dict:
-    """A cell of `seeds` seeds trained as one batched model (overparam_dist/seeds.py) against the same seeds by
-    run_trial one after the other, in this process: bench/seed_batch.py's in-process comparison, on the device."""
+    """A cell of `seeds` seeds trained as one batched model against the same seeds by run_trial one after the other,
+    in this process, on the device: bench/seed_batch.py's in-process comparison."""
     import tempfile
+    from pathlib import Path
 
-    from overparam_dist.train import run_seeds, run_trial
+    from seed_batch import in_process  # bench/ is this script's directory
 
     out = {}
     for width in widths:
         with tempfile.TemporaryDirectory() as d:
-            def cfgs(tag: str):
-                return [load_config(None, [f"model.width={width}", "model.depth=2", "data.n=32",
-                                           f"train.steps={steps}", "train.stop_at_fit=false", "metrics.every=20",
-                                           "wandb.mode=disabled", "run.quiet=true", f"train.device={device.type}",
-                                           f"seed={s}", f"run.dir={d}/{tag}{s}"]) for s in range(seeds)]
-            t0 = time.perf_counter()
-            for cfg in cfgs("alone"):
-                run_trial(cfg)
-            alone = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            run_seeds(cfgs("batched"))
-            batched = time.perf_counter() - t0
+            alone, batched = in_process(Path(d), width, list(range(seeds)), steps, device.type)
         out[str(width)] = {"alone_s": alone, "batched_s": batched, "ratio": alone / batched}
     return {"seeds": seeds, "steps": steps, "by_width": out}
 

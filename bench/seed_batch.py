@@ -33,15 +33,12 @@ from launcher.sweep.spec import load_sweep  # noqa: E402
 from overparam_dist.config import load_config  # noqa: E402
 from overparam_dist.train import run_seeds, run_trial  # noqa: E402
 
-p = argparse.ArgumentParser()
-p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
-p.add_argument("--seeds", type=int, default=5)
-args = p.parse_args()
-SEEDS = list(range(args.seeds))
+SEEDS = list(range(5))
 
 
-def cell(width: int) -> dict:
-    return {"model.width": width, "model.depth": 2, "data.n": 32, "train.steps": 50 if width >= 1024 else 200,
+def cell(width: int, steps: int | None = None) -> dict:
+    steps = steps or (50 if width >= 1024 else 200)
+    return {"model.width": width, "model.depth": 2, "data.n": 32, "train.steps": steps,
             "train.stop_at_fit": False, "metrics.every": 20, "checkpoint.every": 50, "wandb.mode": "disabled"}
 
 
@@ -60,11 +57,14 @@ def sweep_time(d: Path, name: str, width: int, batch: bool, reuse: bool) -> floa
     return wall
 
 
-def in_process(d: Path, width: int) -> tuple[float, float]:
+def in_process(d: Path, width: int, seeds: list[int] = SEEDS, steps: int | None = None,
+               device: str = "auto") -> tuple[float, float]:
+    """(seconds of the seeds by run_trial one after another, seconds of the same seeds by one run_seeds)."""
     def cfgs(tag: str):
         return [load_config(ROOT / "configs/experiment/paper_fc.yaml",
-                            [f"{k}={json.dumps(v)}" for k, v in cell(width).items()]
-                            + [f"seed={s}", f"run.dir={d / f'{tag}{width}-{s}'}", "run.quiet=true"]) for s in SEEDS]
+                            [f"{k}={json.dumps(v)}" for k, v in cell(width, steps).items()]
+                            + [f"seed={s}", f"run.dir={d / f'{tag}{width}-{s}'}", "run.quiet=true",
+                               f"train.device={device}"]) for s in seeds]
 
     t = time.perf_counter()
     for cfg in cfgs("alone"):
@@ -75,16 +75,24 @@ def in_process(d: Path, width: int) -> tuple[float, float]:
     return alone, time.perf_counter() - t
 
 
-print(f"a cell of {len(SEEDS)} seeds: paper FC depth 2, n = 32, {os.cpu_count()} CPUs; times in seconds")
-print(f"{'width':>6} | {'sweep: 5 actors':>15} {'1 reused actor':>15} {'batched':>8} {'ratios':>13} | "
-      f"{'in-process: 5 alone':>19} {'batched':>8} {'ratio':>6}")
-with tempfile.TemporaryDirectory() as tmp, ray_session(None, num_cpus=os.cpu_count()):
-    d = Path(tmp)
-    in_process(d, 32)  # warm: the first run_trial and run_seeds of a process import and build more
-    for width in args.widths:
-        actors = sweep_time(d, f"actors{width}", width, batch=False, reuse=False)
-        reused = sweep_time(d, f"reused{width}", width, batch=False, reuse=True)
-        batched = sweep_time(d, f"batched{width}", width, batch=True, reuse=False)
-        alone, together = in_process(d, width)
-        print(f"{width:>6} | {actors:15.1f} {reused:15.1f} {batched:8.1f} {actors / batched:5.2f}x "
-              f"{reused / batched:5.2f}x | {alone:19.1f} {together:8.1f} {alone / together:5.2f}x", flush=True)
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--widths", type=int, nargs="+", default=[64, 256, 1024])
+    args = p.parse_args()
+    print(f"a cell of {len(SEEDS)} seeds: paper FC depth 2, n = 32, {os.cpu_count()} CPUs; times in seconds")
+    print(f"{'width':>6} | {'sweep: 5 actors':>15} {'1 reused actor':>15} {'batched':>8} {'ratios':>13} | "
+          f"{'in-process: 5 alone':>19} {'batched':>8} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as tmp, ray_session(None, num_cpus=os.cpu_count()):
+        d = Path(tmp)
+        in_process(d, 32)  # warm: the first run_trial and run_seeds of a process import and build more
+        for width in args.widths:
+            actors = sweep_time(d, f"actors{width}", width, batch=False, reuse=False)
+            reused = sweep_time(d, f"reused{width}", width, batch=False, reuse=True)
+            batched = sweep_time(d, f"batched{width}", width, batch=True, reuse=False)
+            alone, together = in_process(d, width)
+            print(f"{width:>6} | {actors:15.1f} {reused:15.1f} {batched:8.1f} {actors / batched:5.2f}x "
+                  f"{reused / batched:5.2f}x | {alone:19.1f} {together:8.1f} {alone / together:5.2f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -26,7 +26,7 @@ def test_gpu_check_smoke_writes_every_part(tmp_path):
     assert got["ntk"]["finite"] and got["ntk"]["seconds"] > 0
     assert got["whole_set_ntk"]["n"] == 64 and got["whole_set_ntk"]["rel_err_vs_untiled"] < 1e-12
     # ratios of wall times at smoke sizes: their order is the machine's load's to decide, not a property of the code
-    assert all(0 < got["metrics_overhead"][f"every_{k}_ratio"] < 1.5 for k in (1, 10))
+    assert all(0 < got["metrics_overhead"][f"every_{k}_ratio"] < 10 for k in (1, 10))
     assert got["seed_batch"]["seeds"] == 3 and list(got["seed_batch"]["by_width"]) == ["16"]
     assert all(v["ratio"] == v["alone_s"] / v["batched_s"] > 0 for v in got["seed_batch"]["by_width"].values())
     assert got["widest"]["widest_width"] == 512  # the smoke search stops at 512, and every width fits on CPU
