@@ -77,10 +77,24 @@ def spawn_local(nprocs: int, fn, *args, threads: int | None = None) -> dict:
             text = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
             if text.startswith(_CONFIG_ERROR):  # bad input found inside a worker: the same one line as here
                 raise ConfigError(text[len(_CONFIG_ERROR):]) from None
-        raise
+        # Not re-raised as it is: a ChildFailedError cannot be unpickled (its __init__ takes two arguments), so a
+        # Ray sweep's trial failed with "TypeError: ChildFailedError.__init__() missing 1 required positional
+        # argument" instead of the cause. Its text, root cause last (what a sweep's error column keeps), is kept.
+        raise RuntimeError(f"{exc}\n{_root_cause(exc)}") from None
     finally:
         for log, level in zip(logs, levels):
             log.setLevel(level)
+
+
+def _root_cause(exc) -> str:
+    """One line: which local process failed first, and how."""
+    rank, failure = exc.get_first_failure()
+    if failure.exitcode < 0:
+        how = f"was killed by {failure.signal_name()}"
+    else:
+        text = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)
+        how = f"exited with code {failure.exitcode}" + (f": {text.strip().splitlines()[0]}" if text.strip() else "")
+    return f"local process rank {rank} (pid {failure.pid}) {how}"
 
 
 def launch_trial(cfg: Config) -> dict:

@@ -197,8 +197,8 @@ _WANDB_FILE_HEADER = 7
 _WANDB_CHUNK_HEADER = 7
 
 
-def wandb_history_steps(path: Path) -> list[int]:
-    """Steps of the history records in a .wandb transaction log, read without wandb's service: chunks with a
+def wandb_records(path: Path):
+    """The protobuf Records of a .wandb transaction log, in order, read without wandb's service: chunks with a
     7-byte header (CRC32 of type byte + data, length, type FULL/FIRST/MIDDLE/LAST) holding protobuf Records.
     Stops at the first torn or corrupt chunk, as left by a killed writer."""
     import struct
@@ -208,8 +208,8 @@ def wandb_history_steps(path: Path) -> list[int]:
 
     data = path.read_bytes()
     if not data.startswith(b":W&B"):
-        return []
-    steps, buf, pos = [], b"", _WANDB_FILE_HEADER
+        return
+    buf, pos = b"", _WANDB_FILE_HEADER
     while pos + _WANDB_CHUNK_HEADER <= len(data):
         left = _WANDB_BLOCK - pos % _WANDB_BLOCK
         if left < _WANDB_CHUNK_HEADER:  # block trailer: padding
@@ -224,9 +224,12 @@ def wandb_history_steps(path: Path) -> list[int]:
         if kind in (1, 4):
             rec = pb.Record()
             rec.ParseFromString(buf)
-            if rec.WhichOneof("record_type") == "history":
-                steps.append(int(rec.history.step.num))
-    return steps
+            yield rec
+
+
+def wandb_history_steps(path: Path) -> list[int]:
+    """Steps of the history records in a .wandb transaction log (wandb_records)."""
+    return [int(rec.history.step.num) for rec in wandb_records(path) if rec.WhichOneof("record_type") == "history"]
 
 
 def _last_offline_step(run_dir: Path, run_id: str, current: Path | None) -> int:

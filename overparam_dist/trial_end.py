@@ -50,7 +50,10 @@ def finish(t, status: str, step: int, final_metrics: dict[str, float]) -> dict:
             rundir.write_spectrum(t.out, step, t.theory.spectrum)
         if circle is not None:
             rundir.write_kernel_circle(t.out, circle)
-        rundir.write_summary(t.out, summary)
+        # The sinks (metrics.jsonl, W&B's offline file) are flushed and closed before summary.json marks the trial
+        # finished: a process killed in between would otherwise leave W&B short of the last rows for good, as a
+        # rerun returns a finished trial untouched (found by tests/chaos.py's seeded kills)
         t.sinks.finish(summary)
+        rundir.write_summary(t.out, summary)
     world.barrier()
     return summary
