@@ -13,7 +13,7 @@ import yaml
 
 from overparam_dist.config import ConfigError
 
-from .seed_groups import group_seeds
+from .seed_groups import describe, group_seeds
 
 CONFIG_SECTIONS = {"seed", "model", "data", "train", "metrics", "parallel", "checkpoint", "run", "wandb"}
 SWEEP_SECTIONS = ("grid.", "search.", "resources.", "overrides.", "quick.")
@@ -60,11 +60,7 @@ def dry_run_table(sweep, trial_demand) -> str:
     cells = [[f"{v:g}" if isinstance(v, float) else str(v) for v in r] for r in [head, *rows, total]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    what = f"{len(rows)} trial(s)" if sweep.search["kind"] == "grid" else \
+    what = describe(group_seeds(sweep.trials, sweep.batch_seeds)) if sweep.search["kind"] == "grid" else \
         f"{len(rows)} candidate trial(s); the {sweep.search['kind']} search runs some of them"
-    if sweep.search["kind"] == "grid" and (groups := [g for g in group_seeds(sweep.trials, sweep.batch_seeds)
-                                                      if g.members]):
-        what += (f" ({sum(len(g.members) for g in groups)} of them as {len(groups)} batch(es) of seeds, each one "
-                 "process: batch_seeds)")
     return "\n".join([f"sweep {sweep.name}: {what}, resources per process {sweep.resources}; "
                       f"outputs would go to {sweep.dir}/ (dry run: nothing written, no Ray started)", *lines])

@@ -34,7 +34,7 @@ from overparam_dist.analysis.results import CRITICAL_WIDTH_FILE, CRITICAL_WIDTH_
 from overparam_dist.metrics import names
 from overparam_dist.rundir import atomic_write
 
-from .seed_groups import group_seeds
+from .seed_groups import describe, group_seeds
 from .spec import Sweep, Trial
 
 FINISHED = "FINISHED"  # next_trial(): the plan has nothing more to run (None: nothing right now, ask again)
@@ -84,12 +84,7 @@ class GridPlan:
         return self.todo
 
     def describe(self) -> str:
-        groups = [t for t in self.todo if t.members]
-        if not groups:
-            return f"{self.total} trial(s)"
-        seeds = sum(len(t.members) for t in groups)
-        return (f"{self.total - len(groups) + seeds} trial(s), {seeds} of them as {len(groups)} batch(es) of seeds "
-                "(batch_seeds)")
+        return describe(self.todo)
 
     def outputs(self, out) -> dict[str, Any]:
         return {}

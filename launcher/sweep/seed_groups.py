@@ -39,6 +39,14 @@ def group_seeds(trials: list[Trial], batch_seeds: bool | None) -> list[Trial]:
     return out
 
 
+def describe(planned: list[Trial]) -> str:
+    """How many trials `planned` (group_seeds' output) runs, and how many of them in batches of seeds."""
+    groups = [t for t in planned if t.members]
+    seeds = sum(len(t.members) for t in groups)
+    text = f"{len(planned) - len(groups) + seeds} trial(s)"
+    return f"{text}, {seeds} of them as {len(groups)} batch(es) of seeds (batch_seeds)" if groups else text
+
+
 def check_batchable(sweep: Sweep) -> None:
     """batch_seeds: true refuses, in one line, a sweep with a cell of several seeds that cannot be batched exactly."""
     if sweep.batch_seeds is not True or sweep.kind != "grid":
