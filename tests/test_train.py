@@ -283,3 +283,19 @@ def test_target_ratio_is_the_fit_and_survives_a_resume(tmp_path):
                                  *common]))
     run_trial(load_config(None, [f"run.dir={tmp_path / 'b'}", "train.steps=400", "train.target_ratio=0.05", *common]))
     assert read_summary(tmp_path / "b")["conv/steps_to_fit"] == first
+
+
+def test_a_kill_after_the_final_checkpoint_changes_no_summary_value(tmp_path):
+    """Killed after its final checkpoint but before summary.json (closing the W&B run lies between them), a trial is
+    rerun from that checkpoint and measures its last step again. Its summary must not count that step twice: the
+    rate fitted over the loss window and the edge-of-stability share over the sharpness rows both did."""
+    args = ["data.n=8", "data.target=regression", "train.steps=40", "train.stop_at_fit=false", "metrics.every=10",
+            "checkpoint.every=10", "wandb.mode=disabled", "metrics.spectral=false", "model.width=16",
+            "metrics.hessian=true", "run.quiet=true", f"run.dir={tmp_path}"]
+    want = run_trial(load_config(None, args))
+    (tmp_path / "summary.json").unlink()  # what the kill leaves: every row, the step-40 checkpoint, no summary
+    got = run_trial(load_config(None, args))
+    assert want["regime/eos_share"] is None and want["conv/rate"] < 0
+    for k, v in want.items():
+        if k != "wall_s" and not k.startswith("time/"):
+            assert got[k] == (pytest.approx(v, rel=1e-6) if isinstance(v, float) else v), k

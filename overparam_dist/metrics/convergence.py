@@ -20,6 +20,8 @@ class ConvergenceTracker:
 
     The window counts steps, not points: full-batch GD gives a point every step, mini-batch SGD only on logged
     rows (every metrics.every steps), and both then fit the rate over the same stretch of training.
+    A step seen again replaces what was seen from it on: a trial resumed from its final checkpoint (killed before its
+    summary was written) measures that step a second time, and a point counted twice would tilt the fitted rate.
     """
 
     def __init__(self, window: int):
@@ -28,6 +30,8 @@ class ConvergenceTracker:
         self.steps_to_fit: int | None = None
 
     def update(self, step: int, loss: float, fitted: bool) -> None:
+        while self.window and self.window[-1][0] >= step:
+            self.window.pop()
         self.window.append((step, loss))
         while self.window[0][0] <= step - self.steps:
             self.window.popleft()

@@ -73,7 +73,9 @@ class Regime:
             self.loss_max = loss if self.loss_max is None else max(self.loss_max, loss)
 
     def see_row(self, step: int, row: dict) -> None:
-        """The logged row's sharpness and feature movement, when measured."""
+        """The logged row's sharpness and feature movement, when measured. A step seen again (resumed from the final
+        checkpoint) replaces its row: counted twice it would weigh in the edge-of-stability share twice."""
+        self.sharpness = [(s, v) for s, v in self.sharpness if s < step]
         if (v := row.get(names.HESSIAN_EDGE_RATIO)) is not None:
             self.sharpness.append((step, float(v)))
         if (v := row.get(names.FEATURE_DELTA_REL)) is not None:
