@@ -7,6 +7,7 @@ import os
 import uuid
 
 from overparam_dist.config import Config, ConfigError, from_dict, to_dict
+from overparam_dist.parallel.stores import bound_stores
 
 _CONFIG_ERROR = "ConfigError: "
 
@@ -64,14 +65,15 @@ def spawn_local(nprocs: int, fn, *args, threads: int | None = None) -> dict:
     launch = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nprocs,
                           run_id=f"overparam-{uuid.uuid4().hex[:8]}", rdzv_backend="c10d",
                           rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1,
-                          start_method="forkserver")
+                          start_method="forkserver", local_addr="127.0.0.1")  # the workers' store: this host alone
     # A failed worker's traceback (and its siblings' SIGTERM) are re-raised below, or become one line.
     logs = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
     levels = [log.level for log in logs]
     for log in logs:
         log.setLevel(logging.CRITICAL)
     try:
-        return elastic_launch(launch, _with_threads)(threads or _threads_per_process(nprocs), fn, *args)
+        with bound_stores():  # on loopback only (parallel/stores.py)
+            return elastic_launch(launch, _with_threads)(threads or _threads_per_process(nprocs), fn, *args)
     except ChildFailedError as exc:
         for _, failure in sorted(exc.failures.items()):
             text = failure.message.get("message", "") if isinstance(failure.message, dict) else str(failure.message)

@@ -247,6 +247,45 @@ def _listening(pids: set[int]) -> list[str]:
             if any(int(p) in pids for p in re.findall(r"pid=(\d+)", line))]
 
 
+LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+
+
+@pytest.mark.slow
+def test_a_data_parallel_trial_listens_on_loopback_only(tmp_path):
+    """torch's TCPStore binds every interface whatever host it is given; a local dp=2 trial's stores (the elastic
+    rendezvous and the workers' store) are handed sockets bound to 127.0.0.1 (overparam_dist/parallel/stores.py)."""
+    from chaos_checks import process_tree
+
+    trial = subprocess.Popen([sys.executable, "-m", "launcher", "train", "--quiet", "parallel.dp=2", "model.width=256",
+                              "train.steps=400", "train.stop_at_fit=false", "data.target=regression",
+                              "wandb.mode=disabled", f"run.dir={tmp_path / 'run'}"], cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[str] = set()
+    while trial.poll() is None:
+        seen |= set(_listening(set(process_tree(trial.pid))))
+        time.sleep(0.05)
+    assert trial.returncode == 0, trial.stderr.read()
+    assert len(seen) >= 2, seen  # the rendezvous store and the process group's: both seen
+    assert [a for a in seen if not a.startswith(LOOPBACK)] == [], seen
+
+
+def test_a_store_is_bound_to_an_address_and_a_host_name_keeps_torch_s_binding():
+    import datetime
+
+    from overparam_dist.parallel.stores import BoundTCPStore, _bound_socket
+
+    store = BoundTCPStore("127.0.0.1", 0, 1, True, datetime.timedelta(seconds=30))
+    client = BoundTCPStore("127.0.0.1", store.port, 1, False, datetime.timedelta(seconds=30))
+    store.set("k", "v")
+    assert client.get("k") == b"v"
+    on_port = [a for a in _listening({os.getpid()}) if a.endswith(f":{store.port}")]
+    assert on_port == [f"127.0.0.1:{store.port}"], on_port
+    # A name may resolve to loopback here and to the node's address elsewhere: not bound (torch's wildcard)
+    assert _bound_socket(socket.gethostname(), 0) is None
+    fd, _ = _bound_socket("localhost", 0)
+    os.close(fd)
+
+
 @pytest.mark.slow
 @pytest.mark.services
 def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_path):
@@ -276,7 +315,7 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
         assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {n.strip() for n in names}, names
         addresses = _listening(session | {driver.pid})
         assert len(addresses) >= 4  # gcs_server, raylet, workers, dashboard: all of them seen
-        assert [a for a in addresses if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))] == []
+        assert [a for a in addresses if not a.startswith(LOOPBACK)] == []
         assert [a for a in addresses if a.endswith(":52365")] == []  # the agent's default port is not fixed
         print("listeners of the private Ray:", sorted(addresses))
     finally:

@@ -22,6 +22,7 @@ import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from .dims import ParallelDims
+from .stores import bound_stores
 
 
 def _adopt_slurm_env() -> None:
@@ -174,8 +175,9 @@ def setup(cfg: Config) -> World:
         backend = cfg.parallel.backend
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=device if device.type == "cuda" else None)
+        with bound_stores():  # srun's rank 0 creates the store: on MASTER_ADDR alone, not every interface
+            dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
+                                    device_id=device if device.type == "cuda" else None)
         owns = True
 
     mesh = None
