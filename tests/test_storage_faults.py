@@ -2,6 +2,7 @@
 The file systems are real: small tmpfs mounts made by the test (root is needed to mount; without it these skip)."""
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -67,6 +68,24 @@ def test_read_only_run_directory_is_one_line(tmp_path, tmpfs):
         line = _one_line_exit_2(run_cli("train", *QUICK, f"run.dir={run}", "train.steps=10"))
         assert "not writable" in line and "read-only" in line
     assert _tree(mnt) == before
+
+
+def test_a_sweep_trial_s_pid_file_on_a_full_disk_is_skipped(tmp_path, tmpfs):
+    """<sweep>/.workers/<trial>.pid is for operators and tests: a full disk must not fail the trial there (it raised
+    a raw OSError) but in the trial's own checks, which say so in one line."""
+    from launcher.sweep.local_trial import write_pid
+
+    mnt = tmpfs("64k")
+    fd = os.open(mnt / "fill", os.O_WRONLY | os.O_CREAT)
+    with pytest.raises(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+    write_pid(str(mnt / ".workers" / "trial.pid"))  # ENOSPC: no exception
+    assert not (mnt / ".workers" / "trial.pid").exists()
+    (mnt / "fill").unlink()
+    write_pid(str(mnt / ".workers" / "trial.pid"))
+    assert (mnt / ".workers" / "trial.pid").read_text() == f"{os.getpid()}\n"
 
 
 def test_report_on_unreadable_results_or_an_unwritable_out_is_one_line(tmp_path):

@@ -10,6 +10,7 @@ Rank 0 sends each logged row through a queue to the trainable, which reports it 
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -22,11 +23,14 @@ _DONE = "__done__"
 
 
 def write_pid(path: str) -> None:
-    """<sweep>/.workers/<trial>.pid: the process that runs run_trial (rank 0), for operators and tests."""
+    """<sweep>/.workers/<trial>.pid: the process that runs run_trial (rank 0), for operators and tests. Best effort:
+    on a full or read-only disk the trial goes on to its own checks, which say so in one line (a raw OSError here
+    failed the trial with a traceback instead)."""
     from overparam_dist.rundir import atomic_write
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(Path(path), f"{os.getpid()}\n")
+    with contextlib.suppress(OSError):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), f"{os.getpid()}\n")
 
 
 def _rank(cfg_dict: dict, rows, pid_file: str) -> dict:
