@@ -144,7 +144,7 @@ def test_a_sweep_groups_the_seeds_of_each_cell(tmp_path):
 
 @pytest.mark.slow
 def test_each_batched_seed_has_its_own_wandb_run(tmp_path, monkeypatch):
-    from test_wandb_report import history, offline_runs, records, wandb_file
+    from wandb_files import history, offline_runs, records, wandb_file
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     args = [a for a in SMALL if not a.startswith("wandb.")] + ["wandb.mode=offline"]

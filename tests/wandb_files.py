@@ -1,5 +1,5 @@
 """W&B's offline files read back (`wandb leet inspect --json`), and the environment of a W&B subprocess: shared by
-test_wandb_report.py and test_wandb_trial.py."""
+test_wandb_report.py, test_wandb_trial.py and test_seeds.py."""
 
 import json
 import os
