@@ -1,10 +1,17 @@
 """The sweep file's schema, kept apart from what a sweep does (spec.py reads it, driver.py runs it): OmegaConf
-checks the types against these dataclasses (one line naming the key), spec.py the meaning."""
+checks the types against these dataclasses (one line naming the key), and the functions below the values a type
+cannot (`auto`, the search's forms and bounds); spec.py the meaning of a sweep as a whole."""
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from overparam_dist.config import ConfigError, describe_omegaconf_error, shorten
 
 SEARCH_KINDS = ("grid", "critical_width")
 DEFAULT_WIDTHS = [2 ** i for i in range(2, 11)]  # 4 .. 1024
@@ -46,3 +53,55 @@ class SweepConfig:
 
 
 SWEEP_KEYS = tuple(f.name for f in fields(SweepConfig))
+
+
+def unknown_key(what: str, key: str, allowed: tuple[str, ...] | list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"{what}: unknown key {shorten(repr(str(key)))}{hint}; allowed: {', '.join(allowed)}")
+
+
+def auto_bool(raw: dict[str, Any], key: str, where: str) -> bool | None:
+    value = raw.get(key, "auto")
+    if value == "auto" or value is None:
+        return None
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}: '{key}' = {value!r} must be true, false or auto")
+    return value
+
+
+def typed_sections(where: str, sections: dict[str, Any]) -> SweepConfig:
+    """The sections merged into the schema: a wrong type or an unknown key is one line naming the key."""
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), sections))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{where}: {describe_omegaconf_error(exc, 'sweep key')}") from None
+
+
+def normalise_search(search: Any, where: str) -> dict[str, Any]:
+    """`search: critical_width` and a mapping without `kind` (which means the critical-width search) -> a mapping."""
+    if search is None or search == "grid":
+        return {"kind": "grid"}
+    if isinstance(search, str):
+        search = {"kind": search}
+    if not isinstance(search, dict):
+        raise ConfigError(f"{where}: 'search' must be one of {', '.join(SEARCH_KINDS)} or a mapping with 'kind'")
+    search = {"kind": "critical_width", **search}
+    if search["kind"] not in SEARCH_KINDS:
+        raise ConfigError(f"{where}: 'search.kind' = {search['kind']!r}: allowed values are {', '.join(SEARCH_KINDS)}")
+    if search["kind"] == "grid" and set(search) - {"kind"}:
+        raise unknown_key(f"{where}, search", sorted(set(search) - {"kind"})[0], ("kind",))
+    return search
+
+
+def check_search(search: SearchConfig, where: str) -> dict[str, Any]:
+    if search.kind == "grid":
+        return {"kind": "grid"}
+    widths = list(search.widths)
+    if len(widths) < 1 or any(w < 1 for w in widths):
+        raise ConfigError(f"{where}: 'search.widths' must be a list of positive integers")
+    if sorted(set(widths)) != widths:
+        raise ConfigError(f"{where}: 'search.widths' must be strictly increasing")
+    if search.k < 0 or search.k == 1:
+        raise ConfigError(f"{where}: 'search.k' = {search.k!r} must be 0 (use the free slots) or an integer >= 2")
+    return {"kind": "critical_width", "widths": widths, "k": search.k}

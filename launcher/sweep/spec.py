@@ -30,7 +30,6 @@ layout); runs/<sweep>/results.csv, one row per trial, is rewritten (atomically) 
 from __future__ import annotations
 
 import copy
-import difflib
 import itertools
 import json
 import math
@@ -40,15 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from overparam_dist.analysis.claims import check_claim
-from overparam_dist.config import Config, ConfigError, describe_omegaconf_error, load_config, shorten, validate
+from overparam_dist.config import Config, ConfigError, load_config, validate
 from overparam_dist.parallel.dims import ParallelDims
 from overparam_dist.rundir import finished_summary
 
 from .naming import multirun_name, trial_name
-from .schema import SEARCH_KINDS, SWEEP_KEYS, SearchConfig, SweepConfig
+from .schema import SWEEP_KEYS, SweepConfig, auto_bool, check_search, normalise_search, typed_sections, unknown_key
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -147,12 +145,6 @@ def _parse_value(text: str) -> Any:
         return OmegaConf.to_container(OmegaConf.from_dotlist([f"v={text}"]))["v"]
     except Exception:
         return text
-
-
-def _unknown(what: str, key: str, allowed: tuple[str, ...] | list[str]) -> ConfigError:
-    close = difflib.get_close_matches(key, allowed, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return ConfigError(f"{what}: unknown key {shorten(repr(str(key)))}{hint}; allowed: {', '.join(allowed)}")
 
 
 def _flat_keys(d: dict, where: str) -> dict[str, Any]:
@@ -261,7 +253,7 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
         raw = loaded
     for key in raw:
         if key not in SWEEP_KEYS:
-            raise _unknown(where, str(key), SWEEP_KEYS)
+            raise unknown_key(where, str(key), SWEEP_KEYS)
     if quick:
         _apply_quick(raw, where, path.stem if path is not None else "sweep")
     raw.pop("quick", None)
@@ -296,12 +288,12 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
             raise ConfigError(f"{where}: config key '{key}' is a grid axis; change the axis (grid.{key}=[...]) "
                               "instead of overriding it")
 
-    search = _normalise_search(raw.get("search"), where)
-    typed = _typed(where, {"resources": raw.get("resources") or {}, "search": search,
+    search = normalise_search(raw.get("search"), where)
+    typed = typed_sections(where, {"resources": raw.get("resources") or {}, "search": search,
                            "max_failures": raw.get("max_failures", SweepConfig.max_failures),
                            "max_trials": raw.get("max_trials", SweepConfig.max_trials),
-                           "reuse_actors": _auto_bool(raw, "reuse_actors", where),
-                           "batch_seeds": _auto_bool(raw, "batch_seeds", where)})
+                           "reuse_actors": auto_bool(raw, "reuse_actors", where),
+                           "batch_seeds": auto_bool(raw, "batch_seeds", where)})
     res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
     for key, v in res.items():
         if not math.isfinite(v) or v < 0 or (key == "cpus" and v <= 0):
@@ -313,7 +305,7 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
     if typed.max_trials < 1:
         raise ConfigError(f"{where}: 'max_trials' = {typed.max_trials!r} must be an integer >= 1")
 
-    search = _check_search(typed.search, where)
+    search = check_search(typed.search, where)
     if search["kind"] == "critical_width" and "model.width" in grid:
         raise ConfigError(f"{where}: a critical_width search chooses model.width itself: remove it from 'grid' "
                           "(the candidates are search.widths)")
@@ -336,52 +328,6 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
                           f"accuracy), train.target_loss > 0 or train.target_ratio > 0; {t.name} has "
                           f"data.target={t.cfg.data.target}")
     return sweep
-
-
-def _auto_bool(raw: dict[str, Any], key: str, where: str) -> bool | None:
-    value = raw.get(key, "auto")
-    if value == "auto" or value is None:
-        return None
-    if not isinstance(value, bool):
-        raise ConfigError(f"{where}: '{key}' = {value!r} must be true, false or auto")
-    return value
-
-
-def _typed(where: str, sections: dict[str, Any]) -> SweepConfig:
-    """The sections merged into the schema: a wrong type or an unknown key is one line naming the key."""
-    try:
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SweepConfig), sections))
-    except OmegaConfBaseException as exc:
-        raise ConfigError(f"{where}: {describe_omegaconf_error(exc, 'sweep key')}") from None
-
-
-def _normalise_search(search: Any, where: str) -> dict[str, Any]:
-    """`search: critical_width` and a mapping without `kind` (which means the critical-width search) -> a mapping."""
-    if search is None or search == "grid":
-        return {"kind": "grid"}
-    if isinstance(search, str):
-        search = {"kind": search}
-    if not isinstance(search, dict):
-        raise ConfigError(f"{where}: 'search' must be one of {', '.join(SEARCH_KINDS)} or a mapping with 'kind'")
-    search = {"kind": "critical_width", **search}
-    if search["kind"] not in SEARCH_KINDS:
-        raise ConfigError(f"{where}: 'search.kind' = {search['kind']!r}: allowed values are {', '.join(SEARCH_KINDS)}")
-    if search["kind"] == "grid" and set(search) - {"kind"}:
-        raise _unknown(f"{where}, search", sorted(set(search) - {"kind"})[0], ("kind",))
-    return search
-
-
-def _check_search(search: SearchConfig, where: str) -> dict[str, Any]:
-    if search.kind == "grid":
-        return {"kind": "grid"}
-    widths = list(search.widths)
-    if len(widths) < 1 or any(w < 1 for w in widths):
-        raise ConfigError(f"{where}: 'search.widths' must be a list of positive integers")
-    if sorted(set(widths)) != widths:
-        raise ConfigError(f"{where}: 'search.widths' must be strictly increasing")
-    if search.k < 0 or search.k == 1:
-        raise ConfigError(f"{where}: 'search.k' = {search.k!r} must be 0 (use the free slots) or an integer >= 2")
-    return {"kind": "critical_width", "widths": widths, "k": search.k}
 
 
 def _expand(sweep: Sweep, where: str) -> list[Trial]:
