@@ -3,6 +3,7 @@ session's Ray, builds its report, and asserts the trend the paper claims from th
 numbers the README gallery shows for the full runs), plus the headline figure's file."""
 
 import csv
+import io
 import json
 
 import pytest
@@ -20,26 +21,30 @@ REPRO = ROOT / "configs" / "repro"
 
 def _quick(name: str, tmp_path, in_process: bool = False) -> dict[str, dict]:
     """Run <name>.yaml --quick, build its report; {quantity: finding} from claim.json. `in_process`: the trials in
-    this process, without Ray (the sweep driver's own path is what du2018 and allenzhu2018 test; this keeps the
-    Ray-serialised tests of `make test` short)."""
+    this process, without Ray, in the order the sweep's own plan gives them (the sweep driver's Ray path is what
+    du2018 tests; this keeps the Ray-serialised tests of `make test` short)."""
     # Actors reused trial after trial (as on a private Ray): on the session's Ray each trial would otherwise import
     # Ray Tune, torch and the library in a new process, about 30 times over the six reproductions.
     sweep = load_sweep(REPRO / f"{name}.yaml", ["reuse_actors=true"], runs_dir=tmp_path / "runs", quick=True)
     assert sweep.name == f"{name}-quick" and sweep.reproduces == name
-    if in_process:  # the trials one after another, the seeds of a cell together as a sweep would (batch_seeds)
+    if in_process:  # one trial at a time (a critical-width search probes one width per cell at a time), and the
+        # seeds of a grid's cell together as a sweep would (batch_seeds)
+        from launcher.sweep.plans import FINISHED, make_plan
         from launcher.sweep.progress import Book
-        from launcher.sweep.seed_groups import group_seeds
         from overparam_dist.train import run_seeds, run_trial
 
         sweep.dir.mkdir(parents=True)
         (sweep.dir / "sweep.yaml").write_text(yaml.safe_dump(sweep.to_yaml_dict(), sort_keys=False))
-        book = Book(sweep)
-        for t in group_seeds(sweep.trials, sweep.batch_seeds):
+        book, plan = Book(sweep), make_plan(sweep, {})
+        while (t := plan.next_trial()) != FINISHED:
+            assert t is not None  # nothing is in flight here: a plan has a next trial or is finished
             members = t.members or (t,)
             summaries = run_seeds([m.cfg for m in members]) if t.members else [run_trial(t.cfg)]
             for m, summary in zip(members, summaries):
                 book.finished(m.name, summary, write=False)
+            plan.complete(t.name, None if t.members else summaries[0])
         book.write()
+        plan.outputs(io.StringIO())  # the plan's own files (the critical-width search's), which the report reads
     else:
         assert not run_sweep(sweep, progress_every=60).failed
     report = build_local_report(sweep.dir)
@@ -152,9 +157,9 @@ def test_arora2019_fine_grained_quick(tmp_path):
 
 
 @pytest.mark.slow
-def test_allenzhu2018_critical_width_quick(ray_address, tmp_path):
+def test_allenzhu2018_critical_width_quick(tmp_path):
     """3 seeds per cell on a 2^(1/2) grid: every cell has an m*_50, the law's exponent of n is positive and bounded."""
-    f = _quick("allenzhu2018_critical_width", tmp_path)
+    f = _quick("allenzhu2018_critical_width", tmp_path, in_process=True)
     cells = f["cells (n, L) where P(fit) crosses ½ within the probed widths"]
     assert cells["verdict"]["word"] == "supported", cells
     law = f["m*_50 ∝ n^a L^b: polynomial (finite, bounded exponents)"]
