@@ -348,7 +348,7 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return (self.verdict.ok and len(self.survived) == len(self.injected) and not self.leftovers
-                and not self.open_ports and not self.code_changed)
+                and not self.open_ports and not self.exposed and not self.code_changed)
 
 
 def run_chaos(work: Path, spec: dict, *, seed: int, kills: int, drivers: int, mean_gap: float, timeout: float,

@@ -48,3 +48,4 @@ def test_chaos_sweep_survives_seeded_faults_with_nothing_lost():
     assert out.verdict.rows_lost == 0
     assert len(out.survived) == len(out.injected), lines
     assert not out.leftovers and not out.open_ports, lines
+    assert not out.exposed, lines  # every port of the run on loopback (parallel/stores.py: the dp=2 TCP stores)
