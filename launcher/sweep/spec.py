@@ -290,10 +290,10 @@ def load_sweep(path: str | Path | None, cli: list[str] | None = None, runs_dir: 
 
     search = normalise_search(raw.get("search"), where)
     typed = typed_sections(where, {"resources": raw.get("resources") or {}, "search": search,
-                           "max_failures": raw.get("max_failures", SweepConfig.max_failures),
-                           "max_trials": raw.get("max_trials", SweepConfig.max_trials),
-                           "reuse_actors": auto_bool(raw, "reuse_actors", where),
-                           "batch_seeds": auto_bool(raw, "batch_seeds", where)})
+                                   "max_failures": raw.get("max_failures", SweepConfig.max_failures),
+                                   "max_trials": raw.get("max_trials", SweepConfig.max_trials),
+                                   "reuse_actors": auto_bool(raw, "reuse_actors", where),
+                                   "batch_seeds": auto_bool(raw, "batch_seeds", where)})
     res = {"cpus": typed.resources.cpus, "gpus": typed.resources.gpus}
     for key, v in res.items():
         if not math.isfinite(v) or v < 0 or (key == "cpus" and v <= 0):
