@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import math
 import os
@@ -100,14 +101,12 @@ def teardown_leftovers(tag: str, timeout: float = 90) -> list[str]:
 
 
 def _hex_addr(text: str) -> str:
+    """/proc/net/tcp{,6}'s address (host-order 32-bit words in hex) -> its text form ('::1', '127.0.0.1')."""
     raw = bytes.fromhex(text)
     if len(raw) == 4:
-        return ".".join(str(b) for b in raw[::-1])
-    words = [raw[i:i + 4][::-1] for i in range(0, 16, 4)]
-    ip6 = b"".join(words)
-    if ip6[:12] == b"\0" * 10 + b"\xff\xff":  # an IPv4 address mapped into IPv6
-        return ".".join(str(b) for b in ip6[12:])
-    return "::" if not any(ip6) else ip6.hex(":", 2)
+        return str(ipaddress.IPv4Address(raw[::-1]))
+    ip6 = ipaddress.IPv6Address(b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+    return str(ip6.ipv4_mapped or ip6)
 
 
 def listening() -> dict[int, tuple[str, int]]:
@@ -138,7 +137,7 @@ def listeners_of(pids: list[int]) -> list[tuple[int, str, int]]:
 
 
 def loopback(addr: str) -> bool:
-    return addr.startswith("127.") or addr == "::1"
+    return ipaddress.ip_address(addr).is_loopback
 
 
 def tree_snapshot(root: Path) -> dict:

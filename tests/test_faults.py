@@ -3,7 +3,9 @@ user had is overwritten; one directory has one trainer. Everything runs the real
 
 import contextlib
 import hashlib
+import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -247,26 +249,49 @@ def _listening(pids: set[int]) -> list[str]:
             if any(int(p) in pids for p in re.findall(r"pid=(\d+)", line))]
 
 
-LOOPBACK = ("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:")
+def _lan_address() -> str | None:
+    """This host's first global IPv4 address, if it has one."""
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show", "scope", "global"], capture_output=True, text=True)
+    addrs = [line.split()[3].split("/")[0] for line in out.stdout.splitlines() if len(line.split()) > 3]
+    return addrs[0] if out.returncode == 0 and addrs else None
 
 
 @pytest.mark.slow
-def test_a_data_parallel_trial_listens_on_loopback_only(tmp_path):
-    """torch's TCPStore binds every interface whatever host it is given; a local dp=2 trial's stores (the elastic
-    rendezvous and the workers' store) are handed sockets bound to 127.0.0.1 (overparam_dist/parallel/stores.py)."""
+@pytest.mark.parametrize("host_name", ["as it is", "on the LAN"])
+def test_a_data_parallel_trial_listens_on_loopback_only(tmp_path, host_name):
+    """A local dp=2 trial's listeners: torch's TCP stores bind every interface whatever host they are given, gloo
+    binds the address the host's name resolves to. Both stay on loopback (overparam_dist/parallel/stores.py). "on the
+    LAN": the host's name resolves to its LAN address, as on most machines (not this one, whose /etc/hosts maps it to
+    127.0.0.1): the trial runs in its own UTS and mount namespaces, with its own host name and /etc/hosts."""
     from chaos_checks import process_tree
 
-    trial = subprocess.Popen([sys.executable, "-m", "launcher", "train", "--quiet", "parallel.dp=2", "model.width=256",
-                              "train.steps=400", "train.stop_at_fit=false", "data.target=regression",
-                              "wandb.mode=disabled", f"run.dir={tmp_path / 'run'}"], cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    seen: set[str] = set()
-    while trial.poll() is None:
-        seen |= set(_listening(set(process_tree(trial.pid))))
-        time.sleep(0.05)
-    assert trial.returncode == 0, trial.stderr.read()
-    assert len(seen) >= 2, seen  # the rendezvous store and the process group's: both seen
-    assert [a for a in seen if not a.startswith(LOOPBACK)] == [], seen
+    cmd = [sys.executable, "-m", "launcher", "train", "--quiet", "parallel.dp=2", "model.width=256", "train.steps=400",
+           "train.stop_at_fit=false", "data.target=regression", "wandb.mode=disabled", f"run.dir={tmp_path / 'run'}"]
+    if host_name == "on the LAN":
+        lan = _lan_address()
+        if os.geteuid() != 0 or not shutil.which("unshare") or lan is None:
+            pytest.skip("needs root, unshare and a LAN address for the host's name")
+        (tmp_path / "hosts").write_text(f"127.0.0.1 localhost\n{lan} overparam-lan-host\n")
+        cmd = ["unshare", "--uts", "--mount", "sh", "-c", f'mount --bind "{tmp_path / "hosts"}" /etc/hosts && '
+               'hostname overparam-lan-host && exec "$@"', "sh", *cmd]
+    with open(tmp_path / "err", "w") as err:
+        trial = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+        seen: set[str] = set()
+        while trial.poll() is None:
+            seen |= set(_listening(set(process_tree(trial.pid))))
+            time.sleep(0.05)
+    assert trial.returncode == 0, (tmp_path / "err").read_text()[-3000:]
+    assert len(seen) >= 4, seen  # the elastic rendezvous store, and gloo's listeners in both ranks
+    assert [a for a in seen if not _on_loopback(a)] == [], seen
+
+
+def _on_loopback(listener: str) -> bool:
+    """ss's local address ('127.0.0.1:80', '[::1]:80', '[::ffff:127.0.0.1]:80', '*:80') is on loopback."""
+    try:
+        ip = ipaddress.ip_address(listener.rsplit(":", 1)[0].strip("[]"))
+    except ValueError:  # '*': every interface
+        return False
+    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
 
 
 def test_a_store_is_bound_to_an_address_and_a_host_name_keeps_torch_s_binding():
@@ -315,7 +340,7 @@ def test_private_ray_listens_on_loopback_only_and_a_killed_driver_is_reaped(tmp_
         assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= {n.strip() for n in names}, names
         addresses = _listening(session | {driver.pid})
         assert len(addresses) >= 4  # gcs_server, raylet, workers, dashboard: all of them seen
-        assert [a for a in addresses if not a.startswith(LOOPBACK)] == []
+        assert [a for a in addresses if not a.startswith(("127.0.0.1:", "[::ffff:127.0.0.1]:", "[::1]:"))] == []
         assert [a for a in addresses if a.endswith(":52365")] == []  # the agent's default port is not fixed
         print("listeners of the private Ray:", sorted(addresses))
     finally:

@@ -99,18 +99,21 @@ def _cli(*args: str, env: dict, cwd: Path) -> str:
     return job_id_of(res)
 
 
-def _check_preempted(sdir: Path, steps: int) -> None:
+def _check_preempted(sdir: Path, steps: int) -> dict[str, str]:
     """What a requeued sweep job left: every trial preempted (its checkpoint and summary at the same step) or
-    completed, at least one of them mid-run, and the .preempt file its next start removes."""
-    preempted = []
+    completed, at least one of them mid-run, and the .preempt file its next start removes. Returns the metrics.jsonl
+    of each trial preempted mid-run: the resumed trial's must start with those very bytes."""
+    preempted, logged = [], {}
     for r in read_csv(sdir / "results.csv"):
         assert r["status"] in ("preempted", "completed"), r
         if r["status"] == "preempted" and r["steps"]:  # no steps: it was to start as the signal came: never ran
             summary = json.loads((sdir / r["trial"] / "summary.json").read_text())
             assert summary["status"] == "preempted" and summary["steps"] == int(r["steps"]), (r, summary)
             preempted.append(summary["steps"])
+            logged[r["trial"]] = (sdir / r["trial"] / "metrics.jsonl").read_text()
     assert any(0 < s < steps for s in preempted), preempted
     assert (sdir / ".preempt").exists()
+    return logged
 
 
 @pytest.mark.timeout(420)
@@ -144,6 +147,7 @@ def test_sweep_and_trial_jobs_survive_two_preemptions_and_a_cancel_with_nothing_
     ports: set = set()
     try:
         preempted_rows: dict[str, int] = {}  # rows of each sweep trial at the last preemption
+        before_requeue: list[dict[str, str]] = []  # metrics.jsonl of the trials each preemption interrupted
         usr1, cancelled_at = 0, None
         deadline = time.monotonic() + 360
         while True:
@@ -161,7 +165,7 @@ def test_sweep_and_trial_jobs_survive_two_preemptions_and_a_cancel_with_nothing_
                 usr1 += 1
             elif info["JobState"] == "PENDING" and restarts == usr1 > 0:  # requeued: start it now, not in ~120 s
                 preempted_rows = {n: rows[n] for n in sweep_cfgs}
-                _check_preempted(sdir, SLURM_TRIAL["train.steps"])
+                before_requeue.append(_check_preempted(sdir, SLURM_TRIAL["train.steps"]))
                 time.sleep(2)  # not within the second of the requeue (test_slurm.py: "credential revoked")
                 subprocess.run(["scontrol", "update", f"jobid={sweep_job}", "StartTime=now"], check=True, timeout=60)
                 while slurm.job_info(sweep_job)["JobState"] == "PENDING":
@@ -179,7 +183,13 @@ def test_sweep_and_trial_jobs_survive_two_preemptions_and_a_cancel_with_nothing_
         assert slurm.job_state(sweep_job) == "COMPLETED" and usr1 == 2, text[-3000:]
         assert text.count("exit code 75 after USR1") == 2 and "(restart 2)" in text, text[-3000:]
         assert "(--resume)" in text and not (sdir / ".preempt").exists(), text[-3000:]
-        # `ray status` in the log lists both Ray nodes at each of the job's three starts; the trials ran on them.
+        # Resumed, not rerun: a trial preempted mid-run keeps the very bytes it had logged (their time/* values would
+        # differ after a rerun from step 0, which the comparison with the reference cannot tell apart)
+        for logged in before_requeue:
+            for name, text in logged.items():
+                assert (sdir / name / "metrics.jsonl").read_text().startswith(text), name
+        # `ray status` in the log lists both Ray nodes at each of the job's three starts, and every trial ran on one of
+        # them (which one a batch of seeds lands on at its last start is Ray's choice).
         starts = re.split(r"\(restart \d\)", text)[1:]  # the log names each start, the first one "(restart 0)"
         ray_ids = [set(re.findall(r"^ \d+ node_([0-9a-f]{12})", part, re.M)) for part in starts]
         assert [len(ids) for ids in ray_ids] == [2, 2, 2], text[-3000:]

@@ -71,8 +71,9 @@ def test_read_only_run_directory_is_one_line(tmp_path, tmpfs):
 
 
 def test_a_sweep_trial_s_pid_file_on_a_full_disk_is_skipped(tmp_path, tmpfs):
-    """<sweep>/.workers/<trial>.pid is for operators and tests: a full disk must not fail the trial there (it raised
-    a raw OSError) but in the trial's own checks, which say so in one line."""
+    """<sweep>/.workers/<trial>.pid is for operators and tests: on a full disk writing it raised a raw OSError that
+    failed the trial with a traceback; now it is skipped (and written once there is room), and the trial's own writes
+    meet the disk's state (test_disk_full_is_one_line_loses_nothing_and_resumes)."""
     from launcher.sweep.local_trial import write_pid
 
     mnt = tmpfs("64k")

@@ -24,7 +24,7 @@ _DONE = "__done__"
 
 def write_pid(path: str) -> None:
     """<sweep>/.workers/<trial>.pid: the process that runs run_trial (rank 0), for operators and tests. Best effort:
-    on a full or read-only disk the trial goes on to its own checks, which say so in one line (a raw OSError here
+    on a full or read-only disk it is skipped and the trial's own writes meet the disk's state (a raw OSError here
     failed the trial with a traceback instead)."""
     from overparam_dist.rundir import atomic_write
 

@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from ..config import Config, ConfigError
 from .dims import ParallelDims
-from .stores import bound_stores
+from .stores import bound_stores, local_transport_on_loopback
 
 
 def _adopt_slurm_env() -> None:
@@ -175,6 +175,8 @@ def setup(cfg: Config) -> World:
         backend = cfg.parallel.backend
         if backend == "auto":
             backend = "nccl" if device.type == "cuda" else "gloo"
+        if local_world == world:  # every rank on this host: its transport on loopback too (stores.py)
+            local_transport_on_loopback()
         with bound_stores():  # srun's rank 0 creates the store: on MASTER_ADDR alone, not every interface
             dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
                                     device_id=device if device.type == "cuda" else None)

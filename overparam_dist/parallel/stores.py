@@ -1,10 +1,14 @@
-"""The process group's TCP stores listen on the address they were given, never on every interface.
+"""A process group listens on the address it was given, never on every interface (nor on the LAN for one host).
 
 torch's TCPStore server binds the wildcard address whatever host it is told (its libuv and its legacy backend
 alike), so a dp=2 trial on a laptop listened on every interface of the machine. The store accepts a socket that is
 already listening instead (`master_listen_fd`); `bound_stores()` hands it one bound to the host alone, for every
 store created while it is active: those of torch's elastic launcher (launcher/local.py: its rendezvous and the store
 its workers share) and the one `init_process_group` makes under srun (distributed.setup).
+
+The process group's own transport listens too: gloo (and NCCL's bootstrap) on the address this host's name resolves
+to, a LAN address on most machines. When every rank runs on this host, `local_transport_on_loopback()` names the
+loopback interface to both (GLOO_SOCKET_IFNAME, NCCL_SOCKET_IFNAME), unless the user named one.
 
 Only a host given as an IP address (or `localhost`) is bound: a host name may resolve to a loopback address here
 (Debian maps its own name to 127.0.1.1) and to the node's real address on the other nodes, and a store bound to the
@@ -18,6 +22,7 @@ import contextlib
 import datetime
 import importlib
 import ipaddress
+import os
 import socket
 
 import torch.distributed as dist
@@ -57,10 +62,20 @@ class BoundTCPStore(_TORCH_STORE):
                          master_listen_fd, use_libuv)
 
 
+def local_transport_on_loopback() -> None:
+    """For a process group whose ranks all run on this host: gloo's and NCCL's sockets on the loopback interface."""
+    names = {name for _, name in socket.if_nameindex()}
+    loopback = next((name for name in ("lo", "lo0") if name in names), None)  # Linux, macOS
+    if loopback is not None:
+        for var in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME"):
+            os.environ.setdefault(var, loopback)
+
+
 @contextlib.contextmanager
 def bound_stores():
-    """Every TCPStore torch creates in this process while active is a BoundTCPStore. torch names the class in three
-    modules: the package (dist.TCPStore, read at each call) and two that imported the name itself."""
+    """The TCPStores torch creates in this process while active are BoundTCPStores: those of the elastic launcher and
+    of init_process_group. torch names the class in three modules: the package (dist.TCPStore, read at each call)
+    and two that imported the name itself. Not thread-safe: one launch per process at a time."""
     modules = (dist, importlib.import_module("torch.distributed.rendezvous"),  # the package exports a function of
                importlib.import_module("torch.distributed.elastic.rendezvous.c10d_rendezvous_backend"))  # that name
     saved = [m.TCPStore for m in modules]
