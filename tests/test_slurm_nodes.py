@@ -186,8 +186,8 @@ def test_sweep_and_trial_jobs_survive_two_preemptions_and_a_cancel_with_nothing_
         # Resumed, not rerun: a trial preempted mid-run keeps the very bytes it had logged (their time/* values would
         # differ after a rerun from step 0, which the comparison with the reference cannot tell apart)
         for logged in before_requeue:
-            for name, text in logged.items():
-                assert (sdir / name / "metrics.jsonl").read_text().startswith(text), name
+            for name, jsonl in logged.items():
+                assert (sdir / name / "metrics.jsonl").read_text().startswith(jsonl), name
         # `ray status` in the log lists both Ray nodes at each of the job's three starts, and every trial ran on one of
         # them (which one a batch of seeds lands on at its last start is Ray's choice).
         starts = re.split(r"\(restart \d\)", text)[1:]  # the log names each start, the first one "(restart 0)"
