@@ -3,7 +3,6 @@ user had is overwritten; one directory has one trainer. Everything runs the real
 
 import contextlib
 import hashlib
-import ipaddress
 import os
 import shutil
 import signal
@@ -263,7 +262,7 @@ def test_a_data_parallel_trial_listens_on_loopback_only(tmp_path, host_name):
     binds the address the host's name resolves to. Both stay on loopback (overparam_dist/parallel/stores.py). "on the
     LAN": the host's name resolves to its LAN address, as on most machines (not this one, whose /etc/hosts maps it to
     127.0.0.1): the trial runs in its own UTS and mount namespaces, with its own host name and /etc/hosts."""
-    from chaos_checks import process_tree
+    from chaos_checks import listeners_of, loopback, process_tree
 
     cmd = [sys.executable, "-m", "launcher", "train", "--quiet", "parallel.dp=2", "model.width=256", "train.steps=400",
            "train.stop_at_fit=false", "data.target=regression", "wandb.mode=disabled", f"run.dir={tmp_path / 'run'}"]
@@ -276,26 +275,19 @@ def test_a_data_parallel_trial_listens_on_loopback_only(tmp_path, host_name):
                'hostname overparam-lan-host && exec "$@"', "sh", *cmd]
     with open(tmp_path / "err", "w") as err:
         trial = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        seen: set[str] = set()
+        seen: set[tuple[str, int]] = set()
         while trial.poll() is None:
-            seen |= set(_listening(set(process_tree(trial.pid))))
+            seen |= {(addr, port) for _, addr, port in listeners_of(process_tree(trial.pid))}
             time.sleep(0.05)
     assert trial.returncode == 0, (tmp_path / "err").read_text()[-3000:]
     assert len(seen) >= 4, seen  # the elastic rendezvous store, and gloo's listeners in both ranks
-    assert [a for a in seen if not _on_loopback(a)] == [], seen
-
-
-def _on_loopback(listener: str) -> bool:
-    """ss's local address ('127.0.0.1:80', '[::1]:80', '[::ffff:127.0.0.1]:80', '*:80') is on loopback."""
-    try:
-        ip = ipaddress.ip_address(listener.rsplit(":", 1)[0].strip("[]"))
-    except ValueError:  # '*': every interface
-        return False
-    return (getattr(ip, "ipv4_mapped", None) or ip).is_loopback
+    assert [a for a in seen if not loopback(a[0])] == [], seen
 
 
 def test_a_store_is_bound_to_an_address_and_a_host_name_keeps_torch_s_binding():
     import datetime
+
+    from chaos_checks import listeners_of
 
     from overparam_dist.parallel.stores import BoundTCPStore, _bound_socket
 
@@ -303,8 +295,8 @@ def test_a_store_is_bound_to_an_address_and_a_host_name_keeps_torch_s_binding():
     client = BoundTCPStore("127.0.0.1", store.port, 1, False, datetime.timedelta(seconds=30))
     store.set("k", "v")
     assert client.get("k") == b"v"
-    on_port = [a for a in _listening({os.getpid()}) if a.endswith(f":{store.port}")]
-    assert on_port == [f"127.0.0.1:{store.port}"], on_port
+    on_port = [addr for _, addr, port in listeners_of([os.getpid()]) if port == store.port]
+    assert on_port == ["127.0.0.1"], on_port
     # A name may resolve to loopback here and to the node's address elsewhere: not bound (torch's wildcard)
     assert _bound_socket(socket.gethostname(), 0) is None
     fd, _ = _bound_socket("localhost", 0)

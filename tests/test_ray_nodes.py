@@ -13,6 +13,7 @@ import time
 
 import pytest
 import yaml
+from chaos_checks import alive, process_tree
 from conftest import ROOT, read_rows, read_summary, run_cli
 
 TRIAL = {"model.width": 64, "data.n": 16, "data.target": "regression", "metrics.every": 5, "wandb.mode": "disabled",
@@ -72,30 +73,6 @@ def _nodes(run_dir) -> list[str]:
     return yaml.safe_load((run_dir / "config.yaml").read_text())["derived"]["world"]["nodes"]
 
 
-def _process_tree(root: int) -> list[int]:
-    """`root` and all its descendants, by /proc parent links."""
-    children: dict[int, list[int]] = {}
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            with contextlib.suppress(OSError):
-                ppid = int(open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(d))
-    tree, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        tree.append(pid)
-        todo += children.get(pid, [])
-    return tree
-
-
-def _exited(pid: int) -> bool:
-    """Whether a process has exited: gone, or a zombie its parent has not reaped yet."""
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
 def _ray_ids(state: dict) -> set[str]:
     """The nodes trials run on (not the head, which has no CPUs)."""
     return {"ray-" + n["id"][:12] for n in state["nodes"][1:]}
@@ -103,7 +80,7 @@ def _ray_ids(state: dict) -> set[str]:
 
 def _hosts_the_tune_trial(raylet_pid: int) -> bool:
     """Whether a node's raylet started the Tune trial's actor (Tune's `ResourceTrainable` around our trainable)."""
-    for pid in _process_tree(raylet_pid):
+    for pid in process_tree(raylet_pid):
         with contextlib.suppress(OSError):
             if open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"ray::ResourceTrainable"):
                 return True
@@ -175,13 +152,13 @@ def test_a_node_lost_mid_trial_is_survived_from_the_checkpoint(ray_nodes, tmp_pa
         time.sleep(0.2)
     assert sorted(holds) == [False, True], holds
     lost = state["nodes"][1:][holds.index(True)]
-    for pid in _process_tree(lost["raylet_pid"]):
+    for pid in process_tree(lost["raylet_pid"]):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     # Only once the raylet is dead (a zombie of the helper, or gone) does the helper see it dead and forget it;
     # asked earlier, it waited for the killed node to be alive again and exited.
     deadline = time.time() + 30
-    while not _exited(lost["raylet_pid"]):
+    while alive(lost["raylet_pid"]):
         assert time.time() < deadline, "the killed raylet did not exit"
         time.sleep(0.05)
     try:

@@ -75,7 +75,8 @@ class Regime:
     def see_row(self, step: int, row: dict) -> None:
         """The logged row's sharpness and feature movement, when measured. A step seen again (resumed from the final
         checkpoint) replaces its row: counted twice it would weigh in the edge-of-stability share twice."""
-        self.sharpness = [(s, v) for s, v in self.sharpness if s < step]
+        while self.sharpness and self.sharpness[-1][0] >= step:
+            self.sharpness.pop()
         if (v := row.get(names.HESSIAN_EDGE_RATIO)) is not None:
             self.sharpness.append((step, float(v)))
         if (v := row.get(names.FEATURE_DELTA_REL)) is not None:
