@@ -44,7 +44,8 @@ def train(trainers: list) -> list[dict]:
                     t.optimizer.zero_grad(set_to_none=True)
                 loss = going[0].loss if len(going) == 1 else torch.stack([t.loss for t in going]).sum()
                 with precision.backward_step(first.cfg.train.precision):
-                    loss.backward()
+                    # kept where a row's probe kernel backprops again through this graph (Trainer.keeps_graph)
+                    loss.backward(retain_graph=any(t.keeps_graph() for t in going))
                 if stack is not None:
                     stack.scatter_grads(going)
             del outputs, loss

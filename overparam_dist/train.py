@@ -354,6 +354,11 @@ class Trainer:
         self.t_start = self.t_mark = time.perf_counter()
         self.steps_since = 0
 
+    def keeps_graph(self) -> bool:
+        """Whether this update's backward keeps its graph: the probe kernel's capture, taken from this forward,
+        backprops through it again (TheoryMetrics.take)."""
+        return self.theory is not None and self.theory.keeps_graph()
+
     def log_or_stop(self) -> bool:
         """After the backward of this update: its row when due; True when the trial stops at this step."""
         if self.log_now or self.stop:

@@ -8,6 +8,7 @@ from conftest import read_rows
 
 from overparam_dist.config import load_config
 from overparam_dist.metrics import names
+from overparam_dist.metrics import tracker as tracker_mod
 from overparam_dist.metrics.analytic import infinite_width_ntk
 from overparam_dist.metrics.convergence import ConvergenceTracker, log_loss_slope
 from overparam_dist.metrics.drift import WeightDrift
@@ -244,7 +245,7 @@ def test_drift_shrinks_with_width_like_the_theory(tmp_path):
 def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
     """A probe set larger than tracker.PROBE_CHUNK is taken in chunks: flips and feature movement add up to the
     values of one forward over all of it (here chunks of 3 of 10 samples, against the NTK's own forward)."""
-    from overparam_dist.metrics import tracker
+
 
     cfg, model, rules = _model("model.param=ntk", "model.width=24", "model.depth=2", "seed=4")
     x = torch.nn.functional.normalize(torch.randn(10, 8, dtype=torch.float64), dim=1)
@@ -254,7 +255,7 @@ def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
         for p in model.parameters():
             p.add_(0.3 * torch.randn_like(p))
     whole = tm.compute(first=False)  # the ReLU inputs recorded from the NTK's capture forward
-    monkeypatch.setattr(tracker, "PROBE_CHUNK", 3)
+    monkeypatch.setattr(tracker_mod, "PROBE_CHUNK", 3)
     chunked = tm._activation_metrics()
     keys = [k for k in chunked if k.startswith(("drift/act_flip", "feature/"))]
     assert len(keys) >= 10 and whole[names.DRIFT_ACT_FLIP] > 0
@@ -263,32 +264,47 @@ def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype, extra", [("float32", []), ("float64", ["model.param=ntk", "model.bias=true"]),
+                                          ("float64", ["data.classes=1"]),
                                           ("float32", ["metrics.ntk=false"])])  # the ReLU inputs alone
 def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch, dtype, extra):
     """On a logged full-batch step whose batch is the probe set, the NTK's capture (and the ReLU inputs of the flips
-    and feature metrics) come from the training step's own forward (TheoryMetrics.watching), so the kernel costs
-    its backwards alone. Every row equals, bit for bit, the rows of the kernel's own capture forward."""
+    and feature metrics) come from the training step's own forward (TheoryMetrics.watching), and the kernel's signals
+    from its backward (ntk_capture.capture_from_backward): C - 1 backwards of its own. The last row has no backward
+    and takes the kernel's own. Every row equals the rows of the kernel's own capture: bit for bit but for ntk/*,
+    which agree to rounding (1e-6 in float32, 1e-12 in float64), and the training itself is the same to the bit."""
     args = ["model.width=128", "model.depth=2", "data.n=32", "data.target=regression", "train.steps=20",
             "metrics.every=5", "wandb.mode=disabled", "run.quiet=true", f"train.dtype={dtype}", *extra]
-    taken = []
-    take = TheoryMetrics.take
+    taken, recovered = [], []
+    take, recover = TheoryMetrics.take, tracker_mod.capture_from_backward
 
     def counted(self, f):
         take(self, f)
         taken.append(self.taken is not None and (self.taken[0] is not None) == self.track_ntk and bool(self.taken[1]))
 
+    def recovered_counted(rec, f):
+        cap = recover(rec, f)
+        recovered.append(cap is not None)
+        return cap
+
     monkeypatch.setattr(TheoryMetrics, "take", counted)
+    monkeypatch.setattr(tracker_mod, "capture_from_backward", recovered_counted)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
     assert taken == [True] * 5  # steps 0, 5, 10, 15, 20
+    assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # step 0 is K_0
     monkeypatch.setattr(TheoryMetrics, "can_watch", lambda self, x: False)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))
     assert len(taken) == 5
     watched, own = read_rows(tmp_path / "watched"), read_rows(tmp_path / "own")
     assert len(watched) == len(own) == 5 and "feature/delta_rel" in watched[-1]
     assert ("ntk/rel_drift" in watched[-1]) == ("metrics.ntk=false" not in extra)
+    tol = 1e-6 if dtype == "float32" else 1e-12
     for w, o in zip(watched, own):
-        assert {k: v for k, v in w.items() if not k.startswith("time/")} == \
-            {k: v for k, v in o.items() if not k.startswith("time/")}
+        assert w.keys() == o.keys()
+        for k in w:
+            if k.startswith("ntk/"):
+                assert w[k] == pytest.approx(o[k], rel=tol, abs=tol), k
+            elif not k.startswith("time/"):
+                assert w[k] == o[k], k
 
 
 def test_w0_is_kept_exactly_when_its_copy_and_d_fit_the_budget(monkeypatch):

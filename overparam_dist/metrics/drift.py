@@ -104,7 +104,9 @@ class _Pass:
             _blocks(view, rule, seed, name, by_rows, w0_local)
         for sl, d in blocks:
             if norms:
-                sq = torch.linalg.vector_norm(d, dim=1, dtype=torch.float64).square()  # in float64, one kernel
+                # In the weights' dtype, squared and summed in float64: D = W_t - W_0 carries that dtype's rounding
+                # already, and a float64 norm of a float32 block costs 5x (its conversion)
+                sq = torch.linalg.vector_norm(d, dim=1).double().square()
                 if by_rows:
                     self.row_sq[sl] += sq
                 else:
@@ -176,8 +178,9 @@ class WeightDrift:
     def _start_basis(self, name: str, length: int, device) -> torch.Tensor:
         k = min(K_SUBSPACE, length)
         v = self.vectors.get(name)
-        if v is None or v.shape != (length, k):
-            v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
+        if v is not None and v.shape == (length, k):
+            return v.to(device)  # the last row's basis: a Q factor, orthonormal already
+        v = torch.randn(length, k, generator=torch.Generator().manual_seed(12345), dtype=torch.float64)
         return torch.linalg.qr(v.to(device))[0]
 
     def _d(self, name: str, view: ShardView) -> torch.Tensor | None:

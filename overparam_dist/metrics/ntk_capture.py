@@ -1,10 +1,10 @@
 """The capture of the layer-wise NTK (ntk.py): one forward and C backwards over a block of samples give every routed
 layer's inputs A and backprop signals Delta, and the exact per-sample gradients of the fallback parameters.
 
-The forward is this module's own (`_capture`), or one the caller runs (`capturing` around it, then `finish_capture`
-on its output): a training step's forward over the probe set is then the kernel's capture forward as well
-(metrics/tracker.py), and the kernel costs its C backwards alone. The hooks, the guard and the checks are the same
-either way (ntk.py's module doc: exactness guards).
+The forward is this module's own (`_capture`, then `finish_capture`), or one the caller runs (`capturing` around it):
+a training step's forward over the probe set is then the kernel's capture forward as well, and its backward gives the
+signals of one output (`capture_from_backward`, metrics/tracker.py), so the kernel costs C - 1 backwards alone. The
+hooks, the guard and the checks are the same either way (ntk.py's module doc: exactness guards).
 """
 
 from __future__ import annotations
@@ -153,20 +153,36 @@ def capturing(model: nn.Module, plan: RoutePlan, n: int) -> Iterator[_Recorder]:
             h.remove()
 
 
-def finish_capture(model: nn.Module, rec: _Recorder, f: torch.Tensor, x: torch.Tensor | None = None,
-                   retain_graph: bool = False) -> _Capture:
-    """The capture from the output `f` of the forward that `rec` watched: C backwards of sum_i f_c(x_i), keeping
-    f's graph when `retain_graph` (a training step's backward follows). Raises Reroute for layers it could not
-    follow. With `x` (the forward's inputs), checks once that a sample's output does not depend on the others."""
-    plan, n, layers, zs, inputs = rec.plan, rec.n, rec.plan.layers, rec.zs, rec.inputs
-    f = f.reshape(n, -1)
-    C = f.shape[1]
+def _check(rec: _Recorder) -> None:
+    """Raises Reroute for the layers the watched forward could not follow, or once an input was modified in place
+    after its layer read it (the plan then keeps copies)."""
     if rec.misused or rec.failed:
         raise Reroute(rec.misused | rec.failed)
-    if not plan.clone_inputs and any(a._version != v for calls in inputs for a, v in calls):
-        plan.clone_inputs = True  # an input was modified in place after the layer read it: keep copies
+    if not rec.plan.clone_inputs and any(a._version != v for calls in rec.inputs for a, v in calls):
+        rec.plan.clone_inputs = True
         raise Reroute(set())
 
+
+def _signal_buffers(rec: _Recorder, C: int) -> tuple[list[int], list[torch.Tensor], list[torch.Tensor]]:
+    """(layer of each call, each call's zero leaf z, a zero (n, g, P, C, dout) buffer for its signals): the layout the
+    Grams read, so the common trace case is a view."""
+    owner = [li for li, calls in enumerate(rec.zs) for _ in calls]
+    flat = [z for calls in rec.zs for z in calls]
+    bufs = []
+    for li, z in zip(owner, flat):
+        n, g, P, dout = _signal_view(rec.plan.layers[li], z).shape
+        bufs.append(torch.zeros(n, g, P, C, dout, dtype=_work_dtype(z.dtype), device=z.device))
+    return owner, flat, bufs
+
+
+def finish_capture(model: nn.Module, rec: _Recorder, f: torch.Tensor, x: torch.Tensor | None = None) -> _Capture:
+    """The capture from the output `f` of the forward that `rec` watched: C backwards of sum_i f_c(x_i). Raises
+    Reroute for layers it could not follow. With `x` (the forward's inputs), checks once that a sample's output
+    does not depend on the others."""
+    n = rec.n
+    f = f.reshape(n, -1)
+    C = f.shape[1]
+    _check(rec)
     if x is not None and n > 1:
         with torch.no_grad():
             f0 = model(x[:1]).reshape(1, -1)
@@ -177,34 +193,82 @@ def finish_capture(model: nn.Module, rec: _Recorder, f: torch.Tensor, x: torch.T
                              "independent samples - put the model in eval mode")
 
     # C backwards of sum_i f_c(x_i): samples are independent, so row i of grad(z) is d f_c(x_i) / d y_i.
-    # Written straight into the (n, g, P, C, dout) layout the Grams read, so the common trace case is a view.
-    owner = [li for li, calls in enumerate(zs) for _ in calls]
-    flat = [z for calls in zs for z in calls]
-    grads = []
-    for li, z in zip(owner, flat):
-        n_, g_, P_, dout_ = _signal_view(layers[li], z).shape
-        grads.append(torch.zeros(n_, g_, P_, C, dout_, dtype=_work_dtype(z.dtype), device=z.device))
+    owner, flat, grads = _signal_buffers(rec, C)
     if flat and f.requires_grad:
         for c in range(C):
-            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=retain_graph or c < C - 1,
+            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=c < C - 1,
                                      allow_unused=True)
             for li, buf, g in zip(owner, grads, gs):
                 if g is not None:
-                    buf[:, :, :, c] = _signal_view(layers[li], g)
+                    buf[:, :, :, c] = _signal_view(rec.plan.layers[li], g)
             del gs
     del f, flat
+    return _collect(rec, grads, C)
 
+
+def capture_from_backward(rec: _Recorder, f: torch.Tensor) -> _Capture | None:
+    """The capture from a backward that already ran through the forward `rec` watched: the training step's, of a loss
+    L of f, after f.retain_grad() and keeping the graph (retain_graph) where f has C > 1 outputs. It costs C - 1
+    backwards where finish_capture costs C.
+
+    Samples are independent, so row i of grad(z) is g_i = sum_c c_ic s_ic, with c_ic = dL/df_ic and s_ic = the signal
+    d f_c(x_i) / d y_i that finish_capture's backward c gives. For each sample the output k with the largest |c_ik|
+    is recovered, s_ik = (g_i - sum_{c != k} c_ic s_ic) / c_ik, and the others come from C - 1 backwards, the j-th
+    starting from output o_j(i) of each sample i. A backward is linear in what it starts from, so the recovered
+    signal has the others' rounding, amplified by at most 1 + 2 sum_c |c_ic / c_ik| |s_ic| / |s_ik| <= 1 + 2 (C - 1)
+    max_c |s_ic| / |s_ik|: of the order of the largest signal of the sample, as the trace kernel's entries are.
+
+    None where it gives none: no backward reached f, or some c_ik or g_i is not finite, or some |c_ik| is below
+    sqrt(tiny) of its dtype (entries of c_ik s_ik that underflow are then below sqrt(tiny), under the rounding of
+    the rest). Raises Reroute as finish_capture does."""
+    n = rec.n
+    _check(rec)
+    if f.grad is None:
+        return None
+    fc = f.reshape(n, -1)
+    C = fc.shape[1]
+    c = f.grad.reshape(n, C)
+    k = c.abs().argmax(1)  # per sample, the output recovered by division
+    rows = torch.arange(n, device=c.device)
+    ck = c[rows, k]
+    if not (bool(torch.isfinite(c).all()) and bool((ck.abs() >= torch.finfo(c.dtype).tiny ** 0.5).all())):
+        return None
+    owner, flat, grads = _signal_buffers(rec, C)
+    trained = [z.grad for z in flat]  # what the training backward left: g per call
+    layers = rec.plan.layers
+    for j in range(C - 1):
+        o = j + (k <= j).long()  # each sample's j-th output other than k
+        start = torch.zeros_like(fc)
+        start[rows, o] = 1
+        gs = torch.autograd.grad(fc, flat, grad_outputs=start, retain_graph=j < C - 2, allow_unused=True)
+        for li, buf, g in zip(owner, grads, gs):
+            if g is not None:
+                buf[rows, :, :, o] = _signal_view(layers[li], g).to(buf.dtype)
+        del gs
+    for li, buf, g in zip(owner, grads, trained):
+        if g is None:  # this call's output does not reach f: no signal
+            continue
+        g = _signal_view(layers[li], g).to(buf.dtype)
+        if not bool(torch.isfinite(g).all()):
+            return None
+        known = torch.einsum("ic,igpcd->igpd", c.to(buf.dtype), buf)  # s_ik is still zero in buf
+        buf[rows, :, :, k] = (g - known) / ck.to(buf.dtype).view(n, 1, 1, 1)
+    return _collect(rec, grads, C)
+
+
+def _collect(rec: _Recorder, grads: list[torch.Tensor], C: int) -> _Capture:
+    """The _Capture of every layer: its inputs' patches and its calls' signals (several calls of one module, weight
+    sharing, are just more positions)."""
     a_out, d_out = [], []
-    for li, layer in enumerate(layers):
-        ds = [grads.pop(0) for _ in zs[li]]
-        us = [_patches(layer, _work(t)) for t, _ in inputs[li]]
+    for li, layer in enumerate(rec.plan.layers):
+        ds = [grads.pop(0) for _ in rec.zs[li]]
+        us = [_patches(layer, _work(t)) for t, _ in rec.inputs[li]]
         if any(u.shape[2] != s.shape[2] for u, s in zip(us, ds)):  # conv geometry not reproduced: don't guess
             raise Reroute({li})
-        # Several calls of one module (weight sharing) are just more positions: concatenate along P.
         a_out.append(None if not us else us[0] if len(us) == 1 else torch.cat(us, dim=2))
         d_out.append(None if not ds else ds[0] if len(ds) == 1 else torch.cat(ds, dim=2))
         del ds, us
-    return _Capture(n, C, a_out, d_out, None)
+    return _Capture(rec.n, C, a_out, d_out, None)
 
 
 def _capture(model: nn.Module, plan: RoutePlan, x: torch.Tensor, check_independence: bool) -> _Capture:

@@ -31,7 +31,7 @@ from .drift import WeightDrift, layer_name
 from .features import activation_metrics, init_terms, layer_sums
 from .label_complexity import from_full_kernel, from_trace_kernel
 from .ntk import block_size_for, empirical_ntk
-from .ntk_capture import capturing, finish_capture
+from .ntk_capture import capture_from_backward, capturing
 from .ntk_plan import Reroute, RoutePlan
 
 PROBE_CHUNK = 1024  # probe samples per forward of the activation metrics
@@ -200,25 +200,32 @@ class TheoryMetrics:
         self.watched = (plan, rec, pre)
 
     def take(self, f: torch.Tensor) -> None:
-        """The probe captures from the watched forward's output `f`, keeping its graph for the training backward.
-        A layer the NTK's capture cannot follow leaves the kernel to its own forward (which reroutes it)."""
+        """The probe captures from the watched forward's output `f`. The kernel's signals come from the training
+        backward that follows, which must keep its graph (`keeps_graph`): `compute` then runs C - 1 backwards of its
+        own, not C (ntk_capture.capture_from_backward). A layer the capture cannot follow, or a row with no usable
+        backward, leaves the kernel to its own forward."""
         plan, rec, pre = self.watched
         self.watched = None
         captured = None
-        if plan is not None:
-            try:
-                captured = (plan, finish_capture(self.model, rec, f, retain_graph=True))
-            except Reroute:
-                pass
+        if plan is not None and f.requires_grad:
+            f.retain_grad()
+            captured = (plan, rec, f)
         self.taken = (captured, pre)
+
+    def keeps_graph(self) -> bool:
+        """Whether the training backward must keep its graph: a taken capture of several outputs backprops again."""
+        return self.taken is not None and self.taken[0] is not None and self.taken[0][2].reshape(
+            self.taken[0][1].n, -1).shape[1] > 1
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
         captured, pre = self.taken if self.taken is not None else (None, {})
         self.taken = None
         if self.track_ntk:
-            if captured is not None:  # the training step's forward was the capture forward (watching)
-                out.update(self._ntk_metrics(captured))
+            if first:  # theta_0: its kernel is K_0, taken from these weights at init
+                out.update(self._ntk_metrics(k=self.k0))
+            elif captured is not None and (cap := self._from_backward(*captured)) is not None:
+                out.update(self._ntk_metrics(cap))  # the training step's forward and backward were the capture's
             else:
                 # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
                 # layer outputs carry an added exact zero, so they are the plain forward's values)
@@ -255,8 +262,17 @@ class TheoryMetrics:
         return activation_metrics(sums, self.trained_layers, self.sharded_acts,
                                   self.parallel.reduce_tp if self.sharded_acts else None)
 
-    def _ntk_metrics(self, captured: tuple | None = None) -> dict[str, float]:
-        k = self._ntk(self.model, captured)
+    def _from_backward(self, plan: RoutePlan, rec, f: torch.Tensor) -> tuple | None:
+        """(plan, capture) of the probe set from this step's training backward (take), or None."""
+        try:
+            cap = capture_from_backward(rec, f)
+        except Reroute:
+            return None
+        return (plan, cap) if cap is not None else None
+
+    def _ntk_metrics(self, captured: tuple | None = None, k: torch.Tensor | None = None) -> dict[str, float]:
+        """ntk/* of the probe kernel `k`, else of the one from `captured` (a training step's), else of its own."""
+        k = self._ntk(self.model, captured) if k is None else k
         evals = torch.linalg.eigvalsh(k)  # the eigenvectors went with the per-row label complexity
         self.spectrum["end"] = evals.tolist()
         out = {
