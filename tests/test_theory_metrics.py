@@ -269,9 +269,9 @@ def test_activation_metrics_in_chunks_equal_one_forward(monkeypatch):
 def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch, dtype, extra):
     """On a logged full-batch step whose batch is the probe set, the NTK's capture (and the ReLU inputs of the flips
     and feature metrics) come from the training step's own forward (TheoryMetrics.watching), and the kernel's signals
-    from its backward (ntk_capture.capture_from_backward): C - 1 backwards of its own. The last row has no backward
-    and takes the kernel's own. Every row equals the rows of the kernel's own capture: bit for bit but for ntk/*,
-    which agree to rounding (1e-6 in float32, 1e-12 in float64), and the training itself is the same to the bit."""
+    from its backward (ntk_capture.capture_from_backward): C - 1 backwards of its own. The first row (as K_0 did)
+    and the last (no backward follows it) take the kernel's own. Every row equals the rows of the kernel's own
+    capture: bit for bit but for ntk/*, which agree to rounding (1e-6 in float32, 1e-12 in float64)."""
     args = ["model.width=128", "model.depth=2", "data.n=32", "data.target=regression", "train.steps=20",
             "metrics.every=5", "wandb.mode=disabled", "run.quiet=true", f"train.dtype={dtype}", *extra]
     taken, recovered = [], []
@@ -290,7 +290,7 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
     monkeypatch.setattr(tracker_mod, "capture_from_backward", recovered_counted)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
     assert taken == [True] * 5  # steps 0, 5, 10, 15, 20
-    assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # step 0 is K_0
+    assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # step 0 takes its own, as K_0 did
     monkeypatch.setattr(TheoryMetrics, "can_watch", lambda self, x: False)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))
     assert len(taken) == 5

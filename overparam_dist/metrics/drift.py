@@ -155,6 +155,7 @@ class WeightDrift:
         self.params, self.rules, self.seed = named_params, rules, seed
         self.view_of = view_of
         self.reduce = reduce or (lambda t, p: t)
+        self.sharded = reduce is not None
         self.spectral, self.max_iters, self.tol = spectral, max_iters, tol
         sq = {n: self._sum(torch.tensor([float(view_of(p).local.double().square().sum())], dtype=torch.float64), p)
               for n, p in named_params.items()}
@@ -207,26 +208,33 @@ class WeightDrift:
         for _ in range(max_iters):
             ps = _Pass(view, self.rules[name], self.seed, name, v[offset:offset + extent], side, self.w0.get(name),
                        norms=fro_sq is None, d=d)
-            step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
-            step[offset:offset + extent] = ps.step
-            head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])
-            packed = self._sum(torch.cat([head, step.flatten()]), p)  # one all-reduce per iteration
+            if self.sharded:
+                step = torch.zeros(length, k, dtype=torch.float64, device=v.device)
+                step[offset:offset + extent] = ps.step
+                head = torch.cat([torch.tensor([ps.fro_sq], dtype=torch.float64, device=v.device), ps.gram.flatten()])
+                packed = self._sum(torch.cat([head, step.flatten()]), p)  # one all-reduce per iteration
+                part_fro, gram, nxt = float(packed[0]), packed[1:1 + k * k].reshape(k, k), packed[1 + k * k:].reshape(
+                    length, k)
+            else:  # the whole weight is here: nothing to sum
+                part_fro, gram, nxt = ps.fro_sq, ps.gram, ps.step
             if fro_sq is None:
-                fro_sq, row_sq = float(packed[0]), ps.row_sq
-            gram = packed[1:1 + k * k].reshape(k, k)
-            if not bool(torch.isfinite(packed).all()):  # diverged weights: no spectral norm to speak of
+                fro_sq, row_sq = part_fro, ps.row_sq
+            # diverged weights: no spectral norm to speak of (a finite D gives a finite ||D||_F and Gram; a finite Gram
+            # bounds every column of D V, and D^T D V is finite where D and D V are)
+            if not (math.isfinite(fro_sq) and bool(torch.isfinite(gram).all())):
                 return fro_sq, float("nan"), True, row_sq
             # Rayleigh-Ritz: the top eigenvalue theta of V^T A V (A = D^T D, V orthonormal) is a lower bound on
             # sigma_1^2, and A V came with it, so the Ritz pair's residual |A y - theta y| costs nothing more.
             evals, evecs = torch.linalg.eigh(gram)
             theta, top = max(float(evals[-1]), 0.0), evecs[:, -1]
             sigmas.append(math.sqrt(theta))
-            nxt = packed[1 + k * k:].reshape(length, k)
-            if float(nxt.norm()) == 0.0:  # D = 0: no drift yet
+            if fro_sq == 0.0:  # D = 0: no drift yet
                 sigmas.append(0.0)
                 converged = True
                 break
             residual = float((nxt @ top - theta * (v @ top)).norm())
+            if not math.isfinite(residual):  # D^T D V overflowed
+                return fro_sq, float("nan"), True, row_sq
             v = torch.linalg.qr(nxt)[0]
             # Converged when either bound says the error left is below tol * sigma: the residual (some eigenvalue of
             # A lies within |r| of theta, so sigma within |r| / (2 sigma): one pass on a warm-started row), or the

@@ -222,9 +222,9 @@ class TheoryMetrics:
         captured, pre = self.taken if self.taken is not None else (None, {})
         self.taken = None
         if self.track_ntk:
-            if first:  # theta_0: its kernel is K_0, taken from these weights at init
-                out.update(self._ntk_metrics(k=self.k0))
-            elif captured is not None and (cap := self._from_backward(*captured)) is not None:
+            # The first row takes the kernel's own capture, as K_0 was taken: ntk/rel_drift is then exactly 0 at
+            # theta_0, not the rounding between the two captures (~1e-8 in float32)
+            if not first and captured is not None and (cap := self._from_backward(*captured)) is not None:
                 out.update(self._ntk_metrics(cap))  # the training step's forward and backward were the capture's
             else:
                 # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
@@ -270,9 +270,9 @@ class TheoryMetrics:
             return None
         return (plan, cap) if cap is not None else None
 
-    def _ntk_metrics(self, captured: tuple | None = None, k: torch.Tensor | None = None) -> dict[str, float]:
-        """ntk/* of the probe kernel `k`, else of the one from `captured` (a training step's), else of its own."""
-        k = self._ntk(self.model, captured) if k is None else k
+    def _ntk_metrics(self, captured: tuple | None = None) -> dict[str, float]:
+        """ntk/* of the probe kernel from `captured` (a training step's), else from its own capture."""
+        k = self._ntk(self.model, captured)
         evals = torch.linalg.eigvalsh(k)  # the eigenvectors went with the per-row label complexity
         self.spectrum["end"] = evals.tolist()
         out = {
