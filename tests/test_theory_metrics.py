@@ -290,7 +290,7 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
     monkeypatch.setattr(tracker_mod, "capture_from_backward", recovered_counted)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
     assert taken == [True] * 5  # steps 0, 5, 10, 15, 20
-    assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # step 0 takes its own, as K_0 did
+    assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # 5, 10, 15; 20 stops
     monkeypatch.setattr(TheoryMetrics, "can_watch", lambda self, x: False)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))
     assert len(taken) == 5
