@@ -238,7 +238,7 @@ class Trainer:
         the kernel then costs its backwards alone."""
         watch = self.watch_probe and self.is_log_step(self.step)
         with precision.training_step(self.cfg.train.precision, self.device), \
-                (self.theory.watching(xb.shape[0]) if watch else contextlib.nullcontext()):
+                (self.theory.watching(xb.shape[0], first=self.step == 0) if watch else contextlib.nullcontext()):
             out = self.step_net(xb)
         if watch:
             self.theory.take(out)

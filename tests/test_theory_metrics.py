@@ -289,7 +289,7 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
     monkeypatch.setattr(TheoryMetrics, "take", counted)
     monkeypatch.setattr(tracker_mod, "capture_from_backward", recovered_counted)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'watched'}"]))
-    assert taken == [True] * 5  # steps 0, 5, 10, 15, 20
+    assert taken == ["metrics.ntk=false" in extra] + [True] * 4  # steps 0 (its kernel: its own), 5, 10, 15, 20
     assert recovered == ([True] * 3 + [False] if "metrics.ntk=false" not in extra else [])  # 5, 10, 15; 20 stops
     monkeypatch.setattr(TheoryMetrics, "can_watch", lambda self, x: False)
     run_trial(load_config(None, [*args, f"run.dir={tmp_path / 'own'}"]))

@@ -206,6 +206,7 @@ def finish_capture(model: nn.Module, rec: _Recorder, f: torch.Tensor, x: torch.T
     return _collect(rec, grads, C)
 
 
+@torch.enable_grad()  # its backwards run through the training step's graph, whatever the caller's grad mode
 def capture_from_backward(rec: _Recorder, f: torch.Tensor) -> _Capture | None:
     """The capture from a backward that already ran through the forward `rec` watched: the training step's, of a loss
     L of f, after f.retain_grad() and keeping the graph (retain_graph) where f has C > 1 outputs. It costs C - 1
@@ -215,8 +216,9 @@ def capture_from_backward(rec: _Recorder, f: torch.Tensor) -> _Capture | None:
     d f_c(x_i) / d y_i that finish_capture's backward c gives. For each sample the output k with the largest |c_ik|
     is recovered, s_ik = (g_i - sum_{c != k} c_ic s_ic) / c_ik, and the others come from C - 1 backwards, the j-th
     starting from output o_j(i) of each sample i. A backward is linear in what it starts from, so the recovered
-    signal has the others' rounding, amplified by at most 1 + 2 sum_c |c_ic / c_ik| |s_ic| / |s_ik| <= 1 + 2 (C - 1)
-    max_c |s_ic| / |s_ik|: of the order of the largest signal of the sample, as the trace kernel's entries are.
+    signal has the others' rounding, amplified by at most 1 + 2 sum_{c != k} |c_ic / c_ik| |s_ic| / |s_ik|
+    <= 1 + 2 (C - 1) max_{c != k} |s_ic| / |s_ik|: of the order of the sample's largest signal, as the trace kernel's
+    entries are.
 
     None where it gives none: no backward reached f, or some c_ik or g_i is not finite, or some |c_ik| is below
     sqrt(tiny) of its dtype (entries of c_ik s_ik that underflow are then below sqrt(tiny), under the rounding of

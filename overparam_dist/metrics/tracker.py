@@ -190,10 +190,12 @@ class TheoryMetrics:
             and x.shape == self.probe_x.shape and bool(torch.equal(x, self.probe_x))
 
     @contextmanager
-    def watching(self, n: int):
+    def watching(self, n: int, first: bool = False):
         """Around a forward over the probe set (can_watch): what the probe's own forwards would record (the ReLUs'
-        inputs; with the NTK, each layer's inputs and a zero added to each output); `take` then reads it."""
-        plan = RoutePlan(self.model) if self.track_ntk else None
+        inputs; with the NTK, each layer's inputs and a zero added to each output); `take` then reads it. The
+        `first` row's kernel takes its own capture, as K_0 was taken: ntk/rel_drift is then exactly 0 at theta_0,
+        not the rounding between the two ways (~1e-8 in float32)."""
+        plan = RoutePlan(self.model) if self.track_ntk and not first else None
         with (capturing(self.model, plan, n) if plan is not None else nullcontext()) as rec, \
                 self.acts.recording(n) as pre:
             yield
@@ -222,11 +224,10 @@ class TheoryMetrics:
         captured, pre = self.taken if self.taken is not None else (None, {})
         self.taken = None
         if self.track_ntk:
-            # The first row takes the kernel's own capture, as K_0 was taken: ntk/rel_drift is then exactly 0 at
-            # theta_0, not the rounding between the two captures (~1e-8 in float32)
-            if not first and captured is not None and (cap := self._from_backward(*captured)) is not None:
+            if captured is not None and (cap := self._from_backward(*captured)) is not None:
                 out.update(self._ntk_metrics(cap))  # the training step's forward and backward were the capture's
             else:
+                captured = None  # its graph (a stopping row has no backward to free it) goes before the own capture
                 # The NTK's capture is a forward over the probe set: the ReLUs' inputs are recorded from it (its
                 # layer outputs carry an added exact zero, so they are the plain forward's values)
                 with self.acts.recording(self.probe_x.shape[0]) as pre:
