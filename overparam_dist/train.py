@@ -234,8 +234,8 @@ class Trainer:
 
     def forward(self, xb: torch.Tensor) -> torch.Tensor:
         """The training forward of one update (seeds.py batches it over seeds instead). On a logged step whose batch
-        is the probe set, in exact arithmetic, it is also the probe NTK's capture forward (TheoryMetrics.watching):
-        the kernel then costs its backwards alone."""
+        is the probe set, in exact arithmetic, it is also the probe NTK's capture forward (TheoryMetrics.watching), and
+        its backward gives one output's signals: the kernel then costs C - 1 backwards alone (keeps_graph)."""
         watch = self.watch_probe and self.is_log_step(self.step)
         with precision.training_step(self.cfg.train.precision, self.device), \
                 (self.theory.watching(xb.shape[0], first=self.step == 0) if watch else contextlib.nullcontext()):

@@ -101,8 +101,8 @@ def empirical_ntk(model: nn.Module, x: torch.Tensor, *, outputs: str = "trace", 
     share: (rank, ranks, sum over ranks): the tiles are dealt out round-robin and each rank computes its own
         share; the sums assemble the whole kernel on every rank (data-parallel replicas: the time falls with dp,
         the result is the one rank's to the last bit, as x + 0 = x).
-    captured: (plan, capture) of all of `x` from a forward the caller ran (capturing / finish_capture: a training
-        step's own), which then is not run again.
+    captured: (plan, capture) of all of `x` from a forward the caller ran (capturing, then capture_from_backward
+        after a training step's backward), which then is not run again.
     check_independence: check that a sample's output does not depend on the others (one extra forward of one
         sample; a caller that checked it once for this model may skip it).
     The model must treat samples independently (eval-mode BatchNorm, no active dropout); see module doc.
