@@ -14,10 +14,11 @@ every 20 steps, a checkpoint every 50), 200 steps (50 at width 1024). Two compar
 Why 3x at width 64 is out of reach on 2 cores: a batched sweep cannot be faster than `floor`, the same sweep
 training 1 step (Tune's start and end and one trial process, which imports Ray Tune, torch and the library: ~5 s
 here), and the 5-actor sweep pays that process start ceil(5/2) = 3 times over. So `ceiling` = actors / floor is the
-best ratio any batch could show (3.3x measured), and the batched sweep's actors / (floor + c_5) reaches 3 only if
-the batch's own training c_5 (5 seeds, 200 steps, 11 theory-metric rows each) costs at most actors / 3 - floor:
-0.5 s in the run below, while the same 5 seeds take 1.3 s batched and 1.7 s one after another in one process. What
-the batch saves at width 64 is the 4 process starts: CPU time, which a cluster charges, more than wall time.
+best ratio any batch could show (3.1x and 3.3x measured in two runs), and the batched sweep's actors / (floor + c_5)
+reaches 3 only if the batch's own training c_5 (5 seeds, 200 steps, 11 theory-metric rows each) costs at most
+actors / 3 - floor: 0.1 s and 0.5 s in those runs, while the same 5 seeds take 0.9-1.3 s batched and 1.2-1.7 s one
+after another in one process. What the batch saves at width 64 is the 4 process starts: CPU time, which a cluster
+charges, more than wall time.
 
 Run: .venv/bin/python bench/seed_batch.py [--widths 64 256 1024] [--seeds 5]
 """

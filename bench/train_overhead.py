@@ -6,7 +6,9 @@ everything on every step.
 
 FC width 1024, depth 3 (three m x m hidden layers), synthetic regression data n=64, full-batch GD,
 200 steps. Prints samples/s of each and the ratio run_trial / bare (issue 27's targets: all theory metrics
->= 0.90 every 10 steps, >= 0.5 every step). Run: .venv/bin/python bench/train_overhead.py
+>= 0.90 every 10 steps, >= 0.5 every step); with --parts, then the milliseconds per logged row of each part (the
+drift, the kernel's own backwards, its Grams, the flips and features, the whole row), timed in the loop.
+Run: .venv/bin/python bench/train_overhead.py [--parts]
 """
 
 import argparse
@@ -23,6 +25,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--steps", type=int, default=200)
 p.add_argument("--width", type=int, default=1024)
 p.add_argument("--repeats", type=int, default=5)
+p.add_argument("--parts", action="store_true", help="then the per-row time of each part of a logged row")
 args = p.parse_args()
 torch.set_num_threads(torch.get_num_threads())
 
@@ -79,3 +82,46 @@ for label, extra in [("metrics off", ["metrics.every=0", "metrics.ntk=false", "m
     print(f"{label:32s} bare {n / t_bare:9.0f} samples/s | run_trial {n / t_loop:9.0f} samples/s in the loop "
           f"(ratio {t_bare / t_loop:.3f}), {n / t_total:9.0f} incl. setup and final checkpoint "
           f"(ratio {t_bare / t_total:.3f})")
+
+
+def parts(every: int) -> None:
+    """Per-row milliseconds of each part of a logged row, timed in the loop (--parts)."""
+    from collections import defaultdict
+
+    from overparam_dist import train
+    from overparam_dist.metrics import drift, tracker
+
+    spent: dict[str, float] = defaultdict(float)
+    timed = [(drift.WeightDrift, "compute", "drift: norms and spectral norms of W_t - W_0"),
+             (tracker.TheoryMetrics, "_from_backward", "NTK: backwards of its own (C - 1)"),
+             (tracker.TheoryMetrics, "_ntk_metrics", "NTK: Grams and spectrum"),
+             (tracker.TheoryMetrics, "_activation_metrics", "flips and feature movement"),
+             (train.Trainer, "log", "the whole row")]
+    originals = [(cls, name, getattr(cls, name)) for cls, name, _ in timed]
+
+    def timer(fn, label):
+        def run(*a, **k):
+            start = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[label] += time.perf_counter() - start
+        return run
+
+    for (cls, name, label), (_, _, fn) in zip(timed, originals):
+        setattr(cls, name, timer(fn, label))
+    try:
+        ours(load_config(None, COMMON + [f"metrics.every={every}"]))  # warm
+        spent.clear()
+        ours(load_config(None, COMMON + [f"metrics.every={every}"]))
+    finally:
+        for cls, name, fn in originals:
+            setattr(cls, name, fn)
+    rows = args.steps // every + 1
+    print(f"every={every}: ms per logged row, {rows} rows | " + " | ".join(
+        f"{label} {spent[label] / rows * 1e3:.1f}" for _, _, label in timed))
+
+
+if args.parts:
+    for every in (10, 1):
+        parts(every)
