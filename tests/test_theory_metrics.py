@@ -307,17 +307,19 @@ def test_the_training_forward_is_the_probe_kernels_capture(tmp_path, monkeypatch
                 assert w[k] == o[k], k
 
 
-def test_w0_is_kept_exactly_when_its_copy_and_d_fit_the_budget(monkeypatch):
-    """The exact copy of W_0 and the buffer of D are kept when both fit in the budget (a quarter of the memory the
-    trial leaves free, footprint.w0_cache_budget), else W_0 is regenerated; the drift is the same either way."""
+def test_w0_is_kept_exactly_when_its_copy_and_a_d_buffer_fit_the_budget(monkeypatch):
+    """The exact copy of W_0 and the buffer of D (one, the size of the largest weight) are kept when both fit in the
+    budget (a quarter of the memory the trial leaves free, footprint.w0_cache_budget), else W_0 is regenerated; the
+    drift is the same either way."""
     from overparam_dist import footprint
 
     monkeypatch.delenv("OVERPARAM_W0_CACHE_BYTES", raising=False)
     cfg, model, rules = _model("model.width=48", "model.depth=2")
     trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
     size = sum(p.numel() * p.element_size() for p in trained.values())
-    kept = WeightDrift(trained, rules, cfg.seed, cache_bytes=2 * size)
-    regenerated = WeightDrift(trained, rules, cfg.seed, cache_bytes=2 * size - 1)
+    size += max(p.numel() * p.element_size() for p in trained.values())
+    kept = WeightDrift(trained, rules, cfg.seed, cache_bytes=size)
+    regenerated = WeightDrift(trained, rules, cfg.seed, cache_bytes=size - 1)
     assert set(kept.w0) == set(trained) and regenerated.w0 == {}
     with torch.no_grad():
         for p in trained.values():

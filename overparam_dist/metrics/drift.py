@@ -6,10 +6,10 @@ copy: the drift being measured is small (O(1/sqrt(m)) relative), while a bf16 co
 relative error up to 2^-9 per entry - about the size of the drift itself at m = 2^14. Regeneration is
 exact (bit-identical W_0), needs one block of extra memory instead of a second model, and works
 unchanged on tensor-parallel shards (each rank regenerates only its own block). When a rank's trained
-parameters fit twice in the cache budget (`cache_bytes`: a quarter of the memory the trial leaves free,
-footprint.w0_cache_budget; W0_CACHE_BYTES where none is given) an exact copy of W_0 is kept instead, and D is
-formed once per row in a buffer of the same size: the regeneration, which dominates the metric cost of models
-that fit, is then paid once per trial.
+parameters and one more copy of its largest weight fit in the cache budget (`cache_bytes`: a quarter of the memory
+the trial leaves free, footprint.w0_cache_budget; W0_CACHE_BYTES where none is given) an exact copy of W_0 is kept
+instead, and each weight's D is formed once per row in one shared buffer: the regeneration, which dominates the
+metric cost of models that fit, is then paid once per trial.
 
 Spectral norm: subspace (block power) iteration with Rayleigh-Ritz on D^T D (D = W_t - W_0), with
 K_SUBSPACE vectors. One pass over row blocks computes D^T (D V) = sum_blocks D_b^T (D_b V) and the Gram
@@ -168,13 +168,15 @@ class WeightDrift:
         self.init_sq = {n: float(v[0]) for n, v in sq.items()}  # ||theta_0||^2 (the tensors are theta_0 now)
         self.vectors: dict[str, torch.Tensor] = {}  # warm-started subspace bases, per weight
         local_bytes = sum(p.numel() * p.element_size() for p in named_params.values())
+        largest = max((p.numel() * p.element_size() for p in named_params.values()), default=0)
         self.w0: dict[str, torch.Tensor] = {}  # exact local copies of W_0, only for small models
         budget = int(os.environ.get(W0_CACHE_ENV, W0_CACHE_BYTES if cache_bytes is None else cache_bytes))
-        if 2 * local_bytes <= budget:  # the copy of W_0 and the buffer of D
+        if local_bytes + largest <= budget:  # the copy of W_0 and the buffer of D
             self.w0 = {n: view_of(p).local.clone() for n, p in named_params.items()}
-        # D = W_t - W_0 is written into one buffer per weight, reused row after row: a fresh allocation of a wide
-        # layer's size costs its page faults again on every row
-        self.d_buf: dict[str, torch.Tensor] = {}
+        # D = W_t - W_0 of one weight at a time is written into one buffer (per dtype and device), reused weight after
+        # weight and row after row: it stays in cache where one per weight would not (3 x 4 MB at width 1024, beside
+        # W_t and W_0), and a fresh allocation of a wide layer's size costs its page faults again on every row
+        self.d_buf: dict[tuple, torch.Tensor] = {}
 
     def _sum(self, t: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         return self.reduce(t, p)  # sums parts held by the ranks that shard p (identity when unsharded)
@@ -195,7 +197,11 @@ class WeightDrift:
         block by block in each pass)."""
         if name not in self.w0:
             return None
-        return torch.sub(view.local, self.w0[name], out=self.d_buf.setdefault(name, torch.empty_like(view.local)))
+        w = view.local
+        key = (w.dtype, w.device)
+        if key not in self.d_buf or self.d_buf[key].numel() < w.numel():
+            self.d_buf[key] = torch.empty(w.numel(), dtype=w.dtype, device=w.device)
+        return torch.sub(w, self.w0[name], out=self.d_buf[key][:w.numel()].view(w.shape))
 
     def _power(self, name: str, p: torch.Tensor, precise: bool) -> tuple[float, float, bool, torch.Tensor]:
         """(||D||_F^2, ||D||_2, converged, local |row of D|^2) for one weight, by warm-started subspace iteration
