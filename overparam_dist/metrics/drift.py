@@ -46,7 +46,7 @@ K_SUBSPACE = 16  # vectors in the subspace iteration: a wider block converges fa
 # pass costs one regeneration of W_0 whatever the block width
 SPECTRAL_TOL, SPECTRAL_TOL_FINAL = 1e-3, 1e-5  # relative error left in sigma_1, estimated (see above)
 SPECTRAL_MAX_ITERS = 100
-RANGE = (1e-15, 1e15)  # the largest row norm of D a float32 norm is taken to (far inside sqrt(tiny), sqrt(max))
+FLOAT32_NORM_RANGE = (1e-15, 1e15)  # the largest row norm of D a float32 norm is taken to (far inside sqrt(tiny), sqrt(max))
 # The cache budget when the caller gives none; the environment variable overrides every budget (tests).
 W0_CACHE_BYTES = 128 * 2**20
 W0_CACHE_ENV = "OVERPARAM_W0_CACHE_BYTES"
@@ -110,7 +110,7 @@ class _Pass:
                 # dtype's squares could leave its range: a row near sqrt(max), or every row near sqrt(tiny) or 0.
                 norm = torch.linalg.vector_norm(d, dim=1)
                 top = float(norm.max()) if norm.numel() else 0.0
-                if d.dtype != torch.float64 and not RANGE[0] <= top <= RANGE[1]:
+                if d.dtype != torch.float64 and not FLOAT32_NORM_RANGE[0] <= top <= FLOAT32_NORM_RANGE[1]:
                     norm = torch.linalg.vector_norm(d, dim=1, dtype=torch.float64)
                 sq = norm.double().square()
                 if by_rows:
