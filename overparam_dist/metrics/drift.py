@@ -46,7 +46,8 @@ K_SUBSPACE = 16  # vectors in the subspace iteration: a wider block converges fa
 # pass costs one regeneration of W_0 whatever the block width
 SPECTRAL_TOL, SPECTRAL_TOL_FINAL = 1e-3, 1e-5  # relative error left in sigma_1, estimated (see above)
 SPECTRAL_MAX_ITERS = 100
-FLOAT32_NORM_RANGE = (1e-15, 1e15)  # the largest row norm of D a float32 norm is taken to (far inside sqrt(tiny), sqrt(max))
+# The largest row norm of D that a float32 norm is taken to: far inside (sqrt(tiny), sqrt(max)) of float32
+FLOAT32_NORM_RANGE = (1e-15, 1e15)
 # The cache budget when the caller gives none; the environment variable overrides every budget (tests).
 W0_CACHE_BYTES = 128 * 2**20
 W0_CACHE_ENV = "OVERPARAM_W0_CACHE_BYTES"
