@@ -196,8 +196,7 @@ def finish_capture(model: nn.Module, rec: _Recorder, f: torch.Tensor, x: torch.T
     owner, flat, grads = _signal_buffers(rec, C)
     if flat and f.requires_grad:
         for c in range(C):
-            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=c < C - 1,
-                                     allow_unused=True)
+            gs = torch.autograd.grad(f[:, c].sum(), flat, retain_graph=c < C - 1, allow_unused=True)
             for li, buf, g in zip(owner, grads, gs):
                 if g is not None:
                     buf[:, :, :, c] = _signal_view(rec.plan.layers[li], g)

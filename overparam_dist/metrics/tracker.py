@@ -216,8 +216,8 @@ class TheoryMetrics:
 
     def keeps_graph(self) -> bool:
         """Whether the training backward must keep its graph: a taken capture of several outputs backprops again."""
-        return self.taken is not None and self.taken[0] is not None and self.taken[0][2].reshape(
-            self.taken[0][1].n, -1).shape[1] > 1
+        captured = self.taken[0] if self.taken is not None else None  # (plan, rec, f)
+        return captured is not None and captured[2].numel() > captured[1].n  # C > 1
 
     def compute(self, first: bool, final: bool = False) -> dict[str, float]:
         out = self.drift.compute(precise=final)
